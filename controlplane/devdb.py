@@ -1,0 +1,522 @@
+"""A private PostgreSQL server for development and tests, kept under `.data/`.
+
+With no DATABASE_URL, settings.py calls `ensure_private_postgres(BASE_DIR / ".data")` on
+every start of every process, so the common case (server already up) must cost one
+connection attempt and nothing else. The first call initialises a cluster with the
+PostgreSQL binaries it finds (PATH, then /usr/lib/postgresql/*/bin, newest first) or, when
+none are installed, with the binaries shipped in the `pgserver` wheel from PyPI.
+
+PostgreSQL refuses to run as root; as root the server runs as the `postgres` system user.
+
+This module must not import Django: it runs before settings exist.
+
+    python -m controlplane.devdb start|stop|status|url [--data-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import glob
+import os
+import pwd
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+DB_NAME = "scheduler"
+SUPERUSER = "postgres"
+HOST = "127.0.0.1"
+DEFAULT_PORT = 54329
+SERVER_USER = "postgres"  # the system account the server runs as when we are root
+
+# Used only when no PostgreSQL is installed; its wheel ships relocatable binaries.
+PGSERVER_REQUIREMENT = "pgserver==0.1.4"
+SYSTEM_BINDIR_GLOB = "/usr/lib/postgresql/*/bin"
+
+START_TIMEOUT = 60  # seconds pg_ctl waits for the server to accept connections
+SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; PostgreSQL appends "/.s.PGSQL.NNNNN"
+
+
+class DevDBError(RuntimeError):
+    """The private server could not be started; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Paths:
+    data_dir: Path
+
+    @property
+    def pgdata(self) -> Path:
+        return self.data_dir / "pg"
+
+    @property
+    def log(self) -> Path:
+        return self.data_dir / "pg.log"
+
+    @property
+    def sockets(self) -> Path:
+        return self.data_dir / "run"
+
+    @property
+    def lock(self) -> Path:
+        return self.data_dir / "devdb.lock"
+
+
+def port_from_env() -> int:
+    raw = os.environ.get("PRIVATE_PG_PORT", "").strip()
+    if not raw:
+        return DEFAULT_PORT
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise DevDBError(f"PRIVATE_PG_PORT={raw!r} is not a TCP port number")
+    return int(raw)
+
+
+def fast_mode() -> bool:
+    return os.environ.get("PRIVATE_PG_FAST", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def database_url(port: int) -> str:
+    return f"postgres://{SUPERUSER}@{HOST}:{port}/{DB_NAME}"
+
+
+def ensure_private_postgres(data_dir: Path) -> str:
+    """Start the private server under `data_dir` unless it runs, and return its URL.
+
+    Safe to call from many processes at once: the slow path runs under a file lock, and
+    each caller re-checks once it holds it.
+    """
+    paths = Paths(Path(data_dir).resolve())
+    port = port_from_env()
+    url = database_url(port)
+    if _running_port(paths) == port and _can_connect(port, DB_NAME):
+        return url
+
+    paths.data_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(paths):
+        running = _running_port(paths)
+        if running is not None and running != port:
+            raise DevDBError(
+                f"The private PostgreSQL in {paths.pgdata} is running on port {running}, "
+                f"but PRIVATE_PG_PORT asks for {port}. Stop it first: "
+                f"python -m controlplane.devdb stop"
+            )
+        if running is None:
+            bindir = find_bindir()
+            server_user = _server_user()
+            _prepare_dirs(paths, server_user)
+            _initdb_once(paths, bindir, server_user)
+            _start(paths, bindir, server_user, port)
+        _create_database(port)
+    return url
+
+
+def stop_private_postgres(data_dir: Path) -> bool:
+    """Stop the server (fast shutdown: sessions are disconnected). False if not running."""
+    paths = Paths(Path(data_dir).resolve())
+    if _running_port(paths) is None:
+        return False
+    bindir = find_bindir(install=False)
+    with _locked(paths):
+        _run(
+            [bindir / "pg_ctl", "-D", paths.pgdata, "-m", "fast", "-w", "-t", "60", "stop"],
+            _server_user(),
+            paths,
+            "pg_ctl stop",
+        )
+    return True
+
+
+# --- Finding binaries ----------------------------------------------------------------
+
+
+def find_bindir(install: bool = True) -> Path:
+    """The directory holding pg_ctl, initdb and postgres.
+
+    PRIVATE_PG_BINDIR wins; then pg_ctl on PATH (resolved through symlinks, as Debian's
+    /usr/local/bin/pg_ctl points into /usr/lib/postgresql/N/bin); then the newest
+    /usr/lib/postgresql/N/bin; then the pgserver wheel, pip-installed on first need.
+    """
+    explicit = os.environ.get("PRIVATE_PG_BINDIR", "").strip()
+    if explicit:
+        if not _is_bindir(Path(explicit)):
+            raise DevDBError(
+                f"PRIVATE_PG_BINDIR={explicit} has no pg_ctl, initdb and postgres in it"
+            )
+        return Path(explicit)
+    for candidate in _system_bindirs():
+        if _is_bindir(candidate):
+            return candidate
+    embedded = _pgserver_bindir()
+    if embedded is not None:
+        return embedded
+    if not install:
+        raise DevDBError("No PostgreSQL binaries found")
+    return _install_pgserver()
+
+
+def _system_bindirs() -> list[Path]:
+    found = []
+    on_path = shutil.which("pg_ctl")
+    if on_path:
+        found.append(Path(os.path.realpath(on_path)).parent)
+
+    def version(p: Path) -> tuple[int, ...]:
+        return tuple(int(n) for n in re.findall(r"\d+", p.parent.name)) or (0,)
+
+    found += sorted((Path(p) for p in glob.glob(SYSTEM_BINDIR_GLOB)), key=version, reverse=True)
+    return found
+
+
+def _is_bindir(path: Path) -> bool:
+    return all(os.access(path / exe, os.X_OK) for exe in ("pg_ctl", "initdb", "postgres"))
+
+
+def _pgserver_bindir() -> Path | None:
+    # Located through the installed distribution's files: importing pgserver would pull
+    # in its own server management, which we do not use (nor install: see --no-deps).
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("pgserver")
+    except metadata.PackageNotFoundError:
+        return None
+    bindir = Path(str(dist.locate_file("pgserver/pginstall/bin")))
+    return bindir if _is_bindir(bindir) else None
+
+
+def _install_pgserver() -> Path:
+    print(
+        f"devdb: no PostgreSQL installed; installing {PGSERVER_REQUIREMENT} "
+        f"(a PostgreSQL build on PyPI) into {sys.prefix}",
+        file=sys.stderr,
+    )
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", PGSERVER_REQUIREMENT]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    bindir = _pgserver_bindir() if result.returncode == 0 else None
+    if bindir is None:
+        raise DevDBError(
+            "No PostgreSQL binaries were found (pg_ctl on PATH or under "
+            f"{SYSTEM_BINDIR_GLOB}) and installing {PGSERVER_REQUIREMENT} failed:\n"
+            f"{_tail(result.stdout + result.stderr)}\n"
+            "Install PostgreSQL (Debian: apt-get install postgresql-15), "
+            "or set DATABASE_URL to a server you run."
+        )
+    return bindir
+
+
+def _major_version(bindir: Path) -> str:
+    out = subprocess.run(
+        [bindir / "pg_ctl", "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    match = re.search(r"(\d+)", out)
+    return match.group(1) if match else "?"
+
+
+# --- State of the server --------------------------------------------------------------
+
+
+def _running_port(paths: Paths) -> int | None:
+    """The port of a live postmaster for this data directory, from its postmaster.pid.
+
+    The file's lines are: pid, data dir, start time, port, socket dir, listen address,
+    shared memory key, status. A file left behind by a crashed server names a dead pid.
+    """
+    try:
+        lines = (paths.pgdata / "postmaster.pid").read_text().splitlines()
+        pid, port = int(lines[0]), int(lines[3])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, owned by the postgres user while we are not root
+    if len(lines) >= 8 and lines[7].strip() not in ("ready", ""):
+        # "starting" or "stopping": treat as not running; the locked path waits it out.
+        return None
+    return port
+
+
+def _can_connect(port: int, dbname: str) -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect(_conninfo(port, dbname), connect_timeout=3):
+            return True
+    except psycopg.Error:
+        return False
+
+
+def _conninfo(port: int, dbname: str) -> str:
+    return f"host={HOST} port={port} user={SUPERUSER} dbname={dbname}"
+
+
+# --- Starting --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _locked(paths: Paths) -> Iterator[None]:
+    with open(paths.lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _server_user() -> pwd.struct_passwd | None:
+    """None: run the server as ourselves. As root: the postgres system user."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(SERVER_USER)
+    except KeyError:
+        raise DevDBError(
+            f"PostgreSQL will not run as root, and there is no '{SERVER_USER}' user to run "
+            f"it as. Create one (useradd --system {SERVER_USER}), run as another user, "
+            "or set DATABASE_URL."
+        ) from None
+
+
+def _prepare_dirs(paths: Paths, user: pwd.struct_passwd | None) -> None:
+    paths.sockets.mkdir(exist_ok=True)
+    paths.log.touch(exist_ok=True)
+    if user is None:
+        return
+    _check_traversable(paths.data_dir, user)
+    for path in (paths.sockets, paths.log):
+        os.chown(path, user.pw_uid, user.pw_gid)
+    if paths.pgdata.exists() and paths.pgdata.stat().st_uid != user.pw_uid:
+        owner = paths.pgdata.stat().st_uid
+        raise DevDBError(
+            f"{paths.pgdata} belongs to uid {owner}, but as root the server runs as "
+            f"'{user.pw_name}'. Run as the owner, or remove {paths.data_dir} to start afresh."
+        )
+
+
+def _check_traversable(data_dir: Path, user: pwd.struct_passwd) -> None:
+    # The server user must reach data_dir through every parent; a 0700 home directory
+    # above the checkout is the usual culprit.
+    for path in [*reversed(data_dir.parents), data_dir]:
+        ok = subprocess.run(["test", "-x", str(path)], **_as_user(user)).returncode == 0
+        if not ok:
+            raise DevDBError(
+                f"PostgreSQL runs as the '{user.pw_name}' user (it refuses root), and that "
+                f"user cannot enter {path}. Allow it (chmod o+x {path}), move the "
+                "checkout somewhere it can reach, or set DATABASE_URL."
+            )
+
+
+def _initdb_once(paths: Paths, bindir: Path, user: pwd.struct_passwd | None) -> None:
+    version_file = paths.pgdata / "PG_VERSION"
+    if version_file.exists():
+        have, want = version_file.read_text().strip(), _major_version(bindir)
+        if have != want:
+            raise DevDBError(
+                f"{paths.pgdata} was initialised by PostgreSQL {have}, but the binaries "
+                f"found are PostgreSQL {want} ({bindir}). Remove {paths.data_dir} "
+                "(make clean) to start afresh, or set PRIVATE_PG_BINDIR."
+            )
+        return
+    if paths.pgdata.exists():
+        # Left by an initdb that was killed halfway: nothing in it is worth keeping.
+        shutil.rmtree(paths.pgdata)
+    paths.pgdata.mkdir(mode=0o700)
+    if user is not None:
+        os.chown(paths.pgdata, user.pw_uid, user.pw_gid)
+    print(f"devdb: initialising a PostgreSQL cluster in {paths.pgdata}", file=sys.stderr)
+    _run(
+        [
+            bindir / "initdb",
+            "-D",
+            paths.pgdata,
+            "--username",
+            SUPERUSER,
+            "--auth",
+            "trust",  # listens on 127.0.0.1 only; a development server
+            "--encoding",
+            "UTF8",
+            "--locale",
+            "C",
+        ],
+        user,
+        paths,
+        "initdb",
+    )
+
+
+def _server_options(paths: Paths, port: int) -> list[str]:
+    sockets = str(paths.sockets)
+    if len(sockets) > SOCKET_PATH_MAX:
+        sockets = ""  # too long for a unix socket path: TCP only
+    options = {
+        "listen_addresses": HOST,
+        "port": str(port),
+        "unix_socket_directories": sockets,
+        "max_connections": "200",
+    }
+    if fast_mode():
+        # Tests throw their data away; durability only costs time there.
+        options |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+    return [f"-c {shlex.quote(f'{key}={value}')}" for key, value in options.items()]
+
+
+def _start(paths: Paths, bindir: Path, user: pwd.struct_passwd | None, port: int) -> None:
+    _check_port_free(port)
+    print(f"devdb: starting PostgreSQL on {HOST}:{port} (log: {paths.log})", file=sys.stderr)
+    _run(
+        [
+            bindir / "pg_ctl",
+            "-D",
+            paths.pgdata,
+            "-l",
+            paths.log,
+            "-w",
+            "-t",
+            str(START_TIMEOUT),
+            # pg_ctl hands this string to /bin/sh, hence the quoting in _server_options.
+            "-o",
+            " ".join(_server_options(paths, port)),
+            "start",
+        ],
+        user,
+        paths,
+        "pg_ctl start",
+    )
+    deadline = time.monotonic() + START_TIMEOUT
+    while not _can_connect(port, "postgres"):
+        if time.monotonic() > deadline:
+            raise DevDBError(
+                f"PostgreSQL started but does not accept connections on {HOST}:{port}. "
+                f"Log {paths.log}:\n{_tail(_read(paths.log))}"
+            )
+        time.sleep(0.1)
+
+
+def _check_port_free(port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # PostgreSQL sets SO_REUSEADDR too, so a port in TIME_WAIT does not count as taken.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            raise DevDBError(
+                f"Port {port} on {HOST} is in use by another program, so the private "
+                "PostgreSQL cannot listen there. Pick another port with PRIVATE_PG_PORT "
+                "(or set DATABASE_URL to use an existing server)."
+            ) from None
+
+
+def _create_database(port: int) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(_conninfo(port, "postgres"), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DB_NAME]).fetchone()
+        if not exists:
+            with contextlib.suppress(psycopg.errors.DuplicateDatabase):
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB_NAME)))
+
+
+# --- Running commands ------------------------------------------------------------------
+
+
+def _as_user(user: pwd.struct_passwd | None) -> dict:
+    """subprocess arguments that run a command as `user` (the same as runuser -u)."""
+    if user is None:
+        return {}
+    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+
+
+def _server_env() -> dict[str, str]:
+    # A node under test may run inside faketime; the server it starts must not, or
+    # "database time" would be skewed too.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAKETIME")}
+    preload = [p for p in env.get("LD_PRELOAD", "").split() if "faketime" not in p]
+    if preload:
+        env["LD_PRELOAD"] = " ".join(preload)
+    else:
+        env.pop("LD_PRELOAD", None)
+    env.pop("PGDATA", None)
+    env.pop("PGPORT", None)
+    return env
+
+
+def _run(cmd: list, user: pwd.struct_passwd | None, paths: Paths, what: str) -> None:
+    log = paths.data_dir / "devdb-cmd.log"
+    with open(log, "w+") as out:
+        # Output goes to a file, not a pipe: the postmaster outlives pg_ctl and would hold
+        # a pipe open. A new session keeps a terminal's Ctrl-C away from the server.
+        result = subprocess.run(
+            [str(c) for c in cmd],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=paths.data_dir,  # the server user may not be able to enter our cwd
+            env=_server_env(),
+            start_new_session=True,
+            **_as_user(user),
+        )
+        out.seek(0)
+        output = out.read()
+    if result.returncode != 0:
+        message = f"{what} failed (exit {result.returncode}):\n{_tail(output)}"
+        if what.startswith("pg_ctl") and paths.log.exists():
+            message += f"\nLog {paths.log}:\n{_tail(_read(paths.log))}"
+        raise DevDBError(message)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError as exc:
+        return f"(cannot read: {exc})"
+
+
+def _tail(text: str, lines: int = 20) -> str:
+    return "\n".join("    " + line for line in text.strip().splitlines()[-lines:])
+
+
+# --- Command line ----------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    default_dir = Path(__file__).resolve().parent.parent / ".data"
+    parser = argparse.ArgumentParser(prog="python -m controlplane.devdb", description=__doc__)
+    parser.add_argument("command", choices=["start", "stop", "status", "url"])
+    parser.add_argument("--data-dir", type=Path, default=default_dir)
+    args = parser.parse_args(argv)
+    paths = Paths(args.data_dir.resolve())
+
+    try:
+        if args.command == "start":
+            print(ensure_private_postgres(paths.data_dir))
+        elif args.command == "stop":
+            stopped = stop_private_postgres(paths.data_dir)
+            print("stopped" if stopped else f"not running ({paths.pgdata})")
+        elif args.command == "url":
+            print(database_url(port_from_env()))
+        else:
+            port = _running_port(paths)
+            if port is None:
+                print(f"not running ({paths.pgdata})")
+                return 3  # as pg_ctl status does
+            print(f"running: {database_url(port)} (data {paths.pgdata}, log {paths.log})")
+    except DevDBError as exc:
+        print(f"devdb: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Settings for the control plane and the scheduler nodes.
+
+Every setting is an environment variable; README.md lists them with their defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+
+from controlplane.env import env_bool, env_float, env_int, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+SECRET_KEY = env_str("SECRET_KEY", "dev-only-insecure-secret-key-change-me")
+DEBUG = env_bool("DEBUG", True)
+ALLOWED_HOSTS = [h for h in env_str("ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_htmx",
+    "controlplane",
+    "jobs",
+    "locks",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "controlplane.urls"
+WSGI_APPLICATION = "controlplane.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+
+def _database_url() -> str:
+    url = env_str("DATABASE_URL")
+    if url:
+        return url
+    # No DATABASE_URL: development and tests run on a private PostgreSQL under .data/.
+    from controlplane.devdb import ensure_private_postgres
+
+    return ensure_private_postgres(BASE_DIR / ".data")
+
+
+DATABASES = {"default": dj_database_url.parse(_database_url(), conn_max_age=0)}
+DATABASES["default"].setdefault("OPTIONS", {})
+DATABASES["default"]["OPTIONS"].setdefault("application_name", env_str("APP_NAME", "controlplane"))
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+LOGIN_URL = "/admin/login/"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+}
+
+# --- Scheduler nodes -------------------------------------------------------------------
+# Seconds between a node's heartbeats.
+SCHEDULER_HEARTBEAT_INTERVAL = env_float("SCHEDULER_HEARTBEAT_INTERVAL", 5.0, minimum=0.1)
+# A node whose last heartbeat is older than this (database time) is dead.
+SCHEDULER_NODE_TIMEOUT = env_float("SCHEDULER_NODE_TIMEOUT", 30.0, minimum=0.5)
+# Longest an idle node sleeps without asking the database (LISTEN/NOTIFY wakes it sooner).
+SCHEDULER_POLL_INTERVAL = env_float("SCHEDULER_POLL_INTERVAL", 30.0, minimum=0.05)
+# Triggers (and pending executions) claimed per transaction.
+SCHEDULER_BATCH = env_int("SCHEDULER_BATCH", 100, minimum=1)
+# Threads of the inline executor.
+SCHEDULER_THREADS = env_int("SCHEDULER_THREADS", 8, minimum=1)
+# On SIGTERM, how long running work may finish before it is abandoned.
+SCHEDULER_SHUTDOWN_GRACE = env_float("SCHEDULER_SHUTDOWN_GRACE", 30.0, minimum=0)
+# Missed fire times handled per trigger per claim under `skip` and `fire_all`.
+SCHEDULER_MISFIRE_CHUNK = env_int("SCHEDULER_MISFIRE_CHUNK", 100, minimum=1)
+# Upper bound on the jitter fraction added to retry backoff.
+SCHEDULER_RETRY_JITTER = env_float("SCHEDULER_RETRY_JITTER", 0.2, minimum=0)

@@ -1,0 +1,12 @@
+from django.apps import AppConfig
+
+
+class JobsConfig(AppConfig):
+    name = "jobs"
+    verbose_name = "Jobs and schedules"
+
+    def ready(self):
+        from django.utils.module_loading import autodiscover_modules
+
+        # Every installed app may declare job targets in a `targets` module.
+        autodiscover_modules("targets")

@@ -1,0 +1,345 @@
+"""The SQL that carries the scheduler's concurrency story, in one place.
+
+Claiming, recording results, and recovering abandoned work. Each statement is
+parameterised and says why it is safe when many nodes run it at once. Every "now" is
+PostgreSQL's `now()` / `clock_timestamp()`, never a node's clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import SimpleNamespace
+
+from django.db import connection, transaction
+
+from jobs import schedule
+
+# Locks up to N due triggers of unpaused jobs. SKIP LOCKED makes concurrent nodes take
+# disjoint batches instead of queueing behind each other; the lock is held until the
+# transaction that records the fires and advances next_fire_at commits, so no other
+# node can see the old next_fire_at once this one has acted on it.
+# Uses trigger_due_idx.
+SELECT_DUE_TRIGGERS = """
+SELECT t.id, t.job_id, t.kind, t.cron, t.timezone, t.interval, t.run_at, t.start_at,
+       t.end_at, t.misfire_policy, t.misfire_grace, t.next_fire_at, now()
+FROM jobs_trigger t
+JOIN jobs_job j ON j.id = t.job_id
+WHERE t.next_fire_at <= now() AND NOT t.paused AND NOT j.paused AND j.executor = 'inline'
+ORDER BY t.next_fire_at
+LIMIT %s
+FOR UPDATE OF t SKIP LOCKED
+"""
+
+# One row per fire time. The partial unique index one_execution_per_fire is the
+# idempotency key: whatever two nodes race on, a fire time is recorded at most once.
+# Fires are recorded already dispatched to this node (one write instead of two);
+# skipped fires are recorded finished.
+INSERT_FIRES = """
+INSERT INTO jobs_execution
+    (job_id, trigger_id, scheduled_for, origin, state, attempt, args, kwargs, node,
+     created_at, run_after, dispatched_at, finished_at, error, traceback, note)
+SELECT v.job_id, v.trigger_id, v.scheduled_for, 'schedule', v.state, 1, j.args, j.kwargs,
+       CASE WHEN v.state = 'dispatched' THEN %s ELSE '' END,
+       now(), now(),
+       CASE WHEN v.state = 'dispatched' THEN now() END,
+       CASE WHEN v.state = 'skipped' THEN now() END,
+       '', '', v.note
+FROM unnest(%s::bigint[], %s::bigint[], %s::timestamptz[], %s::text[], %s::text[])
+     AS v(job_id, trigger_id, scheduled_for, state, note)
+JOIN jobs_job j ON j.id = v.job_id
+ON CONFLICT (trigger_id, scheduled_for) WHERE origin = 'schedule' DO NOTHING
+RETURNING id, job_id, trigger_id, scheduled_for, state, attempt, args, kwargs
+"""
+
+ADVANCE_TRIGGERS = """
+UPDATE jobs_trigger t
+SET next_fire_at = v.next_fire_at,
+    last_fire_at = COALESCE(v.last_fire_at, t.last_fire_at)
+FROM unnest(%s::bigint[], %s::timestamptz[], %s::timestamptz[])
+     AS v(id, next_fire_at, last_fire_at)
+WHERE t.id = v.id
+"""
+
+# Pending executions (manual runs, reruns, retries, recoveries) whose time has come.
+# The inner SELECT locks them with SKIP LOCKED so each is handed to exactly one node.
+# Uses execution_pending_idx.
+CLAIM_PENDING = """
+UPDATE jobs_execution e
+SET state = 'dispatched', node = %s, dispatched_at = now()
+FROM jobs_job j
+WHERE e.id IN (
+    SELECT p.id FROM jobs_execution p
+    JOIN jobs_job pj ON pj.id = p.job_id
+    WHERE p.state = 'pending' AND p.run_after <= now() AND pj.executor = 'inline'
+    ORDER BY p.run_after
+    LIMIT %s
+    FOR UPDATE OF p SKIP LOCKED
+)
+  AND e.state = 'pending' AND j.id = e.job_id
+RETURNING e.id, e.job_id, e.trigger_id, e.scheduled_for, e.state, e.attempt, e.args, e.kwargs
+"""
+
+JOB_SETTINGS = """
+SELECT id, name, target, timeout, max_attempts, retry_backoff, recover
+FROM jobs_job WHERE id = ANY(%s)
+"""
+
+# Results are written in batches, with times computed by the database from how long
+# ago (by the node's monotonic clock) each run started and finished: database time
+# without a round trip per event. The state and node guard means a run that was
+# already declared timed out or abandoned (its node thought dead) is never overwritten.
+RECORD_RESULTS = """
+UPDATE jobs_execution e
+SET state = v.state,
+    started_at = COALESCE(e.started_at, clock_timestamp() - make_interval(secs => v.started_ago)),
+    finished_at = CASE WHEN v.finished_ago IS NULL THEN NULL
+                       ELSE clock_timestamp() - make_interval(secs => v.finished_ago) END,
+    error = v.error,
+    traceback = v.traceback
+FROM unnest(%s::bigint[], %s::text[], %s::float8[], %s::float8[], %s::text[], %s::text[])
+     AS v(id, state, started_ago, finished_ago, error, traceback)
+WHERE e.id = v.id AND e.node = %s AND e.state IN ('dispatched', 'running')
+RETURNING e.id
+"""
+
+# Each retry is its own execution, linked to the first attempt, pending until its
+# backoff has passed (database time).
+INSERT_RETRIES = """
+INSERT INTO jobs_execution
+    (job_id, trigger_id, scheduled_for, origin, state, attempt, args, kwargs, node,
+     retry_of_id, requested_by_id, created_at, run_after, error, traceback, note)
+SELECT e.job_id, e.trigger_id, e.scheduled_for, 'retry', 'pending', e.attempt + 1,
+       e.args, e.kwargs, '', COALESCE(e.retry_of_id, e.id), e.requested_by_id,
+       now(), now() + make_interval(secs => v.delay), '', '',
+       format('attempt %%s of %%s, after %%ss backoff', e.attempt + 1, v.max_attempts,
+              round(v.delay::numeric, 1))
+FROM unnest(%s::bigint[], %s::float8[], %s::int[]) AS v(id, delay, max_attempts)
+JOIN jobs_execution e ON e.id = v.id
+"""
+
+# Runs this node claimed but never started (it is stopping) go back to pending for
+# another node; the node guard keeps it from touching anything it no longer owns.
+RETURN_TO_PENDING = """
+UPDATE jobs_execution SET state = 'pending', node = '', dispatched_at = NULL
+WHERE id = ANY(%s) AND node = %s AND state = 'dispatched'
+"""
+
+# Unfinished executions of nodes that died (or of this node, for runs still going at
+# the end of its shutdown grace) are abandoned; jobs that ask for recovery get a new
+# pending execution linked to the abandoned one.
+ABANDON_EXECUTIONS = """
+WITH abandoned AS (
+    UPDATE jobs_execution
+    SET state = 'abandoned', finished_at = now(), error = %s
+    WHERE node = ANY(%s) AND state IN ('dispatched', 'running')
+      AND (%s::bigint[] IS NULL OR id = ANY(%s::bigint[]))
+    RETURNING id, job_id, trigger_id, scheduled_for, attempt, args, kwargs, node
+)
+INSERT INTO jobs_execution
+    (job_id, trigger_id, scheduled_for, origin, state, attempt, args, kwargs, node,
+     rerun_of_id, created_at, run_after, error, traceback, note)
+SELECT a.job_id, a.trigger_id, a.scheduled_for, 'recovery', 'pending', a.attempt,
+       a.args, a.kwargs, '', a.id, now(), now(), '', '',
+       format('recovers #%%s, abandoned by node %%s', a.id, a.node)
+FROM abandoned a JOIN jobs_job j ON j.id = a.job_id
+WHERE j.recover
+RETURNING rerun_of_id
+"""
+
+# How long an idle node may sleep: until the earliest due trigger or pending execution.
+# Computed by the database so a node's own clock never matters.
+SECONDS_UNTIL_DUE = """
+SELECT extract(epoch FROM LEAST(
+    (SELECT t.next_fire_at FROM jobs_trigger t JOIN jobs_job j ON j.id = t.job_id
+     WHERE NOT t.paused AND t.next_fire_at IS NOT NULL AND NOT j.paused
+       AND j.executor = 'inline'
+     ORDER BY t.next_fire_at LIMIT 1),
+    (SELECT p.run_after FROM jobs_execution p JOIN jobs_job j ON j.id = p.job_id
+     WHERE p.state = 'pending' AND j.executor = 'inline'
+     ORDER BY p.run_after LIMIT 1)
+) - clock_timestamp())
+"""
+
+
+@dataclass
+class Run:
+    """One execution handed to this node, with what it needs to run."""
+
+    id: int
+    job_id: int
+    trigger_id: int | None
+    scheduled_for: datetime
+    attempt: int
+    args: list
+    kwargs: dict
+    job: JobSettings | None = None
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    id: int
+    name: str
+    target: str
+    timeout: int | None
+    max_attempts: int
+    retry_backoff: float
+    recover: bool
+
+
+@dataclass
+class Claimed:
+    runs: list[Run] = field(default_factory=list)
+    triggers: int = 0
+    fired: int = 0
+    skipped: int = 0
+    coalesced: int = 0
+
+
+def _trigger_from_row(row) -> SimpleNamespace:
+    keys = (
+        "id", "job_id", "kind", "cron", "timezone", "interval", "run_at", "start_at",
+        "end_at", "misfire_policy", "misfire_grace", "next_fire_at",
+    )  # fmt: skip
+    return SimpleNamespace(**dict(zip(keys, row, strict=False)))
+
+
+def _runs_from_rows(rows) -> list[Run]:
+    return [
+        Run(id=r[0], job_id=r[1], trigger_id=r[2], scheduled_for=r[3], attempt=r[5],
+            args=r[6], kwargs=r[7])
+        for r in rows
+        if r[4] == "dispatched"
+    ]  # fmt: skip
+
+
+def _attach_job_settings(cursor, runs: list[Run]) -> None:
+    if not runs:
+        return
+    cursor.execute(JOB_SETTINGS, [sorted({r.job_id for r in runs})])
+    jobs = {row[0]: JobSettings(*row) for row in cursor.fetchall()}
+    for run in runs:
+        run.job = jobs[run.job_id]
+
+
+def claim_due_triggers(node_id: str, batch: int, misfire_chunk: int) -> Claimed:
+    """Lock due triggers, record their fires (and misfires) and advance them, in one transaction."""
+    claimed = Claimed()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(SELECT_DUE_TRIGGERS, [batch])
+        rows = cursor.fetchall()
+        if not rows:
+            return claimed
+        job_ids, trigger_ids, times, states, notes = [], [], [], [], []
+        advance_ids, advance_next, advance_last = [], [], []
+        for row in rows:
+            trigger = _trigger_from_row(row)
+            now = row[-1]
+            plan = schedule.plan_fires(trigger, now, misfire_chunk)
+            note = ""
+            if plan.coalesced:
+                note = f"misfire: coalesced {plan.coalesced} missed fire time(s) into this run"
+            for when in plan.skip:
+                job_ids.append(trigger.job_id)
+                trigger_ids.append(trigger.id)
+                times.append(when)
+                states.append("skipped")
+                notes.append(
+                    f"misfire: missed by more than the {trigger.misfire_grace}s grace "
+                    f"(policy skip)"
+                )
+            for when in plan.fire:
+                job_ids.append(trigger.job_id)
+                trigger_ids.append(trigger.id)
+                times.append(when)
+                states.append("dispatched")
+                notes.append(note)
+            advance_ids.append(trigger.id)
+            advance_next.append(plan.next_fire_at)
+            advance_last.append(max(plan.fire) if plan.fire else None)
+            claimed.coalesced += plan.coalesced
+        claimed.triggers = len(rows)
+        if job_ids:
+            cursor.execute(INSERT_FIRES, [node_id, job_ids, trigger_ids, times, states, notes])
+            inserted = cursor.fetchall()
+            claimed.runs = _runs_from_rows(inserted)
+            claimed.fired = len(claimed.runs)
+            claimed.skipped = sum(1 for r in inserted if r[4] == "skipped")
+        cursor.execute(ADVANCE_TRIGGERS, [advance_ids, advance_next, advance_last])
+        _attach_job_settings(cursor, claimed.runs)
+    return claimed
+
+
+def claim_pending_executions(node_id: str, batch: int) -> list[Run]:
+    """Hand up to ``batch`` runnable pending executions to this node."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(CLAIM_PENDING, [node_id, batch])
+        runs = _runs_from_rows(cursor.fetchall())
+        _attach_job_settings(cursor, runs)
+    return runs
+
+
+@dataclass(frozen=True)
+class Result:
+    """How one run ended, as seen by the node that ran it."""
+
+    execution_id: int
+    state: str  # running | succeeded | failed | timed_out
+    started_ago: float
+    finished_ago: float | None
+    error: str = ""
+    traceback: str = ""
+    retry_delay: float | None = None
+    max_attempts: int = 1
+
+
+def record_results(node_id: str, results: list[Result]) -> set[int]:
+    """Write a batch of results; return the ids whose write took effect."""
+    if not results:
+        return set()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            RECORD_RESULTS,
+            [
+                [r.execution_id for r in results],
+                [r.state for r in results],
+                [r.started_ago for r in results],
+                [r.finished_ago for r in results],
+                [r.error for r in results],
+                [r.traceback for r in results],
+                node_id,
+            ],
+        )
+        applied = {row[0] for row in cursor.fetchall()}
+        retries = [r for r in results if r.retry_delay is not None and r.execution_id in applied]
+        if retries:
+            cursor.execute(
+                INSERT_RETRIES,
+                [
+                    [r.execution_id for r in retries],
+                    [r.retry_delay for r in retries],
+                    [r.max_attempts for r in retries],
+                ],
+            )
+    return applied
+
+
+def return_to_pending(node_id: str, execution_ids: list[int]) -> None:
+    if execution_ids:
+        with connection.cursor() as cursor:
+            cursor.execute(RETURN_TO_PENDING, [execution_ids, node_id])
+
+
+def abandon_executions(node_ids: list[str], reason: str, only_ids: list[int] | None = None) -> int:
+    """Abandon the nodes' unfinished executions, queueing recoveries; return how many recovered."""
+    with connection.cursor() as cursor:
+        cursor.execute(ABANDON_EXECUTIONS, [reason, node_ids, only_ids, only_ids])
+        return len(cursor.fetchall())
+
+
+def seconds_until_due() -> float | None:
+    """Seconds until the next due trigger or pending execution (negative if overdue)."""
+    with connection.cursor() as cursor:
+        cursor.execute(SECONDS_UNTIL_DUE)
+        value = cursor.fetchone()[0]
+    return None if value is None else float(value)

@@ -1,0 +1,301 @@
+"""Jobs (what runs), triggers (when) and executions (the audit history of every run)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import connection, models
+from django.db.models import Q
+from django.db.models.functions import Now
+
+from jobs import registry, schedule
+
+
+def validate_target(value: str) -> None:
+    if not registry.is_registered(value):
+        raise ValidationError(
+            "%(value)s is not a registered job target. Choose one of: %(names)s",
+            params={"value": value, "names": ", ".join(registry.target_names()) or "(none)"},
+            code="unknown_target",
+        )
+
+
+def validate_timezone(value: str) -> None:
+    try:
+        schedule.validate_timezone(value)
+    except ValueError as e:
+        raise ValidationError(str(e), code="invalid_timezone") from None
+
+
+def validate_cron(value: str) -> None:
+    try:
+        schedule.validate_cron(value)
+    except ValueError as e:
+        raise ValidationError(str(e), code="invalid_cron") from None
+
+
+def validate_args(value) -> None:
+    if not isinstance(value, list):
+        raise ValidationError("args must be a JSON list, e.g. [1, \"two\"]", code="invalid_args")
+
+
+def validate_kwargs(value) -> None:
+    if not isinstance(value, dict):
+        raise ValidationError(
+            "kwargs must be a JSON object, e.g. {\"seconds\": 5}", code="invalid_kwargs"
+        )
+
+
+def database_now():
+    """PostgreSQL's now(): the only clock that decides anything."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT now()")
+        return cursor.fetchone()[0]
+
+
+class Job(models.Model):
+    class Executor(models.TextChoices):
+        INLINE = "inline", "Inline (threads in the scheduler node)"
+        CELERY = "celery", "Celery workers"
+
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+    target = models.CharField(max_length=200, validators=[validate_target])
+    args = models.JSONField(default=list, blank=True, validators=[validate_args])
+    kwargs = models.JSONField(default=dict, blank=True, validators=[validate_kwargs])
+    executor = models.CharField(max_length=20, choices=Executor.choices, default=Executor.INLINE)
+    timeout = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Seconds a run may take before it is marked timed out."
+    )
+    max_attempts = models.PositiveIntegerField(
+        default=1, help_text="Attempts per fire, the first included (1 means no retries)."
+    )
+    retry_backoff = models.FloatField(
+        default=10.0, help_text="Base seconds of the exponential backoff between attempts."
+    )
+    recover = models.BooleanField(
+        default=False, help_text="Run again when the node running it dies."
+    )
+    paused = models.BooleanField(default=False)
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+    updated_at = models.DateTimeField(db_default=Now(), editable=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self):
+        errors = {}
+        if self.executor == self.Executor.CELERY:
+            errors["executor"] = "The celery executor is not available yet; use inline."
+        if self.max_attempts is not None and self.max_attempts < 1:
+            errors["max_attempts"] = "At least 1."
+        if self.retry_backoff is not None and self.retry_backoff < 0:
+            errors["retry_backoff"] = "Must not be negative."
+        if self.timeout is not None and self.timeout < 1:
+            errors["timeout"] = "At least 1 second, or empty for no timeout."
+        if errors:
+            raise ValidationError(errors)
+
+
+class Trigger(models.Model):
+    class Kind(models.TextChoices):
+        CRON = "cron", "Cron expression"
+        INTERVAL = "interval", "Fixed interval"
+        ONCE = "once", "Once at a date-time"
+
+    class MisfirePolicy(models.TextChoices):
+        FIRE_ONCE = "fire_once", "Fire once now, coalescing the missed fires"
+        SKIP = "skip", "Record missed fires as skipped"
+        FIRE_ALL = "fire_all", "Fire every missed fire (bounded per pass)"
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="triggers")
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.CRON)
+    cron = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Five fields, or six with seconds first (0 0 2 * * * is 02:00:00 daily).",
+    )
+    timezone = models.CharField(max_length=64, default="UTC", validators=[validate_timezone])
+    interval = models.PositiveIntegerField(null=True, blank=True, help_text="Seconds.")
+    run_at = models.DateTimeField(null=True, blank=True)
+    start_at = models.DateTimeField(null=True, blank=True)
+    end_at = models.DateTimeField(null=True, blank=True)
+    misfire_policy = models.CharField(
+        max_length=10, choices=MisfirePolicy.choices, default=MisfirePolicy.FIRE_ONCE
+    )
+    misfire_grace = models.PositiveIntegerField(
+        default=60, help_text="Seconds a fire may be late before it counts as missed."
+    )
+    paused = models.BooleanField(default=False)
+    next_fire_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_fire_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+    updated_at = models.DateTimeField(db_default=Now(), editable=False)
+
+    class Meta:
+        indexes = [
+            # claim_due_triggers and seconds_until_due: due, unpaused triggers by time.
+            models.Index(
+                fields=["next_fire_at"],
+                name="trigger_due_idx",
+                condition=Q(paused=False, next_fire_at__isnull=False),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job.name}: {self.describe()}" if self.job_id else self.describe()
+
+    def describe(self) -> str:
+        if self.kind == self.Kind.CRON:
+            return f"cron {self.cron} ({self.timezone})"
+        if self.kind == self.Kind.INTERVAL:
+            return f"every {self.interval}s"
+        return f"once at {self.run_at}"
+
+    def clean(self):
+        errors = {}
+        if self.kind == self.Kind.CRON:
+            if not self.cron:
+                errors["cron"] = "A cron trigger needs a cron expression."
+            else:
+                try:
+                    schedule.validate_cron(self.cron)
+                except ValueError as e:
+                    errors["cron"] = str(e)
+        elif self.kind == self.Kind.INTERVAL:
+            if not self.interval:
+                errors["interval"] = "An interval trigger needs an interval of at least 1 second."
+        elif self.kind == self.Kind.ONCE:
+            if not self.run_at:
+                errors["run_at"] = "A one-off trigger needs a date-time to run at."
+        if self.start_at and self.end_at and self.end_at <= self.start_at:
+            errors["end_at"] = "The window must end after it starts."
+        if errors:
+            raise ValidationError(errors)
+
+    def schedule_fields(self) -> dict:
+        return {f: getattr(self, f) for f in SCHEDULE_FIELDS}
+
+    def reschedule(self, now=None) -> None:
+        """Set next_fire_at to the first fire time after ``now`` (database time)."""
+        now = now or database_now()
+        upcoming = schedule.next_fire_times(self, now, 1)
+        self.next_fire_at = upcoming[0] if upcoming else None
+
+    def save(self, *args, **kwargs):
+        # A new trigger, or one whose schedule changed, starts counting from now.
+        # Pausing and resuming keep next_fire_at, so the misfire policy sees what was missed.
+        if self.pk is None:
+            self.reschedule()
+        else:
+            old = Trigger.objects.filter(pk=self.pk).values(*SCHEDULE_FIELDS).first()
+            if old is None or any(old[f] != getattr(self, f) for f in SCHEDULE_FIELDS):
+                self.reschedule()
+        self.updated_at = Now()
+        super().save(*args, **kwargs)
+        self.refresh_from_db(fields=["updated_at"])
+
+
+SCHEDULE_FIELDS = ("kind", "cron", "timezone", "interval", "run_at", "start_at", "end_at")
+
+
+class Execution(models.Model):
+    class Origin(models.TextChoices):
+        SCHEDULE = "schedule"
+        MANUAL = "manual"
+        RERUN = "rerun"
+        RETRY = "retry"
+        RECOVERY = "recovery"
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        DISPATCHED = "dispatched"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        TIMED_OUT = "timed_out"
+        CANCELLED = "cancelled"
+        ABANDONED = "abandoned"
+        SKIPPED = "skipped"
+
+    FINAL_STATES = ("succeeded", "failed", "timed_out", "cancelled", "abandoned", "skipped")
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="executions")
+    trigger = models.ForeignKey(
+        Trigger, on_delete=models.SET_NULL, null=True, blank=True, related_name="executions"
+    )
+    scheduled_for = models.DateTimeField()
+    origin = models.CharField(max_length=10, choices=Origin.choices)
+    state = models.CharField(max_length=12, choices=State.choices)
+    attempt = models.PositiveIntegerField(default=1)
+    args = models.JSONField(default=list)
+    kwargs = models.JSONField(default=dict)
+    node = models.CharField(max_length=200, blank=True, default="")
+    retry_of = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="retries",
+        help_text="The first attempt, for retries.",
+    )
+    rerun_of = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="reruns",
+        help_text="The execution this one runs again (reruns and recoveries).",
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
+    )
+    created_at = models.DateTimeField(db_default=Now())
+    run_after = models.DateTimeField(db_default=Now(), help_text="Pending until this time.")
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    traceback = models.TextField(blank=True, default="")
+    note = models.TextField(blank=True, default="", help_text="Misfire and recovery notes.")
+
+    class Meta:
+        constraints = [
+            # The idempotency key of scheduled fires: two nodes can never record one twice.
+            models.UniqueConstraint(
+                fields=["trigger", "scheduled_for"],
+                condition=Q(origin="schedule"),
+                name="one_execution_per_fire",
+            ),
+        ]
+        indexes = [
+            # claim_pending_executions: runnable pending executions by run_after.
+            models.Index(
+                fields=["run_after"], name="execution_pending_idx", condition=Q(state="pending")
+            ),
+            # recover_dead_nodes: a dead node's unfinished executions.
+            models.Index(
+                fields=["node"],
+                name="execution_unfinished_idx",
+                condition=Q(state__in=["dispatched", "running"]),
+            ),
+            # Execution history, newest first, and per job.
+            models.Index(fields=["-created_at", "-id"], name="execution_recent_idx"),
+            models.Index(fields=["job", "-created_at"], name="execution_job_recent_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.job_id} {self.state}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state in self.FINAL_STATES
+
+
+def queue_manual_run(job: Job, user=None, args=None, kwargs=None) -> Execution:
+    """Queue a run of ``job`` now, outside its schedule; nodes pick it up."""
+    return Execution.objects.create(
+        job=job,
+        scheduled_for=Now(),
+        origin=Execution.Origin.MANUAL,
+        state=Execution.State.PENDING,
+        args=job.args if args is None else args,
+        kwargs=job.kwargs if kwargs is None else kwargs,
+        requested_by=user,
+    )
+

@@ -1,0 +1,47 @@
+"""Demo job targets, used by the demo data and the tests."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from jobs.registry import register
+
+
+@register("demo.noop", "Do nothing (for benchmarks)")
+def noop(*args, **kwargs):
+    return None
+
+
+@register("demo.sleep", "Sleep for `seconds`")
+def sleep(seconds: float = 1.0, **kwargs):
+    time.sleep(float(seconds))
+
+
+@register("demo.fail", "Raise an error with `message`")
+def fail(message: str = "demo failure", **kwargs):
+    raise RuntimeError(message)
+
+
+@register("demo.echo", "Print the arguments it was given")
+def echo(*args, **kwargs):
+    print("demo.echo", args, kwargs, flush=True)
+
+
+@register("demo.append_line", "Append `line` to the file `path`, then sleep `seconds`")
+def append_line(path: str, line: str = "ran", seconds: float = 0.0, **kwargs):
+    # O_APPEND writes of one short line are atomic, so concurrent runs never interleave.
+    with Path(path).open("a") as f:
+        f.write(f"{line}\n")
+    if seconds:
+        time.sleep(float(seconds))
+
+
+@register("demo.fail_times", "Fail until `path` holds `times` lines, then succeed")
+def fail_times(path: str, times: int = 1, **kwargs):
+    p = Path(path)
+    with p.open("a") as f:
+        f.write("attempt\n")
+    attempts = len(p.read_text().splitlines())
+    if attempts <= int(times):
+        raise RuntimeError(f"attempt {attempts} fails on purpose")
