@@ -7,6 +7,7 @@ PostgreSQL's `now()` / `clock_timestamp()`, never a node's clock.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import SimpleNamespace
@@ -204,10 +205,15 @@ def _trigger_from_row(row) -> SimpleNamespace:
     return SimpleNamespace(**dict(zip(keys, row, strict=False)))
 
 
+def _json(value):
+    # Django's psycopg backend leaves jsonb undecoded for JSONField to decode.
+    return json.loads(value) if isinstance(value, str) else value
+
+
 def _runs_from_rows(rows) -> list[Run]:
     return [
         Run(id=r[0], job_id=r[1], trigger_id=r[2], scheduled_for=r[3], attempt=r[5],
-            args=r[6], kwargs=r[7])
+            args=_json(r[6]), kwargs=_json(r[7]))
         for r in rows
         if r[4] == "dispatched"
     ]  # fmt: skip
@@ -245,8 +251,7 @@ def claim_due_triggers(node_id: str, batch: int, misfire_chunk: int) -> Claimed:
                 times.append(when)
                 states.append("skipped")
                 notes.append(
-                    f"misfire: missed by more than the {trigger.misfire_grace}s grace "
-                    f"(policy skip)"
+                    f"misfire: missed by more than the {trigger.misfire_grace}s grace (policy skip)"
                 )
             for when in plan.fire:
                 job_ids.append(trigger.job_id)

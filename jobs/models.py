@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zoneinfo
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, models
@@ -36,13 +38,13 @@ def validate_cron(value: str) -> None:
 
 def validate_args(value) -> None:
     if not isinstance(value, list):
-        raise ValidationError("args must be a JSON list, e.g. [1, \"two\"]", code="invalid_args")
+        raise ValidationError('args must be a JSON list, e.g. [1, "two"]', code="invalid_args")
 
 
 def validate_kwargs(value) -> None:
     if not isinstance(value, dict):
         raise ValidationError(
-            "kwargs must be a JSON object, e.g. {\"seconds\": 5}", code="invalid_kwargs"
+            'kwargs must be a JSON object, e.g. {"seconds": 5}', code="invalid_kwargs"
         )
 
 
@@ -176,8 +178,8 @@ class Trigger(models.Model):
         if errors:
             raise ValidationError(errors)
 
-    def schedule_fields(self) -> dict:
-        return {f: getattr(self, f) for f in SCHEDULE_FIELDS}
+    def tzinfo(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
 
     def reschedule(self, now=None) -> None:
         """Set next_fire_at to the first fire time after ``now`` (database time)."""
@@ -235,11 +237,19 @@ class Execution(models.Model):
     kwargs = models.JSONField(default=dict)
     node = models.CharField(max_length=200, blank=True, default="")
     retry_of = models.ForeignKey(
-        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="retries",
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="retries",
         help_text="The first attempt, for retries.",
     )
     rerun_of = models.ForeignKey(
-        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="reruns",
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="reruns",
         help_text="The execution this one runs again (reruns and recoveries).",
     )
     requested_by = models.ForeignKey(
@@ -298,4 +308,3 @@ def queue_manual_run(job: Job, user=None, args=None, kwargs=None) -> Execution:
         kwargs=job.kwargs if kwargs is None else kwargs,
         requested_by=user,
     )
-

@@ -19,11 +19,10 @@ import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections, transaction
 from django.db import connection as django_connection
-from django.db import transaction
 
-from jobs import claims, registry
+from jobs import claims, context, registry
 from jobs.claims import Result, Run
 from locks import liveness
 
@@ -243,7 +242,9 @@ class Node:
         with self.lock:
             orphans = [i for i in ids if i not in self.inflight]
         if orphans:
-            log.warning("re-queueing %s execution(s) claimed before a lost connection", len(orphans))
+            log.warning(
+                "re-queueing %s execution(s) claimed before a lost connection", len(orphans)
+            )
             claims.return_to_pending(self.node_id, orphans)
         self.connection_lost = False
 
@@ -255,11 +256,15 @@ class Node:
             self.started[run.id] = started
         self.results.put(Result(run.id, "running", 0.0, None))
         state, error, tb = "succeeded", "", ""
+        token = context.running_as(
+            context.ExecutionContext(run.id, run.job.name, run.scheduled_for, run.attempt)
+        )
         try:
             registry.get_target(run.job.target).func(*run.args, **run.kwargs)
         except Exception as e:
             state, error, tb = "failed", f"{type(e).__name__}: {e}", traceback.format_exc()
         finally:
+            context.finished(token)
             # Job code may have used the ORM from this thread.
             close_old_connections()
         finished = time.monotonic()

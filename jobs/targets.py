@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from jobs.context import current_execution
 from jobs.registry import register
 
 
@@ -45,3 +46,12 @@ def fail_times(path: str, times: int = 1, **kwargs):
     attempts = len(p.read_text().splitlines())
     if attempts <= int(times):
         raise RuntimeError(f"attempt {attempts} fails on purpose")
+
+
+@register("demo.record_run", "Append this run's execution id to the file `path`")
+def record_run(path: str, seconds: float = 0.0, **kwargs):
+    execution = current_execution()
+    with Path(path).open("a") as f:
+        f.write(f"{execution.execution_id}\n")
+    if seconds:
+        time.sleep(float(seconds))

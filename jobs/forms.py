@@ -1,0 +1,23 @@
+"""Forms for defining jobs and triggers: targets come from the registry only."""
+
+from __future__ import annotations
+
+from django import forms
+
+from jobs import registry
+from jobs.models import Job, Trigger
+
+
+class JobForm(forms.ModelForm):
+    # A choice among registered targets: a dotted path typed by a user is never imported.
+    target = forms.ChoiceField(choices=registry.target_choices)
+
+    class Meta:
+        model = Job
+        fields = "__all__"
+
+
+class TriggerForm(forms.ModelForm):
+    class Meta:
+        model = Trigger
+        fields = "__all__"

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Scheduler nodes in tests heartbeat often and are declared dead quickly.
+FAST_NODE_ENV = {
+    "SCHEDULER_HEARTBEAT_INTERVAL": "0.5",
+    "SCHEDULER_NODE_TIMEOUT": "3",
+    "SCHEDULER_POLL_INTERVAL": "2",
+    "SCHEDULER_SHUTDOWN_GRACE": "10",
+    "LOG_LEVEL": "INFO",
+}
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, message: str = ""):
+    """Poll until ``predicate()`` is truthy; fail with ``message`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for: {message or predicate}")
+        time.sleep(interval)
+
+
+def test_database_url() -> str:
+    s = connection.settings_dict
+    host = s.get("HOST") or "127.0.0.1"
+    port = s.get("PORT") or 5432
+    user = s.get("USER") or "postgres"
+    password = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
+    return f"postgres://{user}{password}@{host}:{port}/{s['NAME']}"
+
+
+test_database_url.__test__ = False  # not a test, despite its name
+
+
+class NodeProcess:
+    """A real `manage.py run_scheduler` process against the test database."""
+
+    def __init__(self, node_id: str, log_dir: Path, extra_env=None, prefix=(), args=()):
+        self.node_id = node_id
+        self.log_path = log_dir / f"{node_id}.log"
+        env = {**os.environ, **FAST_NODE_ENV, "DATABASE_URL": test_database_url()}
+        env["APP_NAME"] = f"node:{node_id}"
+        env.update(extra_env or {})
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [*prefix, sys.executable, "manage.py", "run_scheduler", "--node-id", node_id, *args],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+@pytest.fixture
+def start_node(transactional_db, tmp_path):
+    """Start scheduler node processes; each is stopped (SIGTERM) at the end of the test."""
+    nodes: list[NodeProcess] = []
+
+    def start(node_id: str, **kwargs) -> NodeProcess:
+        node = NodeProcess(node_id, tmp_path, **kwargs)
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        node.terminate()

@@ -1,0 +1,192 @@
+"""Real scheduler node processes sharing one database."""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+
+from jobs.models import Execution, Job, Trigger, database_now
+from tests.conftest import wait_for
+from tests.jobs.factories import due_triggers, make_job
+
+pytestmark = pytest.mark.cluster
+
+
+def recorded_runs(path) -> list[int]:
+    if not path.exists():
+        return []
+    return [int(line) for line in path.read_text().split()]
+
+
+def assert_each_fire_recorded_and_run_once(run_file):
+    scheduled = Execution.objects.filter(origin="schedule")
+    keys = Counter(scheduled.values_list("trigger_id", "scheduled_for"))
+    assert keys and max(keys.values()) == 1
+    runs = Counter(recorded_runs(run_file))
+    assert max(runs.values()) == 1, "an execution ran twice"
+    succeeded = set(Execution.objects.filter(state="succeeded").values_list("id", flat=True))
+    assert set(runs) == succeeded
+    assert not Execution.objects.exclude(state="succeeded").exists()
+
+
+@pytest.mark.parametrize("node_count", [2, 4])
+def test_nodes_record_and_run_every_fire_time_exactly_once(start_node, tmp_path, node_count):
+    run_file = tmp_path / "runs.txt"
+    record = make_job("record", "demo.record_run", kwargs={"path": str(run_file)})
+    one_offs = due_triggers(record, 1500, spread_seconds=4)
+    every_second = [
+        Trigger.objects.create(job=record, kind="cron", cron="* * * * * *") for _ in range(20)
+    ]
+    every_second += [
+        Trigger.objects.create(job=record, kind="interval", interval=1) for _ in range(20)
+    ]
+    nodes = [start_node(f"n{i}", args=["--batch", "20"]) for i in range(node_count)]
+
+    wait_for(
+        lambda: Execution.objects.filter(trigger__in=one_offs, state="succeeded").count() == 1500,
+        timeout=60,
+        message="all one-off fires to succeed",
+    )
+    start = database_now()
+    wait_for(lambda: database_now() > start + timedelta(seconds=4), interval=0.5)
+    # Quiesce before stopping, so every recorded fire has run.
+    Trigger.objects.update(paused=True)
+    wait_for(
+        lambda: not Execution.objects.filter(state__in=["pending", "dispatched", "running"]),
+        message="in-flight executions to finish",
+    )
+    for node in nodes:
+        assert node.terminate() == 0, node.log()
+
+    assert_each_fire_recorded_and_run_once(run_file)
+    assert Execution.objects.count() >= 1500 + 40 * 4
+    # Nothing was lost: every repeating trigger fired at each of its fire times, with no gaps.
+    for trigger in every_second:
+        times = list(
+            Execution.objects.filter(trigger=trigger)
+            .order_by("scheduled_for")
+            .values_list("scheduled_for", flat=True)
+        )
+        gaps = {(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)}
+        assert gaps == {1.0}, (trigger.describe(), gaps)
+        trigger.refresh_from_db()
+        assert trigger.next_fire_at > times[-1]
+    nodes_that_worked = set(Execution.objects.values_list("node", flat=True))
+    assert len(nodes_that_worked) >= 2
+
+
+def test_killed_node_is_declared_dead_and_its_run_recovered(start_node, tmp_path):
+    run_file = tmp_path / "runs.txt"
+    job = make_job("slow", "demo.record_run", kwargs={"path": str(run_file), "seconds": 3},
+                   recover=True)  # fmt: skip
+    victim = start_node("victim")
+    from jobs.models import queue_manual_run
+
+    first = queue_manual_run(job)
+    wait_for(lambda: Execution.objects.get(pk=first.pk).state == "running", timeout=20)
+    victim.kill9()
+    survivor = start_node("survivor")
+
+    first = wait_for(
+        lambda: Execution.objects.filter(pk=first.pk, state="abandoned").first(),
+        timeout=30,
+        message="the killed node's run to be abandoned",
+    )
+    assert "died" in first.error
+    recovery = wait_for(
+        lambda: Execution.objects.filter(rerun_of=first, state="succeeded").first(),
+        timeout=30,
+        message="the recovery run to succeed",
+    )
+    assert recovery.origin == "recovery"
+    assert recovery.node == "survivor"
+    from locks.models import SchedulerNode
+
+    victim_row = SchedulerNode.objects.get(pk="victim")
+    assert victim_row.state == "dead"
+    assert victim_row.declared_dead_by == "survivor"
+    assert Execution.objects.filter(origin="recovery").count() == 1
+    survivor.terminate()
+    # The victim started the run once before dying; the recovery ran it once more.
+    assert sorted(recorded_runs(run_file)) == [first.pk, recovery.pk]
+
+
+def test_node_reconnects_after_its_connections_are_terminated(start_node, tmp_path):
+    run_file = tmp_path / "runs.txt"
+    job = make_job("tick", "demo.record_run", kwargs={"path": str(run_file)})
+    trigger = Trigger.objects.create(job=job, kind="interval", interval=1)
+    node = start_node("reconnecting")
+    wait_for(lambda: Execution.objects.filter(trigger=trigger).count() >= 3, timeout=20)
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            ["node:reconnecting"],
+        )
+        assert cursor.rowcount >= 1
+    before = Execution.objects.filter(trigger=trigger).count()
+    wait_for(
+        lambda: Execution.objects.filter(trigger=trigger, state="succeeded").count() >= before + 3,
+        timeout=30,
+        message="fires to continue after the connections were killed",
+    )
+    assert node.terminate() == 0, node.log()
+    assert "connection lost" in node.log()
+    assert_each_fire_recorded_and_run_once(run_file)
+
+
+def libfaketime() -> str:
+    """Debian's libfaketime (package faketime; `make test` installs it)."""
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1"))
+    assert found, "Debian's faketime package is needed (make test installs it)"
+    return found[0]
+
+
+@pytest.mark.parametrize("skew", ["+1h", "-1h"])
+def test_node_with_a_skewed_clock_fires_when_the_others_would(start_node, tmp_path, skew):
+    # The library is preloaded into the node itself (the `faketime` wrapper would stand
+    # between the test and the node's signals). A machine with a wrong wall clock still
+    # has a correct monotonic clock (time since boot), so only the wall clock is faked.
+    skewed_env = {
+        "LD_PRELOAD": libfaketime(),
+        "FAKETIME": skew,
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+    shown = subprocess.run(
+        [sys.executable, "-c", "import time; print(time.time())"],
+        env={**os.environ, **skewed_env}, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT extract(epoch FROM clock_timestamp())")
+        real = float(cursor.fetchone()[0])
+    assert abs(abs(float(shown.stdout) - real) - 3600) < 60, "the clock was not skewed"
+
+    run_file = tmp_path / "runs.txt"
+    job = make_job("skewed", "demo.record_run", kwargs={"path": str(run_file)})
+    soon = Trigger.objects.create(job=job, kind="interval", interval=2)
+    later = Trigger.objects.create(
+        job=job, kind="once", run_at=database_now() + timedelta(minutes=30)
+    )
+    node = start_node("skewed", extra_env=skewed_env)
+    wait_for(
+        lambda: Execution.objects.filter(trigger=soon, state="succeeded").count() >= 3,
+        timeout=30,
+    )
+    assert node.terminate() == 0, node.log()
+
+    for execution in Execution.objects.filter(trigger=soon):
+        lag = (execution.dispatched_at - execution.scheduled_for).total_seconds()
+        assert 0 <= lag < 1.5, f"fired {lag:.3f}s after its time"
+    assert not Execution.objects.filter(trigger=later).exists()
+    from locks.models import SchedulerNode
+
+    row = SchedulerNode.objects.get(pk="skewed")
+    assert abs((row.last_heartbeat - row.started_at).total_seconds()) < 60
+    assert Job.objects.count() == 1

@@ -1,0 +1,199 @@
+"""The node's steps, called directly in this process against the real database."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+
+from jobs.models import Execution, Trigger, database_now, queue_manual_run
+from jobs.node import Node
+from locks import liveness
+from locks.models import SchedulerNode
+from tests.conftest import wait_for
+from tests.jobs.factories import make_job
+
+
+@pytest.fixture
+def node(transactional_db, settings):
+    settings.SCHEDULER_SHUTDOWN_GRACE = 5
+    node = Node(node_id="test-node", batch=50, threads=4)
+    node.start()
+    yield node
+    node.stop()
+    node.shutdown()
+
+
+def finished(execution_ids, count=None):
+    qs = Execution.objects.filter(state__in=Execution.FINAL_STATES)
+    if execution_ids is not None:
+        qs = qs.filter(pk__in=execution_ids)
+    return qs.count() >= (count if count is not None else len(execution_ids))
+
+
+def overdue_trigger(job, seconds_ago: float, **options) -> Trigger:
+    """A trigger whose next fire time is ``seconds_ago`` in the past (database time)."""
+    trigger = Trigger.objects.create(job=job, **options)
+    Trigger.objects.filter(pk=trigger.pk).update(
+        next_fire_at=database_now() - timedelta(seconds=seconds_ago)
+    )
+    trigger.refresh_from_db()
+    return trigger
+
+
+def test_claim_records_a_due_fire_runs_it_and_advances_the_trigger(node):
+    job = make_job("tick", "demo.noop")
+    trigger = overdue_trigger(job, 1, kind="interval", interval=60)
+    due = trigger.next_fire_at
+
+    assert node.claim_due() == 1
+    execution = Execution.objects.get(trigger=trigger)
+    assert execution.scheduled_for == due
+    assert execution.origin == "schedule"
+    assert execution.node == "test-node"
+    wait_for(lambda: Execution.objects.get(pk=execution.pk).state == "succeeded")
+    execution.refresh_from_db()
+    assert execution.started_at <= execution.finished_at
+    trigger.refresh_from_db()
+    assert trigger.next_fire_at == due + timedelta(seconds=60)
+    assert trigger.last_fire_at == due
+    assert node.claim_due() == 0
+
+
+def test_a_trigger_that_is_not_due_is_not_claimed(node):
+    job = make_job("later", "demo.noop")
+    Trigger.objects.create(job=job, kind="interval", interval=3600)
+    assert node.claim_due() == 0
+    assert not Execution.objects.exists()
+
+
+def test_paused_trigger_and_paused_job_are_not_claimed(node):
+    paused_trigger = overdue_trigger(make_job("a"), 1, kind="interval", interval=60, paused=True)
+    paused_job = make_job("b", paused=True)
+    overdue_trigger(paused_job, 1, kind="interval", interval=60)
+    assert node.claim_due() == 0
+    assert not Execution.objects.exists()
+    assert paused_trigger.next_fire_at < database_now()
+
+
+def test_skip_policy_records_each_missed_fire_as_skipped(node):
+    job = make_job("skipper", "demo.noop")
+    trigger = overdue_trigger(
+        job, 10 * 60 + 30, kind="interval", interval=60, misfire_policy="skip", misfire_grace=5
+    )
+    node.claim_due()
+    skipped = Execution.objects.filter(trigger=trigger, state="skipped")
+    # 10.5 minutes late on a one-minute interval: 11 fire times, all missed by > 5 s.
+    assert skipped.count() == 11
+    assert all("misfire" in e.note for e in skipped)
+    assert not Execution.objects.exclude(state="skipped").exists()
+    trigger.refresh_from_db()
+    assert trigger.next_fire_at > database_now()
+
+
+def test_fire_once_policy_runs_once_and_notes_the_coalesced_misses(node):
+    job = make_job("coalescer", "demo.noop")
+    trigger = overdue_trigger(job, 10 * 60 + 30, kind="interval", interval=60, misfire_grace=5)
+    node.claim_due()
+    executions = Execution.objects.filter(trigger=trigger)
+    assert executions.count() == 1
+    assert "coalesced 10" in executions.get().note
+    wait_for(lambda: finished(None, 1))
+
+
+def test_fire_all_policy_runs_every_missed_fire(node):
+    job = make_job("catcher", "demo.noop")
+    trigger = overdue_trigger(
+        job, 10 * 60 + 30, kind="interval", interval=60, misfire_policy="fire_all",
+        misfire_grace=5,
+    )  # fmt: skip
+    node.claim_due()
+    assert Execution.objects.filter(trigger=trigger).count() == 11
+    wait_for(lambda: Execution.objects.filter(state="succeeded").count() == 11)
+
+
+def test_manual_run_is_claimed_as_pending_and_succeeds(node):
+    job = make_job("manual", "demo.echo", args=[1])
+    execution = queue_manual_run(job, args=[2])
+    assert execution.state == "pending"
+    assert node.claim_pending() == 1
+    wait_for(lambda: Execution.objects.get(pk=execution.pk).state == "succeeded")
+    execution.refresh_from_db()
+    assert execution.args == [2]
+    assert execution.trigger is None and execution.origin == "manual"
+
+
+def test_failure_records_error_and_traceback_then_retries_with_backoff(node):
+    job = make_job("failing", "demo.fail", kwargs={"message": "boom"}, max_attempts=3,
+                   retry_backoff=0.2)  # fmt: skip
+    first = queue_manual_run(job)
+    node.claim_pending()
+    wait_for(lambda: Execution.objects.get(pk=first.pk).state == "failed")
+    first.refresh_from_db()
+    assert first.error == "RuntimeError: boom"
+    assert "Traceback" in first.traceback and "demo failure" not in first.error
+    retry = Execution.objects.get(retry_of=first)
+    assert retry.origin == "retry" and retry.attempt == 2 and retry.state == "pending"
+    # Backoff of 0.2 s with up to 20 % jitter, measured in database time.
+    assert 0.2 <= (retry.run_after - first.finished_at).total_seconds() < 0.5
+
+    def all_attempts_failed():
+        node.claim_pending()
+        return Execution.objects.filter(job=job, state="failed").count() == 3
+
+    wait_for(all_attempts_failed, timeout=15)
+    attempts = Execution.objects.filter(job=job).order_by("attempt")
+    assert [e.attempt for e in attempts] == [1, 2, 3]
+    assert all(e.retry_of_id == first.pk for e in attempts[1:])
+    assert not Execution.objects.filter(job=job, attempt=4).exists()
+
+
+def test_a_run_past_its_timeout_is_marked_timed_out(node):
+    job = make_job("stuck", "demo.sleep", kwargs={"seconds": 3}, timeout=1)
+    execution = queue_manual_run(job)
+    node.claim_pending()
+    wait_for(lambda: Execution.objects.get(pk=execution.pk).state == "timed_out", timeout=10)
+    execution.refresh_from_db()
+    assert "timed out after 1s" in execution.error
+    # The job's own late return must not overwrite the verdict.
+    wait_for(lambda: not node.inflight, timeout=10)
+    execution.refresh_from_db()
+    assert execution.state == "timed_out"
+
+
+def test_shutdown_hands_unstarted_runs_back_and_marks_the_node_stopped(transactional_db, settings):
+    settings.SCHEDULER_SHUTDOWN_GRACE = 5
+    node = Node(node_id="draining", batch=10, threads=1)
+    node.start()
+    job = make_job("queue", "demo.sleep", kwargs={"seconds": 0.5})
+    executions = [queue_manual_run(job) for _ in range(4)]
+    node.claim_pending()
+    wait_for(lambda: Execution.objects.filter(state="running").count() == 1)
+    node.stop()
+    node.shutdown()
+    states = Counter(Execution.objects.filter(pk__in=[e.pk for e in executions]).values_list(
+        "state", flat=True))  # fmt: skip
+    assert states == {"succeeded": 1, "pending": 3}
+    assert SchedulerNode.objects.get(pk="draining").state == "stopped"
+
+
+def test_heartbeat_declares_a_silent_node_dead_exactly_once(transactional_db, settings):
+    job = make_job("orphaned", "demo.noop", recover=True)
+    SchedulerNode.objects.create(id="silent", hostname="h", pid=1)
+    SchedulerNode.objects.filter(pk="silent").update(
+        last_heartbeat=database_now() - timedelta(minutes=5)
+    )
+    orphan = Execution.objects.create(
+        job=job, scheduled_for=database_now(), origin="manual", state="running", node="silent"
+    )
+    first, second = Node(node_id="first"), Node(node_id="second")
+    for n in (first, second):
+        liveness.register_node(n.node_id, "h", 2, "test")
+    assert first.recover_dead() == 1
+    assert second.recover_dead() == 0
+    orphan.refresh_from_db()
+    assert orphan.state == "abandoned"
+    assert SchedulerNode.objects.get(pk="silent").declared_dead_by == "first"
+    recovery = Execution.objects.get(rerun_of=orphan)
+    assert recovery.origin == "recovery" and recovery.state == "pending"
