@@ -14,10 +14,16 @@ class JobForm(forms.ModelForm):
 
     class Meta:
         model = Job
-        fields = "__all__"
+        fields = [
+            "name", "description", "target", "args", "kwargs", "executor", "timeout",
+            "max_attempts", "retry_backoff", "recover", "paused",
+        ]  # fmt: skip
 
 
 class TriggerForm(forms.ModelForm):
     class Meta:
         model = Trigger
-        fields = "__all__"
+        fields = [
+            "job", "kind", "cron", "timezone", "interval", "run_at", "start_at", "end_at",
+            "misfire_policy", "misfire_grace", "paused",
+        ]  # fmt: skip

@@ -150,6 +150,19 @@ class Trigger(models.Model):
     def __str__(self) -> str:
         return f"{self.job.name}: {self.describe()}" if self.job_id else self.describe()
 
+    def save(self, *args, **kwargs):
+        # A new trigger, or one whose schedule changed, starts counting from now.
+        # Pausing and resuming keep next_fire_at, so the misfire policy sees what was missed.
+        if self.pk is None:
+            self.reschedule()
+        else:
+            old = Trigger.objects.filter(pk=self.pk).values(*SCHEDULE_FIELDS).first()
+            if old is None or any(old[f] != getattr(self, f) for f in SCHEDULE_FIELDS):
+                self.reschedule()
+        self.updated_at = Now()
+        super().save(*args, **kwargs)
+        self.refresh_from_db(fields=["updated_at"])
+
     def describe(self) -> str:
         if self.kind == self.Kind.CRON:
             return f"cron {self.cron} ({self.timezone})"
@@ -186,19 +199,6 @@ class Trigger(models.Model):
         now = now or database_now()
         upcoming = schedule.next_fire_times(self, now, 1)
         self.next_fire_at = upcoming[0] if upcoming else None
-
-    def save(self, *args, **kwargs):
-        # A new trigger, or one whose schedule changed, starts counting from now.
-        # Pausing and resuming keep next_fire_at, so the misfire policy sees what was missed.
-        if self.pk is None:
-            self.reschedule()
-        else:
-            old = Trigger.objects.filter(pk=self.pk).values(*SCHEDULE_FIELDS).first()
-            if old is None or any(old[f] != getattr(self, f) for f in SCHEDULE_FIELDS):
-                self.reschedule()
-        self.updated_at = Now()
-        super().save(*args, **kwargs)
-        self.refresh_from_db(fields=["updated_at"])
 
 
 SCHEDULE_FIELDS = ("kind", "cron", "timezone", "interval", "run_at", "start_at", "end_at")
