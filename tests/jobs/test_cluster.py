@@ -190,3 +190,33 @@ def test_node_with_a_skewed_clock_fires_when_the_others_would(start_node, tmp_pa
     row = SchedulerNode.objects.get(pk="skewed")
     assert abs((row.last_heartbeat - row.started_at).total_seconds()) < 60
     assert Job.objects.count() == 1
+
+
+def test_a_sleeping_node_is_woken_by_notify_for_manual_runs_and_sooner_triggers(start_node):
+    from jobs.models import queue_manual_run
+
+    job = make_job("wake", "demo.noop")
+    trigger = Trigger.objects.create(job=job, kind="interval", interval=3600)
+    # Heartbeats and polls far apart: only a NOTIFY can make this node act in time.
+    node = start_node(
+        "sleeper",
+        extra_env={"SCHEDULER_HEARTBEAT_INTERVAL": "60", "SCHEDULER_POLL_INTERVAL": "120"},
+    )
+    wait_for(lambda: "started" in node.log(), timeout=20)
+    wait_for(lambda: database_now() > trigger.created_at + timedelta(seconds=2), interval=0.2)
+
+    manual = queue_manual_run(job)
+    wait_for(
+        lambda: Execution.objects.get(pk=manual.pk).state == "succeeded",
+        timeout=10,
+        message="the manual run to wake the node and succeed",
+    )
+
+    trigger.interval = 1  # a schedule edit that makes the trigger due sooner
+    trigger.save()
+    wait_for(
+        lambda: Execution.objects.filter(trigger=trigger, state="succeeded").exists(),
+        timeout=10,
+        message="the edited trigger to wake the node and fire",
+    )
+    assert node.terminate() == 0, node.log()
