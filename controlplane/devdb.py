@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import fcntl
 import glob
+import hashlib
 import os
 import pwd
 import re
@@ -71,6 +72,37 @@ class Paths:
         return self.data_dir / "devdb.lock"
 
 
+def server_paths(data_dir: Path) -> Paths:
+    """Where the cluster lives: under data_dir, or in a twin folder the server can reach.
+
+    As root the server runs as the postgres user, which cannot enter a checkout below
+    a 0700 folder (a clone under /root, say). Then the cluster goes to a folder of its
+    own under /var/tmp, named after the checkout; data_dir/server-dir remembers it.
+    """
+    data_dir = Path(data_dir).resolve()
+    marker = data_dir / "server-dir"
+    try:
+        return Paths(Path(marker.read_text().strip()))
+    except OSError:
+        pass
+    user = _server_user() if os.geteuid() == 0 else None
+    if user is None or _traversable(data_dir, user):
+        return Paths(data_dir)
+    digest = hashlib.sha1(str(data_dir).encode()).hexdigest()[:12]
+    twin = Path("/var/tmp") / f"scheduler-devdb-{digest}"
+    twin.mkdir(mode=0o755, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"{twin}\n")
+    return Paths(twin)
+
+
+def _traversable(data_dir: Path, user: pwd.struct_passwd) -> bool:
+    for path in [*reversed(data_dir.parents)]:
+        if subprocess.run(["test", "-x", str(path)], **_as_user(user)).returncode != 0:
+            return False
+    return True
+
+
 def port_from_env() -> int:
     raw = os.environ.get("PRIVATE_PG_PORT", "").strip()
     if not raw:
@@ -94,7 +126,7 @@ def ensure_private_postgres(data_dir: Path) -> str:
     Safe to call from many processes at once: the slow path runs under a file lock, and
     each caller re-checks once it holds it.
     """
-    paths = Paths(Path(data_dir).resolve())
+    paths = server_paths(Path(data_dir))
     port = port_from_env()
     url = database_url(port)
     if _running_port(paths) == port and _can_connect(port, DB_NAME):
@@ -110,21 +142,31 @@ def ensure_private_postgres(data_dir: Path) -> str:
                 f"python -m controlplane.devdb stop"
             )
         if running is None:
-            bindir = find_bindir()
+            _check_port_free(port)
+            bindir = find_bindir(_cluster_version(paths))
             server_user = _server_user()
             _prepare_dirs(paths, server_user)
             _initdb_once(paths, bindir, server_user)
+            _remove_stale_lockfiles(paths)
             _start(paths, bindir, server_user, port)
-        _create_database(port)
+        import psycopg
+
+        try:
+            _create_database(port)
+        except psycopg.Error as exc:
+            raise DevDBError(
+                f"The private PostgreSQL ({paths.pgdata}) does not accept connections on "
+                f"{HOST}:{port}: {exc}\nLog {paths.log}:\n{_tail(_read(paths.log))}"
+            ) from exc
     return url
 
 
 def stop_private_postgres(data_dir: Path) -> bool:
     """Stop the server (fast shutdown: sessions are disconnected). False if not running."""
-    paths = Paths(Path(data_dir).resolve())
+    paths = server_paths(Path(data_dir))
     if _running_port(paths) is None:
         return False
-    bindir = find_bindir(install=False)
+    bindir = find_bindir(_cluster_version(paths), install=False)
     with _locked(paths):
         _run(
             [bindir / "pg_ctl", "-D", paths.pgdata, "-m", "fast", "-w", "-t", "60", "stop"],
@@ -138,12 +180,13 @@ def stop_private_postgres(data_dir: Path) -> bool:
 # --- Finding binaries ----------------------------------------------------------------
 
 
-def find_bindir(install: bool = True) -> Path:
+def find_bindir(cluster_version: str | None = None, install: bool = True) -> Path:
     """The directory holding pg_ctl, initdb and postgres.
 
     PRIVATE_PG_BINDIR wins; then pg_ctl on PATH (resolved through symlinks, as Debian's
     /usr/local/bin/pg_ctl points into /usr/lib/postgresql/N/bin); then the newest
     /usr/lib/postgresql/N/bin; then the pgserver wheel, pip-installed on first need.
+    For an existing cluster, binaries of its major version come first.
     """
     explicit = os.environ.get("PRIVATE_PG_BINDIR", "").strip()
     if explicit:
@@ -152,12 +195,13 @@ def find_bindir(install: bool = True) -> Path:
                 f"PRIVATE_PG_BINDIR={explicit} has no pg_ctl, initdb and postgres in it"
             )
         return Path(explicit)
-    for candidate in _system_bindirs():
-        if _is_bindir(candidate):
-            return candidate
-    embedded = _pgserver_bindir()
-    if embedded is not None:
-        return embedded
+    candidates = [d for d in [*_system_bindirs(), _pgserver_bindir()] if d and _is_bindir(d)]
+    if cluster_version is not None:
+        for candidate in candidates:
+            if _major_version(candidate) == cluster_version:
+                return candidate
+    if candidates:
+        return candidates[0]
     if not install:
         raise DevDBError("No PostgreSQL binaries found")
     return _install_pgserver()
@@ -230,21 +274,51 @@ def _running_port(paths: Paths) -> int | None:
     The file's lines are: pid, data dir, start time, port, socket dir, listen address,
     shared memory key, status. A file left behind by a crashed server names a dead pid.
     """
+    pidfile = _read_pidfile(paths)
+    if pidfile is None or not _is_postgres_process(pidfile[0]):
+        return None
+    return pidfile[1]
+
+
+def _read_pidfile(paths: Paths) -> tuple[int, int] | None:
     try:
         lines = (paths.pgdata / "postmaster.pid").read_text().splitlines()
-        pid, port = int(lines[0]), int(lines[3])
+        return int(lines[0]), int(lines[3])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _lockfile_pid(path: Path) -> int | None:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return int(path.read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
         return None
-    except PermissionError:
-        pass  # alive, owned by the postgres user while we are not root
-    if len(lines) >= 8 and lines[7].strip() not in ("ready", ""):
-        # "starting" or "stopping": treat as not running; the locked path waits it out.
-        return None
-    return port
+
+
+def _is_postgres_process(pid: int) -> bool:
+    if not Path("/proc/self/stat").exists():  # no procfs (macOS): ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # alive, owned by another user
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    name, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2]
+    return name == "postgres" and state not in "ZX"  # Z: a zombie, dead but not reaped
+
+
+def _remove_stale_lockfiles(paths: Paths) -> None:
+    # PostgreSQL only asks whether the pid in its lock files exists, so an unreaped zombie,
+    # or a pid reused by another program after a reboot, would keep it from ever starting.
+    for lockfile in [paths.pgdata / "postmaster.pid", *paths.sockets.glob(".s.PGSQL.*.lock")]:
+        pid = _lockfile_pid(lockfile)
+        if pid is not None and not _is_postgres_process(pid):
+            lockfile.unlink(missing_ok=True)
 
 
 def _can_connect(port: int, dbname: str) -> bool:
@@ -317,15 +391,22 @@ def _check_traversable(data_dir: Path, user: pwd.struct_passwd) -> None:
             )
 
 
+def _cluster_version(paths: Paths) -> str | None:
+    try:
+        return (paths.pgdata / "PG_VERSION").read_text().strip()
+    except OSError:
+        return None
+
+
 def _initdb_once(paths: Paths, bindir: Path, user: pwd.struct_passwd | None) -> None:
-    version_file = paths.pgdata / "PG_VERSION"
-    if version_file.exists():
-        have, want = version_file.read_text().strip(), _major_version(bindir)
+    have = _cluster_version(paths)
+    if have is not None:
+        want = _major_version(bindir)
         if have != want:
             raise DevDBError(
                 f"{paths.pgdata} was initialised by PostgreSQL {have}, but the binaries "
-                f"found are PostgreSQL {want} ({bindir}). Remove {paths.data_dir} "
-                "(make clean) to start afresh, or set PRIVATE_PG_BINDIR."
+                f"found are PostgreSQL {want} ({bindir}). Install PostgreSQL {have}, set "
+                f"PRIVATE_PG_BINDIR, or remove {paths.data_dir} (make clean) to start afresh."
             )
         return
     if paths.pgdata.exists():
@@ -372,7 +453,6 @@ def _server_options(paths: Paths, port: int) -> list[str]:
 
 
 def _start(paths: Paths, bindir: Path, user: pwd.struct_passwd | None, port: int) -> None:
-    _check_port_free(port)
     print(f"devdb: starting PostgreSQL on {HOST}:{port} (log: {paths.log})", file=sys.stderr)
     _run(
         [
@@ -496,13 +576,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["start", "stop", "status", "url"])
     parser.add_argument("--data-dir", type=Path, default=default_dir)
     args = parser.parse_args(argv)
-    paths = Paths(args.data_dir.resolve())
+    paths = server_paths(args.data_dir)
 
     try:
         if args.command == "start":
-            print(ensure_private_postgres(paths.data_dir))
+            print(ensure_private_postgres(args.data_dir))
         elif args.command == "stop":
-            stopped = stop_private_postgres(paths.data_dir)
+            stopped = stop_private_postgres(args.data_dir)
             print("stopped" if stopped else f"not running ({paths.pgdata})")
         elif args.command == "url":
             print(database_url(port_from_env()))
