@@ -118,3 +118,13 @@ SCHEDULER_SHUTDOWN_GRACE = env_float("SCHEDULER_SHUTDOWN_GRACE", 30.0, minimum=0
 SCHEDULER_MISFIRE_CHUNK = env_int("SCHEDULER_MISFIRE_CHUNK", 100, minimum=1)
 # Upper bound on the jitter fraction added to retry backoff.
 SCHEDULER_RETRY_JITTER = env_float("SCHEDULER_RETRY_JITTER", 0.2, minimum=0)
+# The leader lease: one node runs maintenance; another takes over within this time.
+SCHEDULER_LEADER_LEASE = env_float("SCHEDULER_LEADER_LEASE", 15.0, minimum=0.5)
+# How often the leader releases stale locks.
+SCHEDULER_STALE_CLEANUP_INTERVAL = env_float("SCHEDULER_STALE_CLEANUP_INTERVAL", 60.0, minimum=1)
+# Finished executions older than this many days are deleted by the leader.
+SCHEDULER_HISTORY_RETENTION_DAYS = env_int("SCHEDULER_HISTORY_RETENTION_DAYS", 30, minimum=1)
+# How often the leader prunes execution history.
+SCHEDULER_PRUNE_INTERVAL = env_float("SCHEDULER_PRUNE_INTERVAL", 3600.0, minimum=1)
+# Lease of a `forbid` job's lock when the job has no timeout (kept alive while it runs).
+SCHEDULER_JOB_LOCK_LEASE = env_float("SCHEDULER_JOB_LOCK_LEASE", 60.0, minimum=1)

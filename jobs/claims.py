@@ -82,7 +82,7 @@ RETURNING e.id, e.job_id, e.trigger_id, e.scheduled_for, e.state, e.attempt, e.a
 """
 
 JOB_SETTINGS = """
-SELECT id, name, target, timeout, max_attempts, retry_backoff, recover
+SELECT id, name, target, timeout, max_attempts, retry_backoff, recover, concurrency_policy
 FROM jobs_job WHERE id = ANY(%s)
 """
 
@@ -97,9 +97,11 @@ SET state = v.state,
     finished_at = CASE WHEN v.finished_ago IS NULL THEN NULL
                        ELSE clock_timestamp() - make_interval(secs => v.finished_ago) END,
     error = v.error,
-    traceback = v.traceback
-FROM unnest(%s::bigint[], %s::text[], %s::float8[], %s::float8[], %s::text[], %s::text[])
-     AS v(id, state, started_ago, finished_ago, error, traceback)
+    traceback = v.traceback,
+    note = CASE WHEN v.note = '' THEN e.note ELSE v.note END
+FROM unnest(%s::bigint[], %s::text[], %s::float8[], %s::float8[], %s::text[], %s::text[],
+            %s::text[])
+     AS v(id, state, started_ago, finished_ago, error, traceback, note)
 WHERE e.id = v.id AND e.node = %s AND e.state IN ('dispatched', 'running')
 RETURNING e.id
 """
@@ -186,6 +188,11 @@ class JobSettings:
     max_attempts: int
     retry_backoff: float
     recover: bool
+    concurrency_policy: str
+
+    @property
+    def lock_name(self) -> str:
+        return f"job:{self.id}"
 
 
 @dataclass
@@ -289,13 +296,14 @@ class Result:
     """How one run ended, as seen by the node that ran it."""
 
     execution_id: int
-    state: str  # running | succeeded | failed | timed_out
-    started_ago: float
+    state: str  # running | succeeded | failed | timed_out | skipped
+    started_ago: float | None  # None: it never started (skipped)
     finished_ago: float | None
     error: str = ""
     traceback: str = ""
     retry_delay: float | None = None
     max_attempts: int = 1
+    note: str = ""
 
 
 def record_results(node_id: str, results: list[Result]) -> set[int]:
@@ -312,6 +320,7 @@ def record_results(node_id: str, results: list[Result]) -> set[int]:
                 [r.finished_ago for r in results],
                 [r.error for r in results],
                 [r.traceback for r in results],
+                [r.note for r in results],
                 node_id,
             ],
         )

@@ -16,7 +16,7 @@ class JobForm(forms.ModelForm):
         model = Job
         fields = [
             "name", "description", "target", "args", "kwargs", "executor", "timeout",
-            "max_attempts", "retry_backoff", "recover", "paused",
+            "max_attempts", "retry_backoff", "recover", "concurrency_policy", "paused",
         ]  # fmt: skip
 
 

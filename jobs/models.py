@@ -60,6 +60,10 @@ class Job(models.Model):
         INLINE = "inline", "Inline (threads in the scheduler node)"
         CELERY = "celery", "Celery workers"
 
+    class ConcurrencyPolicy(models.TextChoices):
+        ALLOW = "allow", "Allow overlapping runs"
+        FORBID = "forbid", "Forbid: skip a fire while a run holds the job's lock"
+
     name = models.CharField(max_length=200, unique=True)
     description = models.TextField(blank=True)
     target = models.CharField(max_length=200, validators=[validate_target])
@@ -78,6 +82,9 @@ class Job(models.Model):
     recover = models.BooleanField(
         default=False, help_text="Run again when the node running it dies."
     )
+    concurrency_policy = models.CharField(
+        max_length=10, choices=ConcurrencyPolicy.choices, default=ConcurrencyPolicy.ALLOW
+    )
     paused = models.BooleanField(default=False)
     created_at = models.DateTimeField(db_default=Now(), editable=False)
     updated_at = models.DateTimeField(db_default=Now(), editable=False)
@@ -87,6 +94,11 @@ class Job(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def lock_name(self) -> str:
+        """The lock a `forbid` job's runs hold."""
+        return f"job:{self.pk}"
 
     def clean(self):
         errors = {}

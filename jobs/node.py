@@ -22,9 +22,10 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, transaction
 from django.db import connection as django_connection
 
-from jobs import claims, context, registry
+from jobs import claims, context, history, registry
 from jobs.claims import Result, Run
-from locks import liveness
+from locks import leases, liveness, maintenance
+from locks.leader import Leadership
 
 log = logging.getLogger("jobs.node")
 
@@ -110,6 +111,11 @@ class Node:
         self.recorder: threading.Thread | None = None
         self.listener: Listener | None = None
         self.stats = {"fired": 0, "skipped": 0, "pending": 0, "finished": 0}
+        self.leadership = Leadership(self.node_id, settings.SCHEDULER_LEADER_LEASE)
+        self.next_stale_cleanup = 0.0
+        self.next_prune = 0.0
+        # Job locks held by runs of `forbid` jobs: execution id -> (lease, keepalive).
+        self.job_locks: dict[int, tuple[leases.Lease, leases.Keepalive]] = {}
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -167,9 +173,29 @@ class Node:
             # were abandoned and their results will be refused. Come back as a live node.
             log.error("node %s was declared dead by another node; re-registering", self.node_id)
             liveness.register_node(self.node_id, socket.gethostname(), os.getpid(), VERSION)
+        if self.leadership.refresh():
+            self.maintain(others_overdue)
+        return alive
+
+    def maintain(self, others_overdue: bool = True) -> None:
+        """The leader's housekeeping: dead nodes, stale locks, old history."""
         if others_overdue:
             self.recover_dead()
-        return alive
+        now = time.monotonic()
+        if now >= self.next_stale_cleanup:
+            self.next_stale_cleanup = now + settings.SCHEDULER_STALE_CLEANUP_INTERVAL
+            freed = maintenance.cleanup_stale_locks(
+                f"node:{self.node_id}", "automatic stale lock cleanup by the leader"
+            )
+            if freed:
+                log.warning("released %s stale lock(s): %s", len(freed),
+                            ", ".join(f"{f.name} ({f.reason})" for f in freed))  # fmt: skip
+        if now >= self.next_prune:
+            self.next_prune = now + settings.SCHEDULER_PRUNE_INTERVAL
+            deleted = history.prune_history(settings.SCHEDULER_HISTORY_RETENTION_DAYS)
+            if deleted:
+                log.info("pruned %s execution(s) older than %s days", deleted,
+                         settings.SCHEDULER_HISTORY_RETENTION_DAYS)  # fmt: skip
 
     def recover_dead(self) -> int:
         """Declare silent nodes dead and abandon (and maybe recover) their executions."""
@@ -180,6 +206,8 @@ class Node:
             recovered = claims.abandon_executions(
                 dead, f"abandoned: runner node died (declared dead by {self.node_id})"
             )
+            # Its job locks would otherwise make the recovery runs of `forbid` jobs skip.
+            maintenance.release_locks_of(dead, f"node:{self.node_id}", "holder node declared dead")
         log.warning("declared dead: %s; queued %s recovery run(s)", ", ".join(dead), recovered)
         return len(dead)
 
@@ -251,6 +279,8 @@ class Node:
     # --- running jobs (pool threads) ----------------------------------------------------
 
     def _execute(self, run: Run) -> None:
+        if run.job.concurrency_policy == "forbid" and not self._take_job_lock(run):
+            return
         started = time.monotonic()
         with self.lock:
             self.started[run.id] = started
@@ -265,6 +295,8 @@ class Node:
             state, error, tb = "failed", f"{type(e).__name__}: {e}", traceback.format_exc()
         finally:
             context.finished(token)
+            if run.job.concurrency_policy == "forbid":
+                self._release_job_lock(run.id)
             # Job code may have used the ORM from this thread.
             close_old_connections()
         finished = time.monotonic()
@@ -273,6 +305,46 @@ class Node:
             if state == "succeeded"
             else self._failure(run, state, finished - started, error, tb)
         )
+
+    def _take_job_lock(self, run: Run) -> bool:
+        """Hold the job's lock for a `forbid` run, or record the run as skipped."""
+        job = run.job
+        at_most = job.timeout + 5 if job.timeout else settings.SCHEDULER_JOB_LOCK_LEASE
+        lease = leases.acquire(job.lock_name, self.node_id, at_most, execution_id=run.id)
+        if lease is None:
+            with django_connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT l.holder, l.execution_id FROM locks_lock l WHERE l.name = %s",
+                    [job.lock_name],
+                )
+                row = cursor.fetchone() or ("", None)
+            close_old_connections()
+            held_by = f"{row[0] or 'a releasing holder'}" + (
+                f" for execution #{row[1]}" if row[1] else ""
+            )
+            self.results.put(
+                Result(run.id, "skipped", None, 0.0,
+                       note=f"skipped: concurrency policy forbid; {job.lock_name} held by "
+                            f"{held_by}")
+            )  # fmt: skip
+            return False
+        keeper = leases.Keepalive(lease, at_most)
+        keeper.start()
+        with self.lock:
+            self.job_locks[run.id] = (lease, keeper)
+        return True
+
+    def _release_job_lock(self, execution_id: int) -> None:
+        with self.lock:
+            held = self.job_locks.pop(execution_id, None)
+        if held is None:
+            return  # released already (the run timed out)
+        lease, keeper = held
+        keeper.stop()
+        try:
+            lease.release()
+        except leases.LockLost as e:
+            log.warning("job lock of execution #%s was lost while it ran: %s", execution_id, e)
 
     def _failure(self, run: Run, state: str, ran_for: float, error: str, tb: str) -> Result:
         job = run.job
@@ -309,6 +381,7 @@ class Node:
                     pending[item.execution_id] = (item, now)
             for result in self._timeouts(now):
                 pending[result.execution_id] = (result, now)
+                self._release_job_lock(result.execution_id)
             if pending:
                 pending = self._flush(pending)
         close_old_connections()
@@ -341,12 +414,13 @@ class Node:
                 Result(
                     result.execution_id,
                     result.state,
-                    result.started_ago + waited,
+                    None if result.started_ago is None else result.started_ago + waited,
                     None if result.finished_ago is None else result.finished_ago + waited,
                     result.error,
                     result.traceback,
                     result.retry_delay,
                     result.max_attempts,
+                    result.note,
                 )
             )
         try:
@@ -401,6 +475,9 @@ class Node:
                     [self.node_id], "abandoned: node stopped before the run finished", leftover
                 )
             )
+        for execution_id in leftover:
+            self._release_job_lock(execution_id)
+        self._retry_db(self.leadership.resign)
         self._retry_db(lambda: liveness.mark_stopped(self.node_id))
         self.pool.shutdown(wait=False, cancel_futures=True)
         log.info("node %s stopped", self.node_id)

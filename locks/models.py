@@ -33,3 +33,32 @@ class SchedulerNode(models.Model):
 
     def __str__(self) -> str:
         return self.id
+
+
+class Lock(models.Model):
+    """A named cluster-wide lock: a lease in database time with a fencing token.
+
+    Free when ``locked_until`` has passed (a released lock may stay held until
+    ``locked_at + at_least``). ``holder`` is empty once released; a holder that is set on
+    an expired row means the lease ran out without a release: a stale lock.
+    """
+
+    name = models.CharField(primary_key=True, max_length=255)
+    holder = models.CharField(max_length=255, blank=True, default="")
+    locked_at = models.DateTimeField(null=True, blank=True)
+    locked_until = models.DateTimeField(null=True, blank=True)
+    #: Strictly increasing per name: bumped by every acquisition and every forced release.
+    token = models.BigIntegerField(default=0)
+    execution = models.ForeignKey(
+        "jobs.Execution", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    last_extended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            # stale_locks: held rows only.
+            models.Index(fields=["locked_until"], name="lock_held_idx", condition=~Q(holder="")),
+        ]
+
+    def __str__(self) -> str:
+        return self.name

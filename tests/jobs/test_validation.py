@@ -27,6 +27,7 @@ def job_form(**overrides) -> dict:
         "timeout": "",
         "max_attempts": "1",
         "retry_backoff": "10",
+        "concurrency_policy": "allow",
         "triggers-TOTAL_FORMS": "1",
         "triggers-INITIAL_FORMS": "0",
         "triggers-MIN_NUM_FORMS": "0",

@@ -1,0 +1,42 @@
+"""Pruning old execution history (run by the leader)."""
+
+from __future__ import annotations
+
+from django.db import connection
+
+# Deletes one batch of finished executions older than the retention. Links into the
+# batch from newer rows (retries, reruns, lock rows) are cleared first; links between
+# rows of the batch need no care, since the foreign keys are checked at commit.
+PRUNE_BATCH = """
+WITH old AS (
+    SELECT id FROM jobs_execution
+    WHERE created_at < now() - make_interval(days => %(days)s)
+      AND state IN ('succeeded', 'failed', 'timed_out', 'cancelled', 'abandoned', 'skipped')
+    ORDER BY created_at
+    LIMIT %(batch)s
+),
+retries AS (
+    UPDATE jobs_execution SET retry_of_id = NULL
+    WHERE retry_of_id IN (SELECT id FROM old) AND id NOT IN (SELECT id FROM old)
+),
+reruns AS (
+    UPDATE jobs_execution SET rerun_of_id = NULL
+    WHERE rerun_of_id IN (SELECT id FROM old) AND id NOT IN (SELECT id FROM old)
+),
+held AS (
+    UPDATE locks_lock SET execution_id = NULL WHERE execution_id IN (SELECT id FROM old)
+)
+DELETE FROM jobs_execution WHERE id IN (SELECT id FROM old)
+"""
+
+
+def prune_history(retention_days: int, batch: int = 5000, max_batches: int = 20) -> int:
+    """Delete finished executions older than ``retention_days``; returns how many."""
+    deleted = 0
+    for _ in range(max_batches):
+        with connection.cursor() as cursor:
+            cursor.execute(PRUNE_BATCH, {"days": retention_days, "batch": batch})
+            deleted += cursor.rowcount
+            if cursor.rowcount < batch:
+                break
+    return deleted

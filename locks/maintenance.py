@@ -1,0 +1,151 @@
+"""Operator and housekeeping actions on locks: stale detection, cleanup, force release."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import connection, transaction
+
+from controlplane import audit
+from locks.leases import NOTIFY_RELEASED, LockError
+
+# A held lock is stale when its holder can no longer release it: the lease ran out,
+# the node holding it is dead or stopped, or the execution holding it has finished.
+# The first matching reason is reported. Uses lock_held_idx.
+STALE_LOCKS = """
+SELECT name, holder, token, locked_at, locked_until, execution_id, reason FROM (
+    SELECT l.name, l.holder, l.token, l.locked_at, l.locked_until, l.execution_id,
+        CASE
+            WHEN n.state IN ('dead', 'stopped')
+                THEN format('holder node %%s is %%s', n.id, n.state)
+            WHEN e.state IN ('succeeded', 'failed', 'timed_out', 'cancelled', 'abandoned',
+                             'skipped')
+                THEN format('held for execution #%%s, which is %%s', e.id, e.state)
+            WHEN l.locked_until < now()
+                THEN format('expired %%s ago and never released',
+                            date_trunc('second', now() - l.locked_until))
+        END AS reason
+    FROM locks_lock l
+    LEFT JOIN locks_schedulernode n ON n.id = l.holder
+    LEFT JOIN jobs_execution e ON e.id = l.execution_id
+    WHERE l.holder <> ''
+) held
+WHERE reason IS NOT NULL AND (%(names)s::text[] IS NULL OR name = ANY(%(names)s::text[]))
+ORDER BY locked_at
+"""
+
+# Bumping the token is what makes a forced release safe: the old holder's extend and
+# release carry the old token and now fail with LockLost instead of touching the row.
+# The row lock (FOR UPDATE) serialises two operators forcing the same lock.
+SELECT_HELD_FOR_UPDATE = """
+SELECT holder, token, locked_at, locked_until, execution_id, locked_until > now()
+FROM locks_lock WHERE name = %s FOR UPDATE
+"""
+
+FORCE_RELEASE = """
+UPDATE locks_lock
+SET holder = '', execution_id = NULL, locked_until = now(), token = token + 1
+WHERE name = %s
+RETURNING token
+"""
+
+
+class LockNotHeld(LockError):
+    """A force release of a lock that nobody holds."""
+
+
+class UnknownLock(LockError):
+    """No lock of that name exists."""
+
+
+@dataclass(frozen=True)
+class StaleLock:
+    name: str
+    holder: str
+    token: int
+    locked_at: datetime
+    locked_until: datetime
+    execution_id: int | None
+    reason: str
+
+
+def stale_locks(names: list[str] | None = None) -> list[StaleLock]:
+    """Held locks whose holder can no longer release them, each with the reason."""
+    with connection.cursor() as cursor:
+        cursor.execute(STALE_LOCKS, {"names": names})
+        return [StaleLock(*row) for row in cursor.fetchall()]
+
+
+def force_release(name: str, by, reason: str) -> dict:
+    """Free a held lock now, fencing off its holder; audited. Returns the before/after."""
+    if not reason or not reason.strip():
+        raise ValueError("a reason is required to force-release a lock")
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(SELECT_HELD_FOR_UPDATE, [name])
+        row = cursor.fetchone()
+        if row is None:
+            raise UnknownLock(f"there is no lock named {name!r}")
+        holder, token, locked_at, locked_until, execution_id, valid = row
+        if not holder and not valid:
+            raise LockNotHeld(f"lock {name!r} is not held (token {token})")
+        cursor.execute(FORCE_RELEASE, [name])
+        new_token = cursor.fetchone()[0]
+        cursor.execute(NOTIFY_RELEASED, {"name": name})
+        before = {
+            "holder": holder, "token": token, "execution_id": execution_id,
+            "locked_at": locked_at.isoformat(), "locked_until": locked_until.isoformat(),
+        }  # fmt: skip
+        after = {"holder": "", "token": new_token}
+        audit.record(by, "lock.force_release", "lock", name, reason, before, after)
+    return {"before": before, "after": after}
+
+
+def cleanup_stale_locks(by, reason: str = "stale lock cleanup") -> list[StaleLock]:
+    """Release every stale lock (bumping its token), auditing each; returns what it freed."""
+    freed = []
+    with transaction.atomic(), connection.cursor() as cursor:
+        for stale in stale_locks():
+            # Re-check under the row lock: the holder may have released or extended it.
+            cursor.execute(SELECT_HELD_FOR_UPDATE, [stale.name])
+            row = cursor.fetchone()
+            if row is None or row[1] != stale.token:
+                continue
+            still_stale = stale_locks([stale.name])
+            if not still_stale:
+                continue
+            cursor.execute(FORCE_RELEASE, [stale.name])
+            new_token = cursor.fetchone()[0]
+            cursor.execute(NOTIFY_RELEASED, {"name": stale.name})
+            before = {
+                "holder": stale.holder, "token": stale.token,
+                "execution_id": stale.execution_id, "stale_reason": still_stale[0].reason,
+            }  # fmt: skip
+            audit.record(
+                by, "lock.cleanup_stale", "lock", stale.name, reason, before,
+                {"holder": "", "token": new_token},
+            )  # fmt: skip
+            freed.append(still_stale[0])
+    return freed
+
+
+RELEASE_LOCKS_OF_HOLDERS = """
+UPDATE locks_lock
+SET holder = '', execution_id = NULL, locked_until = now(), token = token + 1
+WHERE holder = ANY(%s)
+RETURNING name, token - 1
+"""
+
+
+def release_locks_of(holders: list[str], by, reason: str) -> list[str]:
+    """Free every lock held by these (dead) holders, fencing them off; audited."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(RELEASE_LOCKS_OF_HOLDERS, [holders])
+        released = cursor.fetchall()
+        for name, old_token in released:
+            cursor.execute(NOTIFY_RELEASED, {"name": name})
+            audit.record(
+                by, "lock.release_dead_holder", "lock", name, reason,
+                {"token": old_token}, {"holder": "", "token": old_token + 1},
+            )  # fmt: skip
+    return [name for name, _ in released]
