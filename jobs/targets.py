@@ -55,3 +55,13 @@ def record_run(path: str, seconds: float = 0.0, **kwargs):
         f.write(f"{execution.execution_id}\n")
     if seconds:
         time.sleep(float(seconds))
+
+
+@register("demo.hold", "Append 'start <id>' to `path`, sleep `seconds`, append 'end <id>'")
+def hold(path: str, seconds: float = 1.0, **kwargs):
+    execution = current_execution()
+    with Path(path).open("a") as f:
+        f.write(f"start {execution.execution_id}\n")
+    time.sleep(float(seconds))
+    with Path(path).open("a") as f:
+        f.write(f"end {execution.execution_id}\n")
