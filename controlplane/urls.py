@@ -1,15 +1,32 @@
 from django.contrib import admin
-from django.http import HttpResponse
+from django.contrib.auth import views as auth_views
 from django.urls import path
-from django.views.generic import RedirectView
 
-
-def healthz(request):
-    return HttpResponse("ok\n", content_type="text/plain")
-
+from controlplane import views as cp
+from jobs import views as jobs
+from locks import views as locks
 
 urlpatterns = [
-    path("", RedirectView.as_view(url="/admin/", permanent=False)),
-    path("healthz", healthz, name="healthz"),
+    path("", cp.overview, name="overview"),
+    path("healthz", cp.healthz, name="healthz"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("audit/", cp.audit_log, name="audit-log"),
+    # Jobs, triggers and executions (jobs/views.py).
+    path("jobs/", jobs.job_list, name="job-list"),
+    path("jobs/<int:job_id>/", jobs.job_detail, name="job-detail"),
+    path("jobs/<int:job_id>/run/", jobs.job_run, name="job-run"),
+    path("jobs/<int:job_id>/pause/", jobs.job_pause, name="job-pause"),
+    path("jobs/<int:job_id>/resume/", jobs.job_resume, name="job-resume"),
+    path("triggers/<int:trigger_id>/pause/", jobs.trigger_pause, name="trigger-pause"),
+    path("triggers/<int:trigger_id>/resume/", jobs.trigger_resume, name="trigger-resume"),
+    path("executions/", jobs.execution_list, name="execution-list"),
+    path("executions/<int:execution_id>/", jobs.execution_detail, name="execution-detail"),
+    path("executions/<int:execution_id>/rerun/", jobs.execution_rerun, name="execution-rerun"),
+    # Locks and nodes (locks/views.py).
+    path("locks/", locks.lock_list, name="lock-list"),
+    path("locks/cleanup/", locks.lock_cleanup, name="lock-cleanup"),
+    path("locks/release/<path:name>", locks.lock_release, name="lock-release"),
+    path("nodes/", locks.node_list, name="node-list"),
     path("admin/", admin.site.urls),
 ]

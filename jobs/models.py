@@ -91,6 +91,10 @@ class Job(models.Model):
 
     class Meta:
         ordering = ["name"]
+        permissions = [
+            ("run_job", "Can run a job now"),
+            ("pause_job", "Can pause and resume jobs and triggers"),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -277,6 +281,7 @@ class Execution(models.Model):
     note = models.TextField(blank=True, default="", help_text="Misfire and recovery notes.")
 
     class Meta:
+        permissions = [("rerun_execution", "Can rerun an execution")]
         constraints = [
             # The idempotency key of scheduled fires: two nodes can never record one twice.
             models.UniqueConstraint(

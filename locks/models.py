@@ -55,6 +55,10 @@ class Lock(models.Model):
     last_extended_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        permissions = [
+            ("force_release_lock", "Can force-release a lock"),
+            ("cleanup_stale_locks", "Can clean up stale locks"),
+        ]
         indexes = [
             # stale_locks: held rows only.
             models.Index(fields=["locked_until"], name="lock_held_idx", condition=~Q(holder="")),

@@ -97,3 +97,37 @@ def start_node(transactional_db, tmp_path):
     yield start
     for node in nodes:
         node.terminate()
+
+
+ROLE_USERNAMES = {"viewer": "vera", "operator": "otto", "admin": "ada"}
+
+
+@pytest.fixture
+def role_users(db):
+    """One user per role (viewer, operator, admin), by role name; password "pw"."""
+    from django.contrib.auth.models import Group, Permission, User
+
+    from controlplane.roles import sync_roles
+
+    # Transactional tests truncate every table, the migration's groups included.
+    sync_roles(Group, Permission)
+    users = {}
+    for role, username in ROLE_USERNAMES.items():
+        user = User.objects.create_user(username, password="pw", is_staff=role != "viewer")
+        user.groups.add(Group.objects.get(name=role))
+        users[role] = user
+    return users
+
+
+@pytest.fixture
+def client_for(role_users):
+    """client_for("operator") -> a test client logged in as that role (None: anonymous)."""
+    from django.test import Client
+
+    def make(role: str | None) -> Client:
+        client = Client()
+        if role is not None:
+            client.force_login(role_users[role])
+        return client
+
+    return make
