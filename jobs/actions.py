@@ -17,7 +17,8 @@ from jobs.models import Execution, Job, Trigger, queue_manual_run, validate_args
 def run_now(job: Job, by, args=None, kwargs=None, reason: str = "") -> Execution:
     """Queue a manual run of ``job``, optionally with other arguments."""
     errors = {}
-    for name, value, validate in (("args", args, validate_args), ("kwargs", kwargs, validate_kwargs)):
+    checks = (("args", args, validate_args), ("kwargs", kwargs, validate_kwargs))
+    for name, value, validate in checks:
         if value is not None:
             try:
                 validate(value)

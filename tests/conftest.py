@@ -23,6 +23,16 @@ FAST_NODE_ENV = {
 }
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings():
+    """Give each pytest run its own test database, so concurrent runs never collide."""
+    from django.conf import settings
+
+    for db in settings.DATABASES.values():
+        test = db.setdefault("TEST", {})
+        test["NAME"] = f"{test.get('NAME') or 'test_' + db['NAME']}_{os.getpid()}"
+
+
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, message: str = ""):
     """Poll until ``predicate()`` is truthy; fail with ``message`` after ``timeout``."""
     deadline = time.monotonic() + timeout
