@@ -38,16 +38,22 @@ test: venv test-tools
 	$(BIN)/ruff check .
 	PRIVATE_PG_FAST=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The clock-skew tests run scheduler nodes under Debian's faketime.
+# Debian packages the tests need: faketime (clock-skew tests) and chromium (browser tests,
+# driven by Playwright through executable_path; no browser is ever downloaded).
+TEST_PACKAGES := faketime:faketime chromium:chromium
+
 test-tools:
-	@command -v faketime >/dev/null 2>&1 || { \
+	@missing=""; for pair in $(TEST_PACKAGES); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "Installing faketime (apt-get) for the clock-skew tests"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null; \
+	    echo "Installing$$missing (apt-get) for the tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null; \
 	  else \
-	    echo "warning: faketime is missing and we are not root;" \
-	         "the clock-skew tests need it (sudo apt-get install faketime)" >&2; \
-	  fi; }
+	    echo "warning: missing$$missing and not root; the tests need them" \
+	         "(sudo apt-get install$$missing)" >&2; \
+	  fi; \
+	fi
 
 lint: venv
 	$(BIN)/ruff check .
