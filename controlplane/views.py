@@ -1,8 +1,13 @@
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_not_required
+from django import forms
+from django.contrib.auth.decorators import login_not_required, permission_required
 from django.http import HttpResponse
+from django.shortcuts import render
+from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET
+
+from controlplane import dashboard
 
 
 @login_not_required
@@ -12,11 +17,85 @@ def healthz(request):
     return HttpResponse("ok\n", content_type="text/plain")
 
 
-# PLACEHOLDER: helper-6 replaces these with the real views.
+OVERVIEW_PERMISSIONS = ["jobs.view_execution", "locks.view_schedulernode", "locks.view_lock"]
+
+
+@require_GET
+@permission_required(OVERVIEW_PERMISSIONS, raise_exception=True)
 def overview(request):
-    from django.http import Http404
+    return _render(
+        request, "controlplane/overview.html", "controlplane/_overview_live.html",
+        dashboard.overview(),
+    )  # fmt: skip
 
-    raise Http404("not built yet")
+
+class AuditFilterForm(forms.Form):
+    actor = forms.CharField(required=False, max_length=255)
+    action = forms.ChoiceField(required=False)
+    object_type = forms.ChoiceField(required=False, label="Object type")
+    object_id = forms.CharField(required=False, max_length=255, label="Object id")
+    since = forms.DateTimeField(
+        required=False,
+        label="From (UTC)",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+    )
+    until = forms.DateTimeField(
+        required=False,
+        label="Until (UTC)",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+    )
+    before = forms.CharField(required=False, widget=forms.HiddenInput)
+    after = forms.CharField(required=False, widget=forms.HiddenInput)
+
+    def __init__(self, *args, actions=(), object_types=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["action"].choices = [("", "any"), *((a, a) for a in actions)]
+        self.fields["object_type"].choices = [("", "any"), *((t, t) for t in object_types)]
+
+    def clean_before(self):
+        return self._cursor("before")
+
+    def clean_after(self):
+        return self._cursor("after")
+
+    def _cursor(self, name):
+        value = self.cleaned_data[name]
+        if not value:
+            return None
+        try:
+            return dashboard.decode_cursor(value)
+        except ValueError:
+            raise forms.ValidationError("Not a page cursor from this log.") from None
+
+    def clean(self):
+        data = super().clean()
+        since, until = data.get("since"), data.get("until")
+        if since and until and until <= since:
+            self.add_error("until", "Must be after the start of the range.")
+        return data
 
 
-audit_log = overview
+@require_GET
+@permission_required("controlplane.view_auditentry", raise_exception=True)
+def audit_log(request):
+    actions, object_types = dashboard.audit_choices()
+    form = AuditFilterForm(request.GET, actions=actions, object_types=object_types)
+    if form.is_valid():
+        data = form.cleaned_data
+        page = dashboard.audit_page(data, before=data["before"], after=data["after"])
+    else:
+        # The errors show beside the filters; status 200 so htmx swaps them in too.
+        page = None
+    return _render(
+        request, "controlplane/audit_log.html", "controlplane/_audit_entries.html",
+        {"form": form, "page": page},
+    )  # fmt: skip
+
+
+def _render(request, page: str, fragment: str, context: dict):
+    """The whole page, or only its fragment for an htmx request (polling, filters)."""
+    partial = request.htmx and not request.htmx.history_restore_request
+    response = render(request, fragment if partial else page, context)
+    # The same URL answers with a page or a fragment: caches must tell them apart.
+    patch_vary_headers(response, ["HX-Request"])
+    return response

@@ -1,0 +1,324 @@
+"""Read-only queries behind the dashboard's overview and audit log pages.
+
+Every age and "in N seconds" is computed by PostgreSQL (``now() - column``), so the
+page says what the scheduler nodes see, whatever the web server's clock says. Each
+query is bounded (a LIMIT, a time window on an indexed column, or a small table) so
+the pages stay fast with millions of executions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import Count, DateTimeField, F, Func, Q
+from django.urls import reverse
+
+from controlplane.models import AuditEntry
+from jobs.models import Execution, Trigger
+from locks.maintenance import stale_locks
+from locks.models import SchedulerNode
+
+
+class DbNow(Func):
+    """PostgreSQL's now(): the clock the nodes and locks/maintenance.py use.
+
+    Django's Now() is statement_timestamp() on PostgreSQL; inside a transaction the two
+    differ, and one page should show one instant (tests run in one transaction).
+    """
+
+    template = "now()"
+    output_field = DateTimeField()
+
+
+FAILED_STATES = ("failed", "timed_out", "abandoned")
+UNFINISHED_STATES = ("dispatched", "running")
+DOWN_NODES_SHOWN = 10
+UPCOMING_SHOWN = 10
+FAILURES_SHOWN = 10
+FAILURES_DAYS = 7
+AUDIT_PAGE_SIZE = 50
+
+# Fire lag of the most recent scheduled fires: at most the last 500 of those scheduled
+# in the last 15 minutes. A node records a scheduled fire only once it is due, so
+# created_at >= scheduled_for; the created_at bound is therefore implied by the
+# scheduled_for one, and it lets execution_recent_idx find the window and stop after
+# 500 rows however busy the cluster is.
+FIRE_LAG = """
+SELECT count(*),
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY lag_ms),
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY lag_ms),
+       max(lag_ms)
+FROM (
+    SELECT extract(epoch FROM dispatched_at - scheduled_for) * 1000 AS lag_ms
+    FROM jobs_execution
+    WHERE origin = 'schedule'
+      AND dispatched_at IS NOT NULL
+      AND scheduled_for >= now() - make_interval(mins => %(minutes)s)
+      AND created_at >= now() - make_interval(mins => %(minutes)s)
+    ORDER BY created_at DESC, id DESC
+    LIMIT %(limit)s
+) recent
+"""
+
+
+def format_duration(delta: timedelta | None) -> str:
+    """A short human duration: 4.2s, 3m 12s, 2h 5m, 3d 4h (absolute value)."""
+    if delta is None:
+        return "-"
+    seconds = abs(delta.total_seconds())
+    if seconds < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h {minutes}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours}h"
+
+
+def expiry_text(expires_in: timedelta | None) -> str:
+    """ "in 42s" for a lease still running, "expired 1m 30s ago" for one that ran out."""
+    if expires_in is None:
+        return "-"
+    if expires_in.total_seconds() > 0:
+        return f"in {format_duration(expires_in)}"
+    return f"expired {format_duration(expires_in)} ago"
+
+
+def nodes_with_age():
+    """Scheduler nodes annotated with ``age``: database now() - last_heartbeat."""
+    return SchedulerNode.objects.annotate(age=DbNow() - F("last_heartbeat"))
+
+
+def describe_node(node: SchedulerNode) -> SchedulerNode:
+    """Attach display fields to a node from nodes_with_age()."""
+    node.age_text = format_duration(node.age)
+    # Active but silent for longer than the timeout: about to be declared dead.
+    node.overdue = (
+        node.state == SchedulerNode.State.ACTIVE
+        and node.age.total_seconds() > settings.SCHEDULER_NODE_TIMEOUT
+    )
+    return node
+
+
+def running_counts(node_ids) -> dict[str, int]:
+    """Dispatched or running executions per node (execution_unfinished_idx)."""
+    rows = (
+        Execution.objects.filter(state__in=UNFINISHED_STATES, node__in=list(node_ids))
+        .values("node")
+        .annotate(n=Count("id"))
+        .values_list("node", "n")
+    )
+    return dict(rows)
+
+
+def overview() -> dict:
+    """Everything the overview page shows, each part one bounded query."""
+    live = [describe_node(n) for n in nodes_with_age().filter(state="active").order_by("id")]
+    down = [
+        describe_node(n)
+        for n in nodes_with_age()
+        .exclude(state="active")
+        .order_by("-last_heartbeat", "id")[:DOWN_NODES_SHOWN]
+    ]
+    running = running_counts(n.id for n in live)
+    for node in live:
+        node.running_count = running.get(node.id, 0)
+    return {
+        "live_nodes": live,
+        "down_nodes": down,
+        "state_counts": state_counts(),
+        "upcoming": upcoming_fires(),
+        "failures": recent_failures(),
+        "failures_days": FAILURES_DAYS,
+        "stale_count": len(stale_locks()),
+        "lag": fire_lag(),
+        "node_timeout": settings.SCHEDULER_NODE_TIMEOUT,
+    }
+
+
+def state_counts(hours: int = 24) -> list[tuple[str, int]]:
+    """(state, count) of executions created in the last ``hours``, every state listed.
+
+    A range scan of execution_recent_idx: about a day's rows, whatever the history.
+    """
+    rows = dict(
+        Execution.objects.filter(created_at__gte=DbNow() - timedelta(hours=hours))
+        .order_by()
+        .values("state")
+        .annotate(n=Count("id"))
+        .values_list("state", "n")
+    )
+    return [(state, rows.get(state, 0)) for state in Execution.State.values]
+
+
+def upcoming_fires(limit: int = UPCOMING_SHOWN):
+    """The next due triggers of unpaused jobs (trigger_due_idx), with ``due_in``."""
+    triggers = (
+        Trigger.objects.filter(paused=False, next_fire_at__isnull=False, job__paused=False)
+        .select_related("job")
+        .annotate(due_in=F("next_fire_at") - DbNow())
+        .order_by("next_fire_at", "id")[:limit]
+    )
+    triggers = list(triggers)
+    for trigger in triggers:
+        trigger.due_text = (
+            f"in {format_duration(trigger.due_in)}"
+            if trigger.due_in.total_seconds() >= 0
+            else f"due {format_duration(trigger.due_in)} ago"
+        )
+    return triggers
+
+
+def recent_failures(limit: int = FAILURES_SHOWN, days: int = FAILURES_DAYS):
+    """The last failed, timed-out or abandoned executions of the last ``days``.
+
+    Walks execution_recent_idx newest first until it has ``limit`` failures; the window
+    bounds that walk when failures are rare (a healthy cluster), which would otherwise
+    read the whole history to find nothing.
+    """
+    return list(
+        Execution.objects.filter(
+            state__in=FAILED_STATES, created_at__gte=DbNow() - timedelta(days=days)
+        )
+        .select_related("job")
+        .order_by("-created_at", "-id")[:limit]
+    )
+
+
+@dataclass(frozen=True)
+class FireLag:
+    fires: int
+    p50_ms: float | None
+    p95_ms: float | None
+    max_ms: float | None
+
+
+def fire_lag(minutes: int = 15, limit: int = 500) -> FireLag:
+    """dispatched_at - scheduled_for of recent scheduled fires, in milliseconds."""
+    with connection.cursor() as cursor:
+        cursor.execute(FIRE_LAG, {"minutes": minutes, "limit": limit})
+        fires, p50, p95, worst = cursor.fetchone()
+    as_float = [None if v is None else float(v) for v in (p50, p95, worst)]
+    return FireLag(fires, *as_float)
+
+
+# --- audit log -------------------------------------------------------------------------
+
+
+def audit_choices() -> tuple[list[str], list[str]]:
+    """The actions and object types present in the log, for the filter selects."""
+    entries = AuditEntry.objects.order_by()
+    actions = sorted(entries.values_list("action", flat=True).distinct())
+    object_types = sorted(entries.values_list("object_type", flat=True).distinct())
+    return actions, object_types
+
+
+def encode_cursor(entry: AuditEntry) -> str:
+    return f"{entry.created_at.isoformat()}_{entry.pk}"
+
+
+def decode_cursor(value: str) -> tuple[datetime, int]:
+    """Inverse of encode_cursor; raises ValueError on anything else."""
+    stamp, sep, pk = value.rpartition("_")
+    if not sep:
+        raise ValueError(value)
+    when = datetime.fromisoformat(stamp)
+    if when.tzinfo is None:
+        raise ValueError(value)
+    return when, int(pk)
+
+
+@dataclass
+class AuditPage:
+    entries: list[AuditEntry]
+    newer: str | None  # cursor for the page of newer entries, if any
+    older: str | None  # cursor for the page of older entries, if any
+
+
+def audit_page(
+    filters: dict,
+    before: tuple[datetime, int] | None = None,
+    after: tuple[datetime, int] | None = None,
+    size: int = AUDIT_PAGE_SIZE,
+) -> AuditPage:
+    """One page of the audit log, newest first, by keyset on (created_at, id).
+
+    ``before`` gives the page of entries older than that cursor, ``after`` the page of
+    entries newer than it; neither gives the newest page.
+    """
+    entries = AuditEntry.objects.all()
+    for field in ("actor", "action", "object_type", "object_id"):
+        if filters.get(field):
+            entries = entries.filter(**{field: filters[field]})
+    if filters.get("since"):
+        entries = entries.filter(created_at__gte=filters["since"])
+    if filters.get("until"):
+        entries = entries.filter(created_at__lt=filters["until"])
+    if after is not None:
+        # (created_at, id) > after, written so the created_at bound can use an index.
+        when, pk = after
+        rows = list(
+            entries.filter(created_at__gte=when)
+            .filter(Q(created_at__gt=when) | Q(id__gt=pk))
+            .order_by("created_at", "id")[: size + 1]
+        )
+        has_more = len(rows) > size
+        rows = rows[:size][::-1]
+        newer_exists, older_exists = has_more, True
+    else:
+        if before is not None:
+            when, pk = before
+            entries = entries.filter(created_at__lte=when).filter(
+                Q(created_at__lt=when) | Q(id__lt=pk)
+            )
+        rows = list(entries.order_by("-created_at", "-id")[: size + 1])
+        has_more = len(rows) > size
+        rows = rows[:size]
+        newer_exists, older_exists = before is not None, has_more
+    describe_audit_entries(rows)
+    return AuditPage(
+        entries=rows,
+        newer=encode_cursor(rows[0]) if rows and newer_exists else None,
+        older=encode_cursor(rows[-1]) if rows and older_exists else None,
+    )
+
+
+def describe_audit_entries(entries: list[AuditEntry]) -> None:
+    """Attach ``object_url`` and compact ``before_json``/``after_json`` to each entry."""
+    trigger_ids = [
+        int(e.object_id) for e in entries if e.object_type == "trigger" and e.object_id.isdigit()
+    ]
+    trigger_jobs = dict(Trigger.objects.filter(id__in=trigger_ids).values_list("id", "job_id"))
+    for entry in entries:
+        entry.object_url = _object_url(entry, trigger_jobs)
+        entry.before_json = _compact_json(entry.before)
+        entry.after_json = _compact_json(entry.after)
+
+
+def _object_url(entry: AuditEntry, trigger_jobs: dict[int, int]) -> str | None:
+    kind, oid = entry.object_type, entry.object_id
+    if kind == "job" and oid.isdigit():
+        return reverse("job-detail", args=[int(oid)])
+    if kind == "execution" and oid.isdigit():
+        return reverse("execution-detail", args=[int(oid)])
+    if kind == "trigger" and oid.isdigit() and int(oid) in trigger_jobs:
+        return reverse("job-detail", args=[trigger_jobs[int(oid)]])
+    if kind == "lock":
+        return f"{reverse('lock-list')}?{urlencode({'name': oid})}"
+    if kind == "node":
+        return reverse("node-list")
+    return None
+
+
+def _compact_json(value) -> str:
+    if value is None:
+        return ""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
