@@ -124,6 +124,11 @@ SCHEDULER_MISFIRE_CHUNK = env_int("SCHEDULER_MISFIRE_CHUNK", 100, minimum=1)
 SCHEDULER_RETRY_JITTER = env_float("SCHEDULER_RETRY_JITTER", 0.2, minimum=0)
 # The leader lease: one node runs maintenance; another takes over within this time.
 SCHEDULER_LEADER_LEASE = env_float("SCHEDULER_LEADER_LEASE", 15.0, minimum=0.5)
+if SCHEDULER_LEADER_LEASE <= 2 * SCHEDULER_HEARTBEAT_INTERVAL:
+    # The leader extends its lease on each heartbeat; a shorter lease lapses between them.
+    raise ImproperlyConfigured(
+        "SCHEDULER_LEADER_LEASE must be more than twice SCHEDULER_HEARTBEAT_INTERVAL"
+    )
 # How often the leader releases stale locks.
 SCHEDULER_STALE_CLEANUP_INTERVAL = env_float("SCHEDULER_STALE_CLEANUP_INTERVAL", 60.0, minimum=1)
 # Finished executions older than this many days are deleted by the leader.

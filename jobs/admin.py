@@ -1,37 +1,379 @@
+"""The admin: define jobs and their schedules; executions are read-only history.
+
+Each trigger shows its schedule in words and its next five fire times, in its own time
+zone and in UTC. Every schedule edit made here (adding, changing or deleting a job or a
+trigger) writes an audit entry with the before/after of the edited fields; the pause,
+resume and run-now actions call jobs.actions, which audit themselves.
+"""
+
 from __future__ import annotations
 
-from django.contrib import admin
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
-from jobs.forms import JobForm, TriggerForm
-from jobs.models import Execution, Job, Trigger
+from cron_descriptor import Options, get_description
+from django.contrib import admin, messages
+from django.utils.html import format_html, format_html_join
+
+from controlplane import audit
+from jobs import schedule
+from jobs.actions import run_now, set_job_paused, set_trigger_paused
+from jobs.forms import JobForm, TriggerAdminForm, TriggerForm
+from jobs.models import Execution, Job, Trigger, database_now
+
+JOB_FIELDS = JobForm._meta.fields
+TRIGGER_FIELDS = TriggerForm._meta.fields
+UPCOMING_FIRES = 5
+
+_CRON_OPTIONS = Options()
+_CRON_OPTIONS.use_24hour_time_format = True
 
 
-class TriggerInline(admin.StackedInline):
+# --- Schedules in words ------------------------------------------------------------------
+
+
+def describe_cron(expr: str) -> str:
+    """A cron expression in words; six fields have seconds first, as in Spring and Quartz.
+
+    cron-descriptor guesses what six fields mean (seconds first, unless the last field
+    looks like a year or a day field is "?"), so it is always given seven fields,
+    seconds to year, and has nothing to guess. Returns "" for what it cannot describe.
+    """
+    parts = expr.split()
+    if len(parts) == 5:
+        parts = ["0", *parts]
+    if len(parts) != 6:
+        return ""
+    try:
+        text = get_description(" ".join([*parts, "*"]), _CRON_OPTIONS)
+    except Exception:  # cron-descriptor raises several unrelated types for odd input
+        return ""
+    day_of_month, day_of_week = parts[3], parts[5]
+    if day_of_month != "*" and day_of_month.startswith("*") and not day_of_week.startswith("*"):
+        # Vixie cron (and cronsim) match day-of-month OR day-of-week only when neither
+        # field starts with "*"; "*/2" with "1" means odd days that are Mondays.
+        # cron-descriptor says "or" whenever day-of-month is not exactly "*".
+        text = text.replace(", or on ", ", only on ")
+    return text
+
+
+def _duration(seconds: int) -> str:
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return " ".join(parts) or "0s"
+
+
+def _observes_dst(zone: ZoneInfo, year: int) -> bool:
+    return (
+        datetime(year, 1, 1, tzinfo=zone).utcoffset()
+        != datetime(year, 7, 1, tzinfo=zone).utcoffset()
+    )
+
+
+def _utc(when: datetime) -> str:
+    return f"{when.astimezone(UTC):%a %Y-%m-%d %H:%M:%S} UTC"
+
+
+def _local(when: datetime, zone) -> str:
+    local = when.astimezone(zone)
+    return f"{local:%a %Y-%m-%d %H:%M:%S} {local.tzname()}"
+
+
+def describe_schedule(trigger: Trigger) -> str:
+    """One line for people: when the trigger fires, in its time zone."""
+    if trigger.kind == Trigger.Kind.CRON:
+        text = describe_cron(trigger.cron or "") or f"cron {trigger.cron}"
+        return f"{text} ({trigger.timezone} time)"
+    if trigger.kind == Trigger.Kind.INTERVAL:
+        if not trigger.interval:
+            return "Every ? (no interval)"
+        return f"Every {_duration(trigger.interval)}"
+    if trigger.run_at is None:
+        return "Once (no date-time)"
+    try:
+        zone = trigger.tzinfo()
+    except Exception:  # an invalid zone on a form being corrected
+        zone = UTC
+    return f"Once, at {_local(trigger.run_at, zone)}"
+
+
+class ScheduleDisplayMixin:
+    """Read-only schedule facts for a trigger, on its own page and on its job's inline."""
+
+    @admin.display(description="schedule in words")
+    def schedule_description(self, trigger: Trigger):
+        text = describe_schedule(trigger)
+        lines = [text]
+        if trigger.kind == Trigger.Kind.CRON and trigger.cron:
+            lines.append(self._dst_note(trigger))
+        window = [
+            f"{word} {_utc(when)}"
+            for word, when in (("from", trigger.start_at), ("until", trigger.end_at))
+            if when
+        ]
+        if window:
+            lines.append(f"Window: {' '.join(window)}.")
+        return format_html_join("", "<div>{}</div>", ((line,) for line in lines if line))
+
+    @staticmethod
+    def _dst_note(trigger: Trigger) -> str:
+        try:
+            zone = trigger.tzinfo()
+            fixed = schedule.is_fixed_time(trigger.cron)
+        except Exception:  # an invalid cron or zone on a form being corrected
+            return ""
+        if not _observes_dst(zone, database_now().year):
+            return ""
+        if fixed:
+            return (
+                "Fixed time: across DST changes it fires once per matching local time; a "
+                "time skipped in spring fires just after the gap, a time repeated in autumn "
+                "fires at its first occurrence."
+            )
+        return (
+            "Wildcard: it follows elapsed time across DST changes; skipped local times do "
+            "not fire and a repeated hour fires again."
+        )
+
+    @admin.display(description=f"next {UPCOMING_FIRES} fire times")
+    def upcoming_fires(self, trigger: Trigger):
+        if trigger.pk is None:
+            return "Shown once the trigger is saved."
+        try:
+            fires = schedule.next_fire_times(trigger, database_now(), UPCOMING_FIRES)
+            zone = trigger.tzinfo()
+        except ValueError as e:
+            return str(e)
+        if not fires:
+            return "None: the trigger has finished (its window or one-off time has passed)."
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td></tr>",
+            ((_local(when, zone), _utc(when)) for when in fires),
+        )
+        paused = ""
+        if trigger.paused or (trigger.job_id and trigger.job.paused):
+            paused = "Paused: these times fire only once it is resumed."
+        return format_html(
+            '<table class="upcoming-fires"><thead><tr><th>{}</th><th>UTC</th></tr></thead>'
+            "<tbody>{}</tbody></table>{}",
+            trigger.timezone,
+            rows,
+            format_html("<p>{}</p>", paused) if paused else "",
+        )
+
+
+# --- Audit of schedule edits -------------------------------------------------------------
+
+
+def _jsonable(value):
+    # Datetimes as ISO strings in UTC, so a value's zone never reads as a change.
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    return value
+
+
+def _snapshot(obj, names) -> dict:
+    return {name: _jsonable(obj._meta.get_field(name).value_from_object(obj)) for name in names}
+
+
+def _changes(before: dict, after: dict) -> tuple[dict, dict]:
+    names = [name for name in after if before.get(name) != after[name]]
+    return {n: before.get(n) for n in names}, {n: after[n] for n in names}
+
+
+def _reason(form) -> str:
+    return (form.cleaned_data.get("reason") or "").strip()
+
+
+def _audit_change(request, kind: str, obj, before: dict, after: dict, reason: str) -> None:
+    before, after = _changes(before, after)
+    if after:
+        audit.record(request.user, f"{kind}.change", kind, obj.pk, reason, before, after)
+
+
+def _locked_snapshots(model, pks, names) -> dict:
+    # Read under a row lock (the admin saves inside a transaction): what the audit calls
+    # "before" is exactly what this save overwrites, even if two people edit at once.
+    rows = model.objects.select_for_update().filter(pk__in=pks).order_by("pk")
+    return {obj.pk: _snapshot(obj, names) for obj in rows}
+
+
+def _job_snapshot_with_triggers(job: Job) -> dict:
+    before = _snapshot(job, JOB_FIELDS)
+    before["triggers"] = [
+        {"id": t.pk, **_snapshot(t, TRIGGER_FIELDS)} for t in job.triggers.order_by("pk")
+    ]
+    return before
+
+
+# --- Admin pages -------------------------------------------------------------------------
+
+
+def _editable_fieldsets(modeladmin, request, obj, fields, readonly_block):
+    """Fields, then a read-only schedule block, then the audit reason for those who edit."""
+    fieldsets = [(None, {"fields": fields})]
+    if readonly_block:
+        fieldsets.append(("Schedule", {"fields": readonly_block}))
+    can_edit = (
+        modeladmin.has_change_permission(request, obj)
+        if obj is not None
+        else modeladmin.has_add_permission(request)
+    )
+    if can_edit:
+        fieldsets.append(("Audit", {"fields": ["reason"]}))
+    return fieldsets
+
+
+class _PauseActions:
+    """Pause and resume actions for jobs or triggers, for users with jobs.pause_job."""
+
+    def has_pause_permission(self, request) -> bool:
+        return request.user.has_perm("jobs.pause_job")
+
+    def _set_paused(self, request, queryset, paused: bool) -> None:
+        setter = set_job_paused if self.model is Job else set_trigger_paused
+        noun = self.model._meta.verbose_name
+        objects = list(queryset)
+        changed = sum(setter(obj, paused, request.user) for obj in objects)
+        verb, state = ("Paused", "paused") if paused else ("Resumed", "running")
+        message = f"{verb} {changed} {noun}{'' if changed == 1 else 's'}."
+        if len(objects) - changed:
+            message += f" {len(objects) - changed} already {state}."
+        self.message_user(request, message, messages.SUCCESS)
+
+    @admin.action(description="Pause the selected %(verbose_name_plural)s", permissions=["pause"])
+    def pause_selected(self, request, queryset):
+        self._set_paused(request, queryset, True)
+
+    @admin.action(description="Resume the selected %(verbose_name_plural)s", permissions=["pause"])
+    def resume_selected(self, request, queryset):
+        self._set_paused(request, queryset, False)
+
+
+class TriggerInline(ScheduleDisplayMixin, admin.StackedInline):
     model = Trigger
     form = TriggerForm
     extra = 0
     fields = [
         "kind", "cron", "timezone", "interval", "run_at", "start_at", "end_at",
-        "misfire_policy", "misfire_grace", "paused", "next_fire_at", "last_fire_at",
+        "misfire_policy", "misfire_grace", "paused", "schedule_description", "upcoming_fires",
+        "next_fire_at", "last_fire_at",
     ]  # fmt: skip
-    readonly_fields = ["next_fire_at", "last_fire_at"]
+    readonly_fields = ["schedule_description", "upcoming_fires", "next_fire_at", "last_fire_at"]
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(_PauseActions, admin.ModelAdmin):
     form = JobForm
     inlines = [TriggerInline]
     list_display = ["name", "target", "executor", "max_attempts", "recover", "paused"]
     list_filter = ["paused", "executor"]
     search_fields = ["name", "target"]
+    actions = ["pause_selected", "resume_selected", "run_selected_now"]
+
+    def get_fieldsets(self, request, obj=None):
+        return _editable_fieldsets(self, request, obj, list(JOB_FIELDS), [])
+
+    def has_run_permission(self, request) -> bool:
+        return request.user.has_perm("jobs.run_job")
+
+    @admin.action(description="Run the selected jobs now", permissions=["run"])
+    def run_selected_now(self, request, queryset):
+        for job in queryset:
+            execution = run_now(job, request.user)
+            self.message_user(
+                request,
+                f"Queued a run of {job.name} (execution #{execution.pk}).",
+                messages.SUCCESS,
+            )
+
+    def save_model(self, request, obj, form, change):
+        before = _locked_snapshots(Job, [obj.pk], JOB_FIELDS).get(obj.pk, {}) if change else None
+        super().save_model(request, obj, form, change)
+        after = _snapshot(obj, JOB_FIELDS)
+        if change:
+            _audit_change(request, "job", obj, before, after, _reason(form))
+        else:
+            audit.record(request.user, "job.create", "job", obj.pk, _reason(form), None, after)
+
+    def save_formset(self, request, form, formset, change):
+        if formset.model is not Trigger:
+            return super().save_formset(request, form, formset, change)
+        reason = _reason(form)
+        existing = [f.instance.pk for f in formset.initial_forms if f.instance.pk]
+        before = _locked_snapshots(Trigger, existing, TRIGGER_FIELDS)
+        deleting = [f.instance.pk for f in formset.deleted_forms if f.instance.pk]
+        super().save_formset(request, form, formset, change)
+        for trigger in formset.new_objects:
+            after = _snapshot(trigger, TRIGGER_FIELDS)
+            audit.record(request.user, "trigger.create", "trigger", trigger.pk, reason, None, after)
+        for trigger, _fields in formset.changed_objects:
+            after = _snapshot(trigger, TRIGGER_FIELDS)
+            _audit_change(request, "trigger", trigger, before.get(trigger.pk, {}), after, reason)
+        for pk in deleting:
+            audit.record(request.user, "trigger.delete", "trigger", pk, reason, before.get(pk))
+
+    def delete_model(self, request, obj):
+        audit.record(
+            request.user, "job.delete", "job", obj.pk, "", _job_snapshot_with_triggers(obj)
+        )
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        for job in queryset:
+            audit.record(
+                request.user, "job.delete", "job", job.pk, "", _job_snapshot_with_triggers(job)
+            )
+        super().delete_queryset(request, queryset)
 
 
 @admin.register(Trigger)
-class TriggerAdmin(admin.ModelAdmin):
-    form = TriggerForm
-    list_display = ["id", "job", "kind", "cron", "timezone", "interval", "next_fire_at", "paused"]
+class TriggerAdmin(ScheduleDisplayMixin, _PauseActions, admin.ModelAdmin):
+    form = TriggerAdminForm
+    list_display = [
+        "id", "job", "kind", "schedule_summary", "timezone", "next_fire_at", "paused",
+    ]  # fmt: skip
     list_filter = ["kind", "paused"]
-    readonly_fields = ["next_fire_at", "last_fire_at"]
+    list_select_related = ["job"]
+    readonly_fields = ["schedule_description", "upcoming_fires", "next_fire_at", "last_fire_at"]
+    actions = ["pause_selected", "resume_selected"]
+
+    def get_fieldsets(self, request, obj=None):
+        return _editable_fieldsets(
+            self, request, obj, list(TRIGGER_FIELDS), list(self.readonly_fields)
+        )
+
+    @admin.display(description="schedule")
+    def schedule_summary(self, trigger: Trigger) -> str:
+        return describe_schedule(trigger)
+
+    def save_model(self, request, obj, form, change):
+        before = (
+            _locked_snapshots(Trigger, [obj.pk], TRIGGER_FIELDS).get(obj.pk, {}) if change else None
+        )
+        super().save_model(request, obj, form, change)
+        after = _snapshot(obj, TRIGGER_FIELDS)
+        if change:
+            _audit_change(request, "trigger", obj, before, after, _reason(form))
+        else:
+            audit.record(
+                request.user, "trigger.create", "trigger", obj.pk, _reason(form), None, after
+            )
+
+    def delete_model(self, request, obj):
+        before = _snapshot(obj, TRIGGER_FIELDS)
+        audit.record(request.user, "trigger.delete", "trigger", obj.pk, "", before)
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        for trigger in queryset:
+            before = _snapshot(trigger, TRIGGER_FIELDS)
+            audit.record(request.user, "trigger.delete", "trigger", trigger.pk, "", before)
+        super().delete_queryset(request, queryset)
 
 
 @admin.register(Execution)

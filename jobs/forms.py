@@ -8,9 +8,21 @@ from jobs import registry
 from jobs.models import Job, Trigger
 
 
+def _reason_field() -> forms.CharField:
+    return forms.CharField(
+        label="Reason for this change",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Optional; recorded in the audit log with your name and the before/after.",
+    )
+
+
 class JobForm(forms.ModelForm):
     # A choice among registered targets: a dotted path typed by a user is never imported.
     target = forms.ChoiceField(choices=registry.target_choices)
+    # Not a model field: the admin records it as the reason of the audit entries it writes
+    # for this save (the job's and its inline triggers').
+    reason = _reason_field()
 
     class Meta:
         model = Job
@@ -27,3 +39,9 @@ class TriggerForm(forms.ModelForm):
             "job", "kind", "cron", "timezone", "interval", "run_at", "start_at", "end_at",
             "misfire_policy", "misfire_grace", "paused",
         ]  # fmt: skip
+
+
+class TriggerAdminForm(TriggerForm):
+    """A trigger edited on its own page: the trigger form plus the audit reason."""
+
+    reason = _reason_field()

@@ -304,6 +304,28 @@ class Execution(models.Model):
             # Execution history, newest first, and per job.
             models.Index(fields=["-created_at", "-id"], name="execution_recent_idx"),
             models.Index(fields=["job", "-created_at"], name="execution_job_recent_idx"),
+            # The executions page filtered by node, state or origin, newest first. Without
+            # them a filter whose rows are all old (a dead node, last month's incident) walks
+            # execution_recent_idx through the whole table. Succeeded and scheduled rows are
+            # most of the table and found at once by execution_recent_idx, so the state and
+            # origin indexes leave them out and stay small.
+            models.Index(fields=["node", "-created_at", "-id"], name="execution_node_recent_idx"),
+            models.Index(
+                fields=["state", "-created_at", "-id"],
+                name="execution_state_recent_idx",
+                condition=~Q(state="succeeded"),
+            ),
+            models.Index(
+                fields=["origin", "-created_at", "-id"],
+                name="execution_origin_recent_idx",
+                condition=~Q(origin="schedule"),
+            ),
+            # Overview: the latest failures, found directly even when they are rare.
+            models.Index(
+                fields=["-created_at", "-id"],
+                name="execution_failed_recent_idx",
+                condition=Q(state__in=["failed", "timed_out", "abandoned"]),
+            ),
         ]
 
     def __str__(self) -> str:

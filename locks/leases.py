@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import socket
 import threading
@@ -180,8 +181,15 @@ def acquire(
     """
     if not name:
         raise ValueError("a lock needs a name")
+    if connection.in_atomic_block:
+        # Inside a transaction the row would stay invisible to other holders (and to the
+        # keepalive's own connection) until commit, and now() would be the transaction's
+        # start: the lock would protect nothing.
+        raise LockError("acquire() must not be called inside transaction.atomic()")
     _check_seconds("at_most", at_most, minimum_exclusive=0)
     _check_seconds("at_least", at_least)
+    if wait is not None:
+        _check_seconds("wait", wait)
     if at_least > at_most:
         raise ValueError("at_least must not be longer than at_most")
     holder = holder or default_holder()
@@ -316,8 +324,8 @@ def locked(
 
 
 def _check_seconds(label: str, value: float, minimum_exclusive: float | None = None) -> None:
-    if not isinstance(value, int | float) or value != value:  # rejects NaN too
-        raise ValueError(f"{label} must be a number of seconds")
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{label} must be a finite number of seconds")
     if minimum_exclusive is not None and value <= minimum_exclusive:
         raise ValueError(f"{label} must be more than {minimum_exclusive} seconds")
     if value < 0:

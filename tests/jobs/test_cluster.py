@@ -200,7 +200,11 @@ def test_a_sleeping_node_is_woken_by_notify_for_manual_runs_and_sooner_triggers(
     # Heartbeats and polls far apart: only a NOTIFY can make this node act in time.
     node = start_node(
         "sleeper",
-        extra_env={"SCHEDULER_HEARTBEAT_INTERVAL": "60", "SCHEDULER_POLL_INTERVAL": "120"},
+        extra_env={
+            "SCHEDULER_HEARTBEAT_INTERVAL": "60",
+            "SCHEDULER_POLL_INTERVAL": "120",
+            "SCHEDULER_LEADER_LEASE": "150",
+        },
     )
     wait_for(lambda: "started" in node.log(), timeout=20)
     wait_for(lambda: database_now() > trigger.created_at + timedelta(seconds=2), interval=0.2)

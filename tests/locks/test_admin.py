@@ -12,9 +12,12 @@ from jobs.models import database_now
 from locks.leases import acquire
 from locks.models import Lock, SchedulerNode
 
+# The tests take locks, which must happen outside a transaction.
+pytestmark = pytest.mark.django_db(transaction=True)
+
 
 @pytest.fixture
-def admin_client(client, db):
+def admin_client(client):
     User.objects.create_superuser("ada", "ada@example.com", "pw")
     client.login(username="ada", password="pw")
     return client

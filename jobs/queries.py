@@ -1,0 +1,268 @@
+"""What the jobs and executions pages read, in a bounded number of queries.
+
+Execution history is paged by keyset on (created_at DESC, id DESC), the order of
+``execution_recent_idx``: a page costs an index range scan of about one page of rows
+however deep it is, and nothing counts the whole table.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+from cron_descriptor import ExpressionDescriptor, Options
+from django.db.models import BooleanField, OuterRef, Prefetch, Q, QuerySet, Subquery
+from django.db.models.expressions import RawSQL
+
+from controlplane.models import AuditEntry
+from jobs.models import Execution, Job, Trigger
+
+PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+RECENT_EXECUTIONS = 20
+SCHEDULE_HISTORY = 100
+
+# Row comparisons, not (a < x OR (a = x AND id < y)): PostgreSQL turns a row comparison
+# into one index range bound, so the scan starts right at the cursor.
+_OLDER_THAN = '("jobs_execution"."created_at", "jobs_execution"."id") < (%s, %s)'
+_NEWER_THAN = '("jobs_execution"."created_at", "jobs_execution"."id") > (%s, %s)'
+
+# The list and its polling never show these, and a traceback can be large.
+_LIST_DEFERRED = ("args", "kwargs", "error", "traceback", "note")
+
+
+# --- jobs ---------------------------------------------------------------------------
+
+
+def job_rows(jobs: QuerySet[Job]) -> list[Job]:
+    """Jobs with their triggers, next fire and last finished execution, in three queries.
+
+    Sets on each job: ``trigger_list`` (each trigger with ``summary``), ``next_fire`` (the
+    earliest next_fire_at among unpaused triggers; None when the job or all its triggers
+    are paused) and ``last_result`` (its latest finished execution, or None).
+    """
+    # Served by execution_job_recent_idx (job, -created_at): one short backward scan per job.
+    last_finished = (
+        Execution.objects.filter(job=OuterRef("pk"), state__in=Execution.FINAL_STATES)
+        .order_by("-created_at")
+        .values("pk")[:1]
+    )
+    rows = list(
+        jobs.annotate(last_finished_id=Subquery(last_finished)).prefetch_related(
+            Prefetch("triggers", queryset=Trigger.objects.order_by("id"), to_attr="trigger_list")
+        )
+    )
+    last = Execution.objects.only("id", "job_id", "state", "created_at", "finished_at").in_bulk(
+        [job.last_finished_id for job in rows if job.last_finished_id]
+    )
+    for job in rows:
+        job.last_result = last.get(job.last_finished_id)
+        for trigger in job.trigger_list:
+            trigger.summary = summary(trigger)
+        fires = [t.next_fire_at for t in job.trigger_list if not t.paused and t.next_fire_at]
+        job.next_fire = None if job.paused else min(fires, default=None)
+    return rows
+
+
+def summary(trigger: Trigger) -> str:
+    """A human reading of the schedule: cron in words, the interval, or the one-off time."""
+    if trigger.kind == Trigger.Kind.CRON:
+        options = Options()
+        options.use_24hour_time_format = True
+        try:
+            return ExpressionDescriptor(trigger.cron, options).get_description()
+        except Exception:  # cron_descriptor raises several kinds on odd input
+            return ""
+    if trigger.kind == Trigger.Kind.INTERVAL and trigger.interval:
+        return f"every {duration_text(trigger.interval)}"
+    return ""
+
+
+def recent_executions(job: Job, limit: int = RECENT_EXECUTIONS) -> list[Execution]:
+    rows = list(job.executions.defer(*_LIST_DEFERRED).order_by("-created_at", "-id")[:limit])
+    return with_timings(rows)
+
+
+def schedule_history(job: Job, trigger_ids: list[int], limit: int = SCHEDULE_HISTORY):
+    """Audit entries about the job and its triggers, newest first, each with ``changes``."""
+    about = Q(object_type="job", object_id=str(job.pk))
+    if trigger_ids:
+        about |= Q(object_type="trigger", object_id__in=[str(t) for t in trigger_ids])
+    entries = list(AuditEntry.objects.filter(about)[:limit])
+    for entry in entries:
+        entry.changes = changes(entry.before, entry.after)
+        entry.before_json = json_text(entry.before)
+        entry.after_json = json_text(entry.after)
+    return entries
+
+
+def changes(before, after) -> list[tuple[str, str, str]] | None:
+    """(field, before, after) as JSON text for each field that differs; None unless both
+    are objects."""
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return None
+    keys = list(before) + [k for k in after if k not in before]
+    return [
+        (k, json_text(before.get(k)), json_text(after.get(k)))
+        for k in keys
+        if before.get(k) != after.get(k)
+    ]
+
+
+def json_text(value) -> str:
+    """Compact JSON for display; empty for None (nothing recorded)."""
+    return "" if value is None else json.dumps(value, default=str)
+
+
+# --- executions ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A position in (created_at DESC, id DESC) and which way to read from it."""
+
+    created_at: datetime
+    id: int
+    newer: bool
+
+    def encode(self) -> str:
+        raw = f"{'n' if self.newer else 'o'}|{self.created_at.isoformat()}|{self.id}"
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str) -> Cursor:
+        """Raises ValueError for anything encode() did not make."""
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+            direction, when, pk = raw.split("|")
+            created_at = datetime.fromisoformat(when)
+            if direction not in ("n", "o") or created_at.tzinfo is None:
+                raise ValueError
+            return cls(created_at, int(pk), direction == "n")
+        except (ValueError, UnicodeDecodeError, binascii.Error):
+            raise ValueError("Not a valid page cursor.") from None
+
+
+@dataclass
+class Page:
+    rows: list[Execution]
+    newer: Cursor | None
+    older: Cursor | None
+
+    @property
+    def live(self) -> bool:
+        """Whether a shown execution may still change (the table keeps polling)."""
+        return any(not e.is_finished for e in self.rows)
+
+
+def filter_executions(
+    job: Job | None = None,
+    state: str = "",
+    origin: str = "",
+    node: str = "",
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
+) -> QuerySet[Execution]:
+    """Executions matching the list's filters (empty ones ignored); ``created_to`` excluded."""
+    qs = Execution.objects.all()
+    if job is not None:
+        qs = qs.filter(job=job)
+    if state:
+        qs = qs.filter(state=state)
+    if origin:
+        qs = qs.filter(origin=origin)
+    if node:
+        qs = qs.filter(node=node)
+    if created_from is not None:
+        qs = qs.filter(created_at__gte=created_from)
+    if created_to is not None:
+        qs = qs.filter(created_at__lt=created_to)
+    return qs
+
+
+def execution_page(qs: QuerySet[Execution], cursor: Cursor | None, limit: int) -> Page:
+    """One page of ``qs`` after (older) or before (newer) ``cursor``, newest first.
+
+    Reads limit + 1 rows: the extra one only says whether there is a further page.
+    """
+    qs = qs.select_related("job").defer(*_LIST_DEFERRED)
+    if cursor is not None and cursor.newer:
+        after = RawSQL(_NEWER_THAN, (cursor.created_at, cursor.id), output_field=BooleanField())
+        found = list(qs.filter(after).order_by("created_at", "id")[: limit + 1])
+        rows = found[:limit][::-1]
+        more_newer = len(found) > limit
+        newer = _position(rows[0], newer=True) if rows and more_newer else None
+        older = _position(rows[-1], newer=False) if rows else None
+        return Page(with_timings(rows), newer, older)
+    if cursor is not None:
+        before = RawSQL(_OLDER_THAN, (cursor.created_at, cursor.id), output_field=BooleanField())
+        qs = qs.filter(before)
+    found = list(qs.order_by("-created_at", "-id")[: limit + 1])
+    rows = found[:limit]
+    newer = _position(rows[0], newer=True) if rows and cursor is not None else None
+    older = _position(rows[-1], newer=False) if len(found) > limit else None
+    return Page(with_timings(rows), newer, older)
+
+
+def _position(execution: Execution, newer: bool) -> Cursor:
+    return Cursor(execution.created_at, execution.pk, newer)
+
+
+def execution_chain(execution: Execution) -> dict:
+    """The attempts of the same fire (the first and its retries), what this reruns, and its
+    reruns."""
+    first = execution.retry_of or execution
+    attempts = [first, *first.retries.select_related("job").order_by("attempt", "id")]
+    return {
+        "attempts": attempts if len(attempts) > 1 else [],
+        "rerun_of": execution.rerun_of,
+        "reruns": list(execution.reruns.order_by("id")),
+    }
+
+
+# --- timings ------------------------------------------------------------------------
+
+
+def with_timings(executions: list[Execution]) -> list[Execution]:
+    """Set ``duration`` and ``lag`` (seconds, or None) on each execution.
+
+    Lag is dispatched_at - scheduled_for, for scheduled fires only: how late the cluster
+    picked the fire up. Manual runs and reruns have no schedule to be late for.
+    """
+    for e in executions:
+        e.duration = _seconds(e.started_at, e.finished_at)
+        e.lag = (
+            _seconds(e.scheduled_for, e.dispatched_at)
+            if e.origin == Execution.Origin.SCHEDULE
+            else None
+        )
+        e.duration_text = duration_text(e.duration)
+        e.lag_text = duration_text(e.lag)
+    return executions
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return (end - start).total_seconds()
+
+
+def duration_text(seconds: float | None) -> str:
+    """850 ms, 12.3 s, 4 min 05 s, 2 h 03 min; empty for None."""
+    if seconds is None:
+        return ""
+    sign, seconds = ("-", -seconds) if seconds < 0 else ("", seconds)
+    if seconds < 1:
+        text = f"{seconds * 1000:.0f} ms"
+    elif seconds < 60:
+        text = f"{seconds:.1f} s"
+    elif seconds < 3600:
+        text = f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    elif seconds < 86400:
+        text = f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+    else:
+        text = f"{int(seconds // 86400)} d {int(seconds % 86400 // 3600):02d} h"
+    return sign + text
