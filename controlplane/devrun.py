@@ -55,8 +55,11 @@ class Supervisor:
         for index, (name, args) in enumerate(self.children.items()):
             self._start(name, args, COLOURS[index % len(COLOURS)])
 
-        failed = self._wait_for_stop_or_failure()
-        self._stop_all()
+        try:
+            failed = self._wait_for_stop_or_failure()
+        finally:
+            # Whatever happened to us (even our terminal going away), the children stop.
+            self._stop_all()
         for pump in self.pumps:
             pump.join(timeout=5)
         for name, proc in self.procs.items():
@@ -64,8 +67,17 @@ class Supervisor:
         return 1 if failed else 0
 
     def say(self, message: str) -> None:
+        self._write(f"devrun: {message}\n")
+
+    def _write(self, text: str) -> None:
+        # A closed stdout (a pipe whose reader died with the Ctrl-C) must not stop us
+        # from stopping the children.
         with self.print_lock:
-            print(f"devrun: {message}", flush=True)
+            try:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            except OSError:
+                pass
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.signals += 1
@@ -97,9 +109,7 @@ class Supervisor:
     def _pump(self, proc: subprocess.Popen, prefix: str) -> None:
         for raw in proc.stdout:
             line = raw.decode(errors="replace").rstrip("\n")
-            with self.print_lock:
-                sys.stdout.write(prefix + line + "\n")
-                sys.stdout.flush()
+            self._write(prefix + line + "\n")
 
     def _wait_for_stop_or_failure(self) -> bool:
         """Block until a signal arrives (False) or a child exits by itself (True)."""
