@@ -38,9 +38,10 @@ test: venv test-tools
 	$(BIN)/ruff check .
 	PRIVATE_PG_FAST=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Debian packages the tests need: faketime (clock-skew tests) and chromium (browser tests,
-# driven by Playwright through executable_path; no browser is ever downloaded).
-TEST_PACKAGES := faketime:faketime chromium:chromium
+# Debian packages the tests need: faketime (clock-skew tests), chromium (browser tests,
+# driven by Playwright through executable_path; no browser is ever downloaded) and
+# prometheus for promtool (checks the scraped metrics and monitoring/alerts.yml).
+TEST_PACKAGES := faketime:faketime chromium:chromium promtool:prometheus
 
 test-tools:
 	@missing=""; for pair in $(TEST_PACKAGES); do \

@@ -1,14 +1,30 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
+from django_prometheus.exports import ExportToDjangoView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import DefaultRouter
 
+from controlplane import metrics
 from controlplane import views as cp
+from jobs import api as jobs_api
 from jobs import views as jobs
+from locks import api as locks_api
 from locks import views as locks
+
+# /metrics serves django-prometheus's registry; the cluster gauges join it here, once.
+metrics.register_cluster_collector()
+
+# The REST API: each app registers its own viewsets.
+router = DefaultRouter()
+jobs_api.register(router)
+locks_api.register(router)
 
 urlpatterns = [
     path("", cp.overview, name="overview"),
     path("healthz", cp.healthz, name="healthz"),
+    path("readyz", cp.readyz, name="readyz"),
+    path("metrics", ExportToDjangoView, name="metrics"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("audit/", cp.audit_log, name="audit-log"),
@@ -28,5 +44,10 @@ urlpatterns = [
     path("locks/cleanup/", locks.lock_cleanup, name="lock-cleanup"),
     path("locks/release/<path:name>", locks.lock_release, name="lock-release"),
     path("nodes/", locks.node_list, name="node-list"),
+    path("api/v1/", include(router.urls)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("admin/", admin.site.urls),
 ]
+
+handler404 = "controlplane.views.page_not_found"

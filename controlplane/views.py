@@ -1,13 +1,20 @@
 from __future__ import annotations
 
+import logging
+
 from django import forms
 from django.contrib.auth.decorators import login_not_required, permission_required
-from django.http import HttpResponse
+from django.db import DatabaseError, connection
+from django.db.migrations.executor import MigrationExecutor
+from django.http import HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.utils.cache import patch_vary_headers
+from django.views import defaults
 from django.views.decorators.http import require_GET
 
 from controlplane import dashboard
+
+log = logging.getLogger("controlplane.views")
 
 
 @login_not_required
@@ -15,6 +22,30 @@ from controlplane import dashboard
 def healthz(request):
     """The process is up (no database access: that is /readyz's job)."""
     return HttpResponse("ok\n", content_type="text/plain")
+
+
+@login_not_required
+@require_GET
+def readyz(request):
+    """Ready to serve: the database answers and every migration is applied."""
+    problem = _readiness_problem()
+    if problem:
+        return HttpResponse(f"not ready: {problem}\n", content_type="text/plain", status=503)
+    return HttpResponse("ready\n", content_type="text/plain")
+
+
+def _readiness_problem() -> str:
+    """Why this process cannot serve yet, in a few words; "" when it can."""
+    try:
+        executor = MigrationExecutor(connection)
+        unapplied = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    except DatabaseError as e:
+        # The details (host, user) go to the log, not to an unauthenticated caller.
+        log.warning("readyz: the database did not answer: %s", e)
+        return f"database unavailable ({type(e).__name__})"
+    if unapplied:
+        return f"{len(unapplied)} migration(s) not applied"
+    return ""
 
 
 OVERVIEW_PERMISSIONS = ["jobs.view_execution", "locks.view_schedulernode", "locks.view_lock"]
@@ -99,3 +130,10 @@ def _render(request, page: str, fragment: str, context: dict):
     # The same URL answers with a page or a fragment: caches must tell them apart.
     patch_vary_headers(response, ["HX-Request"])
     return response
+
+
+def page_not_found(request, exception=None):
+    """404s: JSON under /api/ (machines parse it), the usual page elsewhere."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "Not found."}, status=404)
+    return defaults.page_not_found(request, exception)

@@ -8,96 +8,25 @@ resume and run-now actions call jobs.actions, which audit themselves.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from zoneinfo import ZoneInfo
-
-from cron_descriptor import Options, get_description
 from django.contrib import admin, messages
 from django.utils.html import format_html, format_html_join
 
 from controlplane import audit
 from jobs import schedule
 from jobs.actions import run_now, set_job_paused, set_trigger_paused
+from jobs.describe import describe_schedule, local_text, observes_dst, utc_text
+from jobs.edits import (
+    JOB_FIELDS,
+    TRIGGER_FIELDS,
+    changes,
+    job_snapshot_with_triggers,
+    locked_snapshots,
+    snapshot,
+)
 from jobs.forms import JobForm, TriggerAdminForm, TriggerForm
 from jobs.models import Execution, Job, Trigger, database_now
 
-JOB_FIELDS = JobForm._meta.fields
-TRIGGER_FIELDS = TriggerForm._meta.fields
 UPCOMING_FIRES = 5
-
-_CRON_OPTIONS = Options()
-_CRON_OPTIONS.use_24hour_time_format = True
-
-
-# --- Schedules in words ------------------------------------------------------------------
-
-
-def describe_cron(expr: str) -> str:
-    """A cron expression in words; six fields have seconds first, as in Spring and Quartz.
-
-    cron-descriptor guesses what six fields mean (seconds first, unless the last field
-    looks like a year or a day field is "?"), so it is always given seven fields,
-    seconds to year, and has nothing to guess. Returns "" for what it cannot describe.
-    """
-    parts = expr.split()
-    if len(parts) == 5:
-        parts = ["0", *parts]
-    if len(parts) != 6:
-        return ""
-    try:
-        text = get_description(" ".join([*parts, "*"]), _CRON_OPTIONS)
-    except Exception:  # cron-descriptor raises several unrelated types for odd input
-        return ""
-    day_of_month, day_of_week = parts[3], parts[5]
-    if day_of_month != "*" and day_of_month.startswith("*") and not day_of_week.startswith("*"):
-        # Vixie cron (and cronsim) match day-of-month OR day-of-week only when neither
-        # field starts with "*"; "*/2" with "1" means odd days that are Mondays.
-        # cron-descriptor says "or" whenever day-of-month is not exactly "*".
-        text = text.replace(", or on ", ", only on ")
-    return text
-
-
-def _duration(seconds: int) -> str:
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        count, seconds = divmod(seconds, size)
-        if count:
-            parts.append(f"{count}{unit}")
-    return " ".join(parts) or "0s"
-
-
-def _observes_dst(zone: ZoneInfo, year: int) -> bool:
-    return (
-        datetime(year, 1, 1, tzinfo=zone).utcoffset()
-        != datetime(year, 7, 1, tzinfo=zone).utcoffset()
-    )
-
-
-def _utc(when: datetime) -> str:
-    return f"{when.astimezone(UTC):%a %Y-%m-%d %H:%M:%S} UTC"
-
-
-def _local(when: datetime, zone) -> str:
-    local = when.astimezone(zone)
-    return f"{local:%a %Y-%m-%d %H:%M:%S} {local.tzname()}"
-
-
-def describe_schedule(trigger: Trigger) -> str:
-    """One line for people: when the trigger fires, in its time zone."""
-    if trigger.kind == Trigger.Kind.CRON:
-        text = describe_cron(trigger.cron or "") or f"cron {trigger.cron}"
-        return f"{text} ({trigger.timezone} time)"
-    if trigger.kind == Trigger.Kind.INTERVAL:
-        if not trigger.interval:
-            return "Every ? (no interval)"
-        return f"Every {_duration(trigger.interval)}"
-    if trigger.run_at is None:
-        return "Once (no date-time)"
-    try:
-        zone = trigger.tzinfo()
-    except Exception:  # an invalid zone on a form being corrected
-        zone = UTC
-    return f"Once, at {_local(trigger.run_at, zone)}"
 
 
 class ScheduleDisplayMixin:
@@ -110,7 +39,7 @@ class ScheduleDisplayMixin:
         if trigger.kind == Trigger.Kind.CRON and trigger.cron:
             lines.append(self._dst_note(trigger))
         window = [
-            f"{word} {_utc(when)}"
+            f"{word} {utc_text(when)}"
             for word, when in (("from", trigger.start_at), ("until", trigger.end_at))
             if when
         ]
@@ -125,7 +54,7 @@ class ScheduleDisplayMixin:
             fixed = schedule.is_fixed_time(trigger.cron)
         except Exception:  # an invalid cron or zone on a form being corrected
             return ""
-        if not _observes_dst(zone, database_now().year):
+        if not observes_dst(zone, database_now().year):
             return ""
         if fixed:
             return (
@@ -152,7 +81,7 @@ class ScheduleDisplayMixin:
         rows = format_html_join(
             "",
             "<tr><td>{}</td><td>{}</td></tr>",
-            ((_local(when, zone), _utc(when)) for when in fires),
+            ((local_text(when, zone), utc_text(when)) for when in fires),
         )
         paused = ""
         if trigger.paused or (trigger.job_id and trigger.job.paused):
@@ -169,20 +98,7 @@ class ScheduleDisplayMixin:
 # --- Audit of schedule edits -------------------------------------------------------------
 
 
-def _jsonable(value):
-    # Datetimes as ISO strings in UTC, so a value's zone never reads as a change.
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat()
-    return value
-
-
-def _snapshot(obj, names) -> dict:
-    return {name: _jsonable(obj._meta.get_field(name).value_from_object(obj)) for name in names}
-
-
-def _changes(before: dict, after: dict) -> tuple[dict, dict]:
-    names = [name for name in after if before.get(name) != after[name]]
-    return {n: before.get(n) for n in names}, {n: after[n] for n in names}
+# --- Audit of schedule edits ------------------------------------------------------------
 
 
 def _reason(form) -> str:
@@ -190,24 +106,9 @@ def _reason(form) -> str:
 
 
 def _audit_change(request, kind: str, obj, before: dict, after: dict, reason: str) -> None:
-    before, after = _changes(before, after)
+    before, after = changes(before, after)
     if after:
         audit.record(request.user, f"{kind}.change", kind, obj.pk, reason, before, after)
-
-
-def _locked_snapshots(model, pks, names) -> dict:
-    # Read under a row lock (the admin saves inside a transaction): what the audit calls
-    # "before" is exactly what this save overwrites, even if two people edit at once.
-    rows = model.objects.select_for_update().filter(pk__in=pks).order_by("pk")
-    return {obj.pk: _snapshot(obj, names) for obj in rows}
-
-
-def _job_snapshot_with_triggers(job: Job) -> dict:
-    before = _snapshot(job, JOB_FIELDS)
-    before["triggers"] = [
-        {"id": t.pk, **_snapshot(t, TRIGGER_FIELDS)} for t in job.triggers.order_by("pk")
-    ]
-    return before
 
 
 # --- Admin pages -------------------------------------------------------------------------
@@ -292,9 +193,9 @@ class JobAdmin(_PauseActions, admin.ModelAdmin):
             )
 
     def save_model(self, request, obj, form, change):
-        before = _locked_snapshots(Job, [obj.pk], JOB_FIELDS).get(obj.pk, {}) if change else None
+        before = locked_snapshots(Job, [obj.pk], JOB_FIELDS).get(obj.pk, {}) if change else None
         super().save_model(request, obj, form, change)
-        after = _snapshot(obj, JOB_FIELDS)
+        after = snapshot(obj, JOB_FIELDS)
         if change:
             _audit_change(request, "job", obj, before, after, _reason(form))
         else:
@@ -305,28 +206,26 @@ class JobAdmin(_PauseActions, admin.ModelAdmin):
             return super().save_formset(request, form, formset, change)
         reason = _reason(form)
         existing = [f.instance.pk for f in formset.initial_forms if f.instance.pk]
-        before = _locked_snapshots(Trigger, existing, TRIGGER_FIELDS)
+        before = locked_snapshots(Trigger, existing, TRIGGER_FIELDS)
         deleting = [f.instance.pk for f in formset.deleted_forms if f.instance.pk]
         super().save_formset(request, form, formset, change)
         for trigger in formset.new_objects:
-            after = _snapshot(trigger, TRIGGER_FIELDS)
+            after = snapshot(trigger, TRIGGER_FIELDS)
             audit.record(request.user, "trigger.create", "trigger", trigger.pk, reason, None, after)
         for trigger, _fields in formset.changed_objects:
-            after = _snapshot(trigger, TRIGGER_FIELDS)
+            after = snapshot(trigger, TRIGGER_FIELDS)
             _audit_change(request, "trigger", trigger, before.get(trigger.pk, {}), after, reason)
         for pk in deleting:
             audit.record(request.user, "trigger.delete", "trigger", pk, reason, before.get(pk))
 
     def delete_model(self, request, obj):
-        audit.record(
-            request.user, "job.delete", "job", obj.pk, "", _job_snapshot_with_triggers(obj)
-        )
+        audit.record(request.user, "job.delete", "job", obj.pk, "", job_snapshot_with_triggers(obj))
         super().delete_model(request, obj)
 
     def delete_queryset(self, request, queryset):
         for job in queryset:
             audit.record(
-                request.user, "job.delete", "job", job.pk, "", _job_snapshot_with_triggers(job)
+                request.user, "job.delete", "job", job.pk, "", job_snapshot_with_triggers(job)
             )
         super().delete_queryset(request, queryset)
 
@@ -353,10 +252,10 @@ class TriggerAdmin(ScheduleDisplayMixin, _PauseActions, admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         before = (
-            _locked_snapshots(Trigger, [obj.pk], TRIGGER_FIELDS).get(obj.pk, {}) if change else None
+            locked_snapshots(Trigger, [obj.pk], TRIGGER_FIELDS).get(obj.pk, {}) if change else None
         )
         super().save_model(request, obj, form, change)
-        after = _snapshot(obj, TRIGGER_FIELDS)
+        after = snapshot(obj, TRIGGER_FIELDS)
         if change:
             _audit_change(request, "trigger", obj, before, after, _reason(form))
         else:
@@ -365,13 +264,13 @@ class TriggerAdmin(ScheduleDisplayMixin, _PauseActions, admin.ModelAdmin):
             )
 
     def delete_model(self, request, obj):
-        before = _snapshot(obj, TRIGGER_FIELDS)
+        before = snapshot(obj, TRIGGER_FIELDS)
         audit.record(request.user, "trigger.delete", "trigger", obj.pk, "", before)
         super().delete_model(request, obj)
 
     def delete_queryset(self, request, queryset):
         for trigger in queryset:
-            before = _snapshot(trigger, TRIGGER_FIELDS)
+            before = snapshot(trigger, TRIGGER_FIELDS)
             audit.record(request.user, "trigger.delete", "trigger", trigger.pk, "", before)
         super().delete_queryset(request, queryset)
 

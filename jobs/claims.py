@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import SimpleNamespace
 
 from django.db import connection, transaction
@@ -202,6 +202,10 @@ class Claimed:
     fired: int = 0
     skipped: int = 0
     coalesced: int = 0
+    #: Missed fire times run anyway (policy fire_all); for the node's misfire metric.
+    caught_up: int = 0
+    #: The claim transaction's now(): a fire's lag is this minus its scheduled_for.
+    claimed_at: datetime | None = None
 
 
 def _trigger_from_row(row) -> SimpleNamespace:
@@ -270,7 +274,11 @@ def claim_due_triggers(node_id: str, batch: int, misfire_chunk: int) -> Claimed:
             advance_next.append(plan.next_fire_at)
             advance_last.append(max(plan.fire) if plan.fire else None)
             claimed.coalesced += plan.coalesced
+            if trigger.misfire_policy == "fire_all":
+                late = now - timedelta(seconds=trigger.misfire_grace or 0)
+                claimed.caught_up += sum(1 for when in plan.fire if when < late)
         claimed.triggers = len(rows)
+        claimed.claimed_at = now
         if job_ids:
             cursor.execute(INSERT_FIRES, [node_id, job_ids, trigger_ids, times, states, notes])
             inserted = cursor.fetchall()

@@ -36,9 +36,22 @@ def validate_cron(value: str) -> None:
         raise ValidationError(str(e), code="invalid_cron") from None
 
 
+def _has_nul(value) -> bool:
+    # PostgreSQL's jsonb cannot store U+0000: refuse it here rather than fail on save.
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def validate_args(value) -> None:
     if not isinstance(value, list):
         raise ValidationError('args must be a JSON list, e.g. [1, "two"]', code="invalid_args")
+    if _has_nul(value):
+        raise ValidationError("JSON strings must not contain U+0000.", code="invalid_args")
 
 
 def validate_kwargs(value) -> None:
@@ -46,6 +59,8 @@ def validate_kwargs(value) -> None:
         raise ValidationError(
             'kwargs must be a JSON object, e.g. {"seconds": 5}', code="invalid_kwargs"
         )
+    if _has_nul(value):
+        raise ValidationError("JSON strings must not contain U+0000.", code="invalid_kwargs")
 
 
 def database_now():
@@ -98,6 +113,11 @@ class Job(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args, **kwargs):
+        self.updated_at = Now()
+        super().save(*args, **kwargs)
+        self.refresh_from_db(fields=["updated_at"])
 
     @property
     def lock_name(self) -> str:

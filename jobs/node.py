@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, transaction
 from django.db import connection as django_connection
 
-from jobs import claims, context, history, registry
+from jobs import claims, context, history, metrics, registry
 from jobs.claims import Result, Run
 from locks import leases, liveness, maintenance
 from locks.leader import Leadership
@@ -208,6 +208,7 @@ class Node:
             )
             # Its job locks would otherwise make the recovery runs of `forbid` jobs skip.
             maintenance.release_locks_of(dead, f"node:{self.node_id}", "holder node declared dead")
+        metrics.record_recoveries(recovered)
         log.warning("declared dead: %s; queued %s recovery run(s)", ", ".join(dead), recovered)
         return len(dead)
 
@@ -220,7 +221,9 @@ class Node:
         room = self.capacity()
         if room <= 0 or self.stopping.is_set():
             return 0
+        started = time.perf_counter()
         claimed = claims.claim_due_triggers(self.node_id, min(self.batch, room), self.misfire_chunk)
+        metrics.record_claim_due(claimed, time.perf_counter() - started)
         self.stats["fired"] += claimed.fired
         self.stats["skipped"] += claimed.skipped
         self.dispatch(claimed.runs)
@@ -231,7 +234,9 @@ class Node:
         room = self.capacity()
         if room <= 0 or self.stopping.is_set():
             return 0
+        started = time.perf_counter()
         runs = claims.claim_pending_executions(self.node_id, min(self.batch, room))
+        metrics.record_claim_pending(len(runs), time.perf_counter() - started)
         self.stats["pending"] += len(runs)
         self.dispatch(runs)
         return len(runs)
@@ -424,13 +429,14 @@ class Node:
                 )
             )
         try:
-            claims.record_results(self.node_id, batch)
+            applied = claims.record_results(self.node_id, batch)
         except CONNECTION_ERRORS as e:
             # Writes are idempotent (guarded by state), so the whole batch is retried.
             log.warning("could not record %s result(s) (%s); will retry", len(batch), e)
             django_connection.close()
             time.sleep(0.5)
             return pending
+        metrics.record_results(batch, applied, self.inflight)  # before the runs leave inflight
         # A timed-out run's thread is still busy with the job: it keeps its place in
         # `inflight` (and so in the node's capacity) until the job really returns.
         finished = [r.execution_id for r in batch if r.state not in ("running", "timed_out")]

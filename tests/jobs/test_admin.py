@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from controlplane.models import AuditEntry
-from jobs.admin import describe_cron
+from jobs.describe import describe_cron
 from jobs.models import Execution, Job, Trigger, database_now
 from tests.jobs.factories import make_job
 

@@ -1,0 +1,646 @@
+"""Benchmarks of the scheduler node, run by ``manage.py bench``.
+
+Everything happens in a throwaway database, ``<main database>_bench`` on the same server,
+created and migrated for the run and dropped at the end: the main database is never
+connected to. Scheduler nodes are real ``manage.py run_scheduler`` processes, and every
+figure is computed from database time (``now()``/``clock_timestamp()`` and the
+timestamps the nodes record), never from this process's clock, which only paces the
+waiting.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+import psycopg
+from django.conf import settings
+from psycopg import sql
+
+from jobs import claims
+
+MAINTENANCE_DB = "postgres"
+TARGETS = {"ratio": 0.7, "e2e_per_s": 5000.0, "lag_p99_ms": 20.0, "idle_qps": 1.0}
+SECTIONS = ("claim", "raw", "e2e", "lag", "idle")
+# Seconds an idle node is left alone before its queries are counted. It settles within
+# a second or two; the rest is for pg_stat_database: a backend flushes its counters at
+# most once a second, and an idle one at the latest PGSTAT_IDLE_INTERVAL (10 s) later,
+# so the transactions of the node's start could otherwise land in the window.
+IDLE_SETTLE = 11.0
+
+
+@dataclass(frozen=True)
+class Sizes:
+    triggers: int = 100_000
+    nodes: tuple[int, ...] = (1, 2, 4)
+    batches: tuple[int, ...] = (1, 10, 100)
+    #: Seconds a claim-throughput combination (or the raw loop) may run; the rate is
+    #: then taken over what was claimed.
+    claim_cap: float = 20.0
+    #: Seconds the end-to-end run may take before it is cut short.
+    e2e_cap: float = 60.0
+    lag_triggers: int = 1000
+    lag_spread: float = 10.0
+    #: The lag triggers' first fire time is this far after their insert, so the insert's
+    #: own commit is not counted as lag.
+    lag_lead: float = 0.5
+    idle_window: float = 30.0
+
+
+QUICK = Sizes(
+    triggers=2000,
+    nodes=(1, 2),
+    batches=(10, 100),
+    claim_cap=10.0,
+    e2e_cap=20.0,
+    lag_triggers=200,
+    lag_spread=2.0,
+    idle_window=10.0,
+)
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+# --- the bench database ---------------------------------------------------------------
+
+
+class BenchDatabase:
+    """``<main name>_bench`` on the main database's server, reached without touching it."""
+
+    def __init__(self, settings_dict: dict):
+        main = settings_dict["NAME"]
+        self.name = f"{main}_bench"
+        options = {
+            k: v
+            for k, v in (settings_dict.get("OPTIONS") or {}).items()
+            if k != "application_name" and isinstance(v, str | int)
+        }
+        self._params = {
+            "host": settings_dict.get("HOST") or "",
+            "port": str(settings_dict.get("PORT") or ""),
+            "user": settings_dict.get("USER") or "",
+            "password": settings_dict.get("PASSWORD") or "",
+            **options,
+        }
+        self._options = options
+
+    def connect(self, dbname: str | None = None, autocommit: bool = True) -> psycopg.Connection:
+        params = {k: v for k, v in self._params.items() if v != ""}
+        return psycopg.connect(
+            dbname=dbname or self.name,
+            autocommit=autocommit,
+            application_name="bench",
+            **params,
+        )
+
+    def url(self) -> str:
+        """A DATABASE_URL for the node and migrate subprocesses."""
+        p = self._params
+        auth = quote(p["user"], safe="")
+        if p["password"]:
+            auth += ":" + quote(p["password"], safe="")
+        host = p["host"]
+        if host.startswith("/"):
+            host = quote(host, safe="")  # a Unix socket directory
+        elif ":" in host:
+            host = f"[{host}]"
+        port = f":{p['port']}" if p["port"] else ""
+        query = f"?{urlencode(self._options)}" if self._options else ""
+        return f"postgres://{auth}@{host}{port}/{quote(self.name, safe='')}{query}"
+
+    def recreate(self) -> None:
+        self.drop()
+        with self.connect(MAINTENANCE_DB) as conn:
+            conn.execute(f'CREATE DATABASE "{self.name}"')
+
+    def drop(self) -> None:
+        # The name always ends in _bench: this can never drop the main database.
+        assert self.name.endswith("_bench")
+        with self.connect(MAINTENANCE_DB) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+    def migrate(self) -> None:
+        self.manage("migrate", "--noinput", "-v", "0")
+
+    def manage(self, *args: str) -> str:
+        """Run ``manage.py *args`` on the bench database; return its output."""
+        done = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=settings.BASE_DIR,
+            env=node_env(self.url(), "bench-setup"),
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode:
+            raise BenchError(
+                f"manage.py {args[0]} on {self.name} failed:\n{done.stdout}{done.stderr}"
+            )
+        return done.stdout.strip()
+
+
+def node_env(url: str, app_name: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": url,
+        "APP_NAME": app_name,
+        "LOG_LEVEL": "WARNING",
+        # A stopped benchmark node has only no-ops in flight.
+        "SCHEDULER_SHUTDOWN_GRACE": "5",
+    }
+
+
+# --- scheduler node processes ---------------------------------------------------------
+
+
+class Nodes:
+    """``count`` real ``manage.py run_scheduler`` processes on the bench database."""
+
+    def __init__(self, db: BenchDatabase, count: int, batch: int | None, log_dir: Path, tag: str):
+        self.db = db
+        self.app_names = [f"bench-node-{tag}-{i}" for i in range(count)]
+        self.procs: list[tuple[subprocess.Popen, Path]] = []
+        for name in self.app_names:
+            log_path = log_dir / f"{name}.log"
+            args = ["--node-id", name] + (["--batch", str(batch)] if batch else [])
+            with log_path.open("w") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "manage.py", "run_scheduler", *args],
+                    cwd=settings.BASE_DIR,
+                    env=node_env(db.url(), name),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            self.procs.append((proc, log_path))
+
+    def wait_listening(self, conn: psycopg.Connection, timeout: float = 60.0) -> None:
+        """Wait until every node is registered and its listener is connected (so a NOTIFY
+        reaches it)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_alive()
+            listening = conn.execute(
+                "SELECT count(DISTINCT application_name) FROM pg_stat_activity"
+                " WHERE datname = %s AND application_name = ANY(%s) AND query LIKE 'LISTEN%%'",
+                [self.db.name, self.app_names],
+            ).fetchone()[0]
+            registered = conn.execute(
+                "SELECT count(*) FROM locks_schedulernode WHERE id = ANY(%s) AND state = 'active'",
+                [self.app_names],
+            ).fetchone()[0]
+            if listening == registered == len(self.app_names):
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(f"nodes did not start within {timeout}s\n{self.logs()}")
+            time.sleep(0.05)
+
+    def check_alive(self) -> None:
+        for proc, _ in self.procs:
+            if proc.poll() is not None:
+                raise BenchError(f"a node exited with {proc.returncode}\n{self.logs()}")
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for _, p in self.procs)
+
+    def stop(self) -> None:
+        """SIGTERM (the node drains and exits), then SIGKILL whatever is still there."""
+        for proc, _ in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, _ in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def __enter__(self) -> Nodes:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# --- data ----------------------------------------------------------------------------
+
+# The job and a template trigger are made by the ORM (in a subprocess on the bench
+# database), so they carry the models' defaults whatever columns are added later; the
+# backlogs are then cloned from the template in SQL, which is fast.
+SETUP_SCRIPT = """
+from datetime import UTC, datetime
+from jobs.models import Job, Trigger
+job = Job.objects.create(name="bench: noop", target="demo.noop")
+Trigger.objects.create(job=job, kind="once", run_at=datetime(2000, 1, 1, tzinfo=UTC))
+"""
+
+TEMPLATE = """
+CREATE TABLE bench_trigger_template AS SELECT * FROM jobs_trigger;
+DELETE FROM jobs_trigger;
+"""
+
+# One-off triggers a minute overdue, a microsecond apart (so ORDER BY next_fire_at has
+# an order to follow). The hour of grace keeps every fire on time for the whole run:
+# the normal path, not the misfire path.
+OVERDUE = """
+SELECT now() - interval '1 minute' + i * interval '1 microsecond' AS t, 3600 AS grace
+FROM generate_series(1, %(count)s) AS i
+"""
+
+# One-off triggers due lead, lead + spread/count, ... seconds after this transaction.
+SPREAD = """
+SELECT now() + make_interval(secs => %(lead)s + i * %(spread)s / %(count)s) AS t, 60 AS grace
+FROM generate_series(0, %(count)s - 1) AS i
+"""
+
+
+def clone_triggers(conn: psycopg.Connection, due: str, params: dict) -> None:
+    """Insert one one-off trigger per row of ``due`` (its fire time ``t`` and ``grace``)."""
+    columns = [
+        row[0]
+        for row in conn.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_name = 'jobs_trigger' AND table_schema = current_schema()"
+            "   AND column_name NOT IN ('id', 'run_at', 'next_fire_at', 'misfire_grace')"
+            " ORDER BY ordinal_position"
+        )
+    ]
+    copied = sql.SQL(", ").join(map(sql.Identifier, columns))
+    query = sql.SQL(
+        "INSERT INTO jobs_trigger ({copied}, run_at, next_fire_at, misfire_grace)"
+        " SELECT {copied}, due.t, due.t, due.grace"
+        " FROM bench_trigger_template, ({due}) AS due"
+    ).format(copied=copied, due=sql.SQL(due))
+    conn.execute(query, params)
+
+
+@dataclass
+class Claim:
+    """One claim-throughput measurement: ``fires`` recorded in ``seconds`` of database time."""
+
+    nodes: int
+    batch: int
+    fires: int
+    seconds: float
+    complete: bool
+
+    @property
+    def per_s(self) -> float:
+        return self.fires / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class Results:
+    sizes: Sizes
+    claim: list[Claim] = field(default_factory=list)
+    raw: Claim | None = None
+    node_1x100: Claim | None = None
+    e2e: dict | None = None
+    lag: dict | None = None
+    idle: dict | None = None
+
+    def as_json(self) -> dict:
+        ratio = None
+        if self.raw and self.node_1x100 and self.raw.per_s:
+            ratio = round(self.node_1x100.per_s / self.raw.per_s, 3)
+        return {
+            "triggers": self.sizes.triggers,
+            "claim": [
+                {
+                    "nodes": c.nodes,
+                    "batch": c.batch,
+                    "fires": c.fires,
+                    "seconds": round(c.seconds, 3),
+                    "fires_per_s": round(c.per_s, 1),
+                    "complete": c.complete,
+                }
+                for c in self.claim
+            ],
+            "raw_fires": self.raw.fires if self.raw else None,
+            "raw_seconds": round(self.raw.seconds, 3) if self.raw else None,
+            "raw_fires_per_s": round(self.raw.per_s, 1) if self.raw else None,
+            "node_1x100_fires_per_s": round(self.node_1x100.per_s, 1) if self.node_1x100 else None,
+            "node_raw_ratio": ratio,
+            **_prefixed("e2e", self.e2e, ("succeeded", "seconds", "per_s")),
+            **_prefixed("lag", self.lag, ("triggers", "p50_ms", "p99_ms", "max_ms")),
+            **_prefixed("idle", self.idle, ("window_s", "transactions", "qps")),
+            "targets": TARGETS,
+        }
+
+
+def _prefixed(prefix: str, values: dict | None, keys: tuple[str, ...]) -> dict:
+    return {f"{prefix}_{k}": (values or {}).get(k) for k in keys}
+
+
+# --- the benchmark -------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(
+        self,
+        db: BenchDatabase,
+        sizes: Sizes,
+        out: Callable[[str], None],
+        progress: Callable[[str], None],
+    ):
+        self.db = db
+        self.sizes = sizes
+        self.out = out
+        self.progress = progress
+        self.results = Results(sizes)
+        self.conn: psycopg.Connection | None = None
+        self.log_dir = Path(tempfile.mkdtemp(prefix="bench-"))
+
+    def run(self, sections: tuple[str, ...]) -> Results:
+        self.progress(f"creating and migrating database {self.db.name}")
+        self.db.recreate()
+        try:
+            self.db.migrate()
+            self.db.manage("shell", "-c", SETUP_SCRIPT)
+            self.conn = self.db.connect()
+            self.conn.execute(TEMPLATE)
+            if "claim" in sections:
+                self.section_claim()
+            if "raw" in sections:
+                self.section_raw()
+            if "e2e" in sections:
+                self.section_e2e()
+            if "idle" in sections or "lag" in sections:
+                self.section_idle_and_lag(sections)
+        finally:
+            if self.conn is not None:
+                self.conn.close()
+        # The node logs are kept only when something failed.
+        shutil.rmtree(self.log_dir, ignore_errors=True)
+        return self.results
+
+    # --- helpers ---
+
+    def reset(self, backlog: int = 0) -> None:
+        """Empty the tables, insert ``backlog`` due triggers, and leave the tables vacuumed
+        and analysed, the same for every measurement."""
+        assert self.conn is not None
+        self.conn.execute(
+            # CASCADE: other tables (locks, audit) may point at executions.
+            "TRUNCATE jobs_execution, jobs_trigger, locks_schedulernode RESTART IDENTITY CASCADE"
+        )
+        self.conn.execute("UPDATE jobs_job SET paused = false")
+        if backlog:
+            clone_triggers(self.conn, OVERDUE, {"count": backlog})
+        # With the job unpaused, so the planner's statistics match the measured state.
+        self.conn.execute("VACUUM ANALYZE")
+
+    def run_nodes(self, nodes: int, batch: int | None, cap: float, until_finished: bool):
+        """Start nodes on a paused backlog, release it, and wait until it is claimed (and,
+        with ``until_finished``, run) or ``cap`` seconds pass. Returns the database time
+        the backlog was released and whether it was drained."""
+        conn = self.conn
+        tag = f"{nodes}x{batch or 'default'}"
+        conn.execute("UPDATE jobs_job SET paused = true")
+        with Nodes(self.db, nodes, batch, self.log_dir, tag) as procs:
+            procs.wait_listening(conn)
+            # Unpausing NOTIFYs every node; this commit's time is the start.
+            released = conn.execute(
+                "UPDATE jobs_job SET paused = false RETURNING clock_timestamp()"
+            ).fetchone()[0]
+            deadline = time.monotonic() + cap
+            drained = False
+            while time.monotonic() < deadline:
+                time.sleep(0.2)
+                procs.check_alive()
+                drained = not conn.execute(
+                    "SELECT EXISTS (SELECT 1 FROM jobs_trigger"
+                    " WHERE next_fire_at IS NOT NULL AND NOT paused)"
+                ).fetchone()[0]
+                if drained and until_finished:
+                    drained = not conn.execute(
+                        "SELECT EXISTS (SELECT 1 FROM jobs_execution"
+                        " WHERE state IN ('dispatched', 'running'))"
+                    ).fetchone()[0]
+                if drained:
+                    break
+        return released, drained
+
+    def measure_claim(self, nodes: int, batch: int) -> Claim:
+        self.progress(f"claim: {nodes} node(s), batch {batch}")
+        self.reset(self.sizes.triggers)
+        released, drained = self.run_nodes(nodes, batch, self.sizes.claim_cap, False)
+        fires, last = self.conn.execute(
+            "SELECT count(*), max(created_at) FROM jobs_execution"
+        ).fetchone()
+        seconds = (last - released).total_seconds() if last else 0.0
+        return Claim(nodes, batch, fires, seconds, drained)
+
+    # --- sections ---
+
+    def section_claim(self) -> None:
+        s = self.sizes
+        self.out(f"\nClaim throughput: {s.triggers} due one-off triggers (demo.noop, inline)")
+        self.out("   fires/s = executions recorded / (last created_at - release), database time;")
+        self.out(f"   each combination capped at {s.claim_cap:g} s")
+        self.out(f"   {'nodes':>5} {'batch':>6} {'fires':>8} {'seconds':>8} {'fires/s':>9}")
+        for nodes in s.nodes:
+            for batch in s.batches:
+                c = self.measure_claim(nodes, batch)
+                self.results.claim.append(c)
+                if (nodes, batch) == (1, 100):
+                    self.results.node_1x100 = c
+                note = "" if c.complete else "  (capped: backlog not drained)"
+                self.out(
+                    f"   {nodes:>5} {batch:>6} {c.fires:>8} {c.seconds:>8.2f} {c.per_s:>9.0f}{note}"
+                )
+
+    def section_raw(self) -> None:
+        s = self.sizes
+        self.progress("raw: the claim transaction from plain psycopg")
+        self.reset(s.triggers)
+        raw = self.raw_claim_loop(batch=100, cap=s.claim_cap)
+        self.results.raw = raw
+        if self.results.node_1x100 is None:
+            self.results.node_1x100 = self.measure_claim(1, 100)
+        node = self.results.node_1x100
+        ratio = node.per_s / raw.per_s if raw.per_s else 0.0
+        self.out("\nRaw-SQL claim limit: jobs/claims.py's SELECT ... SKIP LOCKED, INSERT,")
+        self.out("   UPDATE, COMMIT in a tight loop (plain psycopg, one connection, batch 100)")
+        note = "" if raw.complete else "  (capped)"
+        self.out(f"   raw fires/s            {raw.per_s:>9.0f}")
+        self.out(f"   ({raw.fires} fires in {raw.seconds:.2f} s){note}")
+        self.out(f"   node 1 x batch 100     {node.per_s:>9.0f}")
+        self.out(f"   ratio node / raw       {ratio:>9.2f}   target >= {TARGETS['ratio']}")
+
+    def raw_claim_loop(self, batch: int, cap: float) -> Claim:
+        node_id = "bench-raw"
+        with self.db.connect(autocommit=False) as conn, conn.cursor() as cur:
+            cur.execute("SELECT clock_timestamp()")
+            start = cur.fetchone()[0]
+            conn.commit()
+            deadline = time.monotonic() + cap
+            drained = False
+            while time.monotonic() < deadline:
+                with conn.transaction():
+                    rows = cur.execute(claims.SELECT_DUE_TRIGGERS, [batch]).fetchall()
+                    if not rows:
+                        drained = True
+                        break
+                    ids = [r[0] for r in rows]
+                    times = [r[11] for r in rows]
+                    n = len(rows)
+                    cur.execute(
+                        claims.INSERT_FIRES,
+                        [node_id, [r[1] for r in rows], ids, times, ["dispatched"] * n, [""] * n],
+                    )
+                    cur.fetchall()
+                    # One-off triggers: finished once fired.
+                    cur.execute(claims.ADVANCE_TRIGGERS, [ids, [None] * n, times])
+            fires, last = cur.execute(
+                "SELECT count(*), max(created_at) FROM jobs_execution"
+            ).fetchone()
+            conn.commit()
+        seconds = (last - start).total_seconds() if last else 0.0
+        return Claim(1, batch, fires, seconds, drained)
+
+    def section_e2e(self) -> None:
+        s = self.sizes
+        self.progress("e2e: one node, batch 100, default threads")
+        self.reset(s.triggers)
+        _, drained = self.run_nodes(1, 100, s.e2e_cap, until_finished=True)
+        succeeded, first, last, other = self.conn.execute(
+            "SELECT count(*) FILTER (WHERE state = 'succeeded'),"
+            "       min(dispatched_at) FILTER (WHERE state = 'succeeded'),"
+            "       max(finished_at) FILTER (WHERE state = 'succeeded'),"
+            "       count(*) FILTER (WHERE state <> 'succeeded')"
+            " FROM jobs_execution"
+        ).fetchone()
+        seconds = (last - first).total_seconds() if last else 0.0
+        per_s = succeeded / seconds if seconds > 0 else 0.0
+        self.results.e2e = {
+            "succeeded": succeeded,
+            "seconds": round(seconds, 3),
+            "per_s": round(per_s, 1),
+        }
+        self.out("\nEnd to end: one node, batch 100, default threads: claim, run demo.noop")
+        self.out("   inline, record success; succeeded / (last finished_at - first dispatched_at)")
+        note = "" if drained else f"  (capped at {s.e2e_cap:g} s)"
+        self.out(f"   succeeded/s            {per_s:>9.0f}   target >= {TARGETS['e2e_per_s']:.0f}")
+        self.out(f"   ({succeeded} succeeded in {seconds:.2f} s, {other} not succeeded){note}")
+
+    def section_idle_and_lag(self, sections: tuple[str, ...]) -> None:
+        """One node, started on an empty database: measured idle, then (already running
+        and idle) given triggers spread over time."""
+        s = self.sizes
+        self.reset(0)
+        with Nodes(self.db, 1, None, self.log_dir, "idle") as node:
+            node.wait_listening(self.conn)
+            if "idle" in sections:
+                self.progress(f"idle: settling {IDLE_SETTLE:g} s, measuring {s.idle_window:g} s")
+                self.measure_idle(node)
+            if "lag" in sections:
+                self.progress(f"lag: {s.lag_triggers} triggers over {s.lag_spread:g} s")
+                self.measure_lag(node)
+
+    def measure_idle(self, node: Nodes) -> None:
+        s = self.sizes
+        # Read the counters from the maintenance database, with our own connection to the
+        # bench database closed (before settling, so its last counters are flushed by
+        # then): the bench database's transactions are then the node's.
+        self.conn.close()
+        time.sleep(IDLE_SETTLE)
+        with self.db.connect(MAINTENANCE_DB) as stats:
+            before, t0, others_before = self._xacts(stats)
+            time.sleep(s.idle_window)
+            after, t1, others_after = self._xacts(stats)
+        node.check_alive()
+        self.conn = self.db.connect()
+        seconds = (t1 - t0).total_seconds()
+        transactions = after - before
+        qps = transactions / seconds
+        self.results.idle = {
+            "window_s": round(seconds, 3),
+            "transactions": transactions,
+            "qps": round(qps, 3),
+        }
+        self.out("\nIdle node: one node, no triggers; transactions committed or rolled back")
+        self.out("   in the bench database (pg_stat_database), only the node connected")
+        self.out(f"   queries/s              {qps:>9.2f}   target < {TARGETS['idle_qps']:g}")
+        self.out(f"   ({transactions} transactions in {seconds:.1f} s)")
+        others = others_before + others_after
+        if others:
+            self.out(f"   warning: other clients on the bench database: {', '.join(others)}")
+
+    def _xacts(self, stats: psycopg.Connection):
+        total, at = stats.execute(
+            "SELECT xact_commit + xact_rollback, clock_timestamp() FROM pg_stat_database"
+            " WHERE datname = %s",
+            [self.db.name],
+        ).fetchone()
+        others = stats.execute(
+            "SELECT coalesce(nullif(application_name, ''), backend_type) FROM pg_stat_activity"
+            " WHERE datname = %s AND application_name NOT LIKE 'bench-node-%%'",
+            [self.db.name],
+        ).fetchall()
+        return total, at, [r[0] for r in others]
+
+    def measure_lag(self, node: Nodes) -> None:
+        s = self.sizes
+        conn = self.conn
+        clone_triggers(
+            conn, SPREAD, {"count": s.lag_triggers, "lead": s.lag_lead, "spread": s.lag_spread}
+        )
+        deadline = time.monotonic() + s.lag_lead + s.lag_spread + 30
+        while True:
+            time.sleep(0.2)
+            node.check_alive()
+            done = conn.execute("SELECT count(*) FROM jobs_execution").fetchone()[0]
+            if done >= s.lag_triggers:
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"only {done} of {s.lag_triggers} lag triggers fired\n{node.logs()}"
+                )
+        p50, p99, worst = conn.execute(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lag),"
+            "       percentile_cont(0.99) WITHIN GROUP (ORDER BY lag), max(lag)"
+            " FROM (SELECT extract(epoch FROM dispatched_at - scheduled_for) * 1000 AS lag"
+            "       FROM jobs_execution) AS l"
+        ).fetchone()
+        p50, p99, worst = float(p50), float(p99), float(worst)
+        self.results.lag = {
+            "triggers": s.lag_triggers,
+            "p50_ms": round(p50, 2),
+            "p99_ms": round(p99, 2),
+            "max_ms": round(worst, 2),
+        }
+        self.out(f"\nFire lag: {s.lag_triggers} one-off triggers due evenly over"
+                 f" {s.lag_spread:g} s, one idle node;")  # fmt: skip
+        self.out("   lag = dispatched_at (the claim transaction's now()) - scheduled_for")
+        self.out(f"   p50 ms                 {p50:>9.2f}")
+        self.out(f"   p99 ms                 {p99:>9.2f}   target < {TARGETS['lag_p99_ms']:g}")
+        self.out(f"   max ms                 {worst:>9.2f}")
+
+
+def sizes_from_options(
+    quick: bool,
+    triggers: int | None,
+    nodes: tuple[int, ...] | None,
+    batches: tuple[int, ...] | None,
+    cap: float | None,
+    idle_seconds: float | None,
+) -> Sizes:
+    sizes = QUICK if quick else Sizes()
+    overrides = {
+        "triggers": triggers,
+        "nodes": nodes,
+        "batches": batches,
+        "claim_cap": cap,
+        "idle_window": idle_seconds,
+    }
+    return replace(sizes, **{k: v for k, v in overrides.items() if v is not None})

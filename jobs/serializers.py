@@ -1,0 +1,343 @@
+"""What the REST API reads and writes for jobs, triggers and executions.
+
+Writes are validated like the admin's edits: the model's ``full_clean()`` runs on the
+object as it would be saved, and each Django error becomes a DRF error on its field.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import zoneinfo
+
+from django.core.exceptions import NON_FIELD_ERRORS
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import models
+from rest_framework import serializers
+from rest_framework.settings import api_settings
+
+from jobs import registry
+from jobs.describe import describe_schedule
+from jobs.models import Execution, Job, Trigger, validate_timezone
+
+REASON_MAX = 500
+
+
+@functools.cache
+def time_zone_names() -> list[str]:
+    """The zones a trigger accepts: the IANA names the model's validator allows."""
+    names = []
+    for name in sorted(zoneinfo.available_timezones()):
+        try:
+            validate_timezone(name)
+        except DjangoValidationError:
+            continue
+        names.append(name)
+    return names
+
+
+class StrictCharField(serializers.CharField):
+    """A JSON string and nothing else (DRF's CharField turns 0 into "0")."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """true or false and nothing else (DRF's BooleanField also takes "yes", 1, "on")."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
+class _StrictModelSerializer(serializers.ModelSerializer):
+    """A JSON body's types are what the schema says: no coercion of 0 to "0" or "1" to true."""
+
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        models.CharField: StrictCharField,
+        models.TextField: StrictCharField,
+        models.BooleanField: StrictBooleanField,
+    }
+
+
+def _reason_field() -> serializers.CharField:
+    return StrictCharField(
+        write_only=True,
+        required=False,
+        allow_blank=True,
+        max_length=REASON_MAX,
+        help_text="Optional; recorded in the audit log with your name.",
+    )
+
+
+def full_clean(instance) -> None:
+    """The model's own validation, as DRF errors keyed by field."""
+    try:
+        instance.full_clean()
+    except DjangoValidationError as e:
+        raise serializers.ValidationError(
+            {
+                api_settings.NON_FIELD_ERRORS_KEY if field == NON_FIELD_ERRORS else field: messages
+                for field, messages in e.message_dict.items()
+            }
+        ) from None
+
+
+def reject_nul(value) -> None:
+    """PostgreSQL's jsonb cannot store U+0000; say so instead of failing on insert."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise serializers.ValidationError("JSON strings must not contain U+0000.")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            reject_nul(key)
+            reject_nul(item)
+    elif isinstance(value, list):
+        for item in value:
+            reject_nul(item)
+
+
+_NO_NUL = "No string in it may contain U+0000."
+
+
+def args_field(**kwargs) -> serializers.ListField:
+    return serializers.ListField(
+        child=serializers.JSONField(allow_null=True),
+        validators=[reject_nul],
+        help_text='Positional arguments, a JSON list, e.g. [1, "two"]. ' + _NO_NUL,
+        **kwargs,
+    )
+
+
+def kwargs_field(**kwargs) -> serializers.DictField:
+    return serializers.DictField(
+        child=serializers.JSONField(allow_null=True),
+        validators=[reject_nul],
+        help_text='Keyword arguments, a JSON object, e.g. {"seconds": 5}. ' + _NO_NUL,
+        **kwargs,
+    )
+
+
+class _ModelCleanMixin:
+    """Run ``full_clean()`` on a copy of the instance with the validated values applied."""
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        instance = copy.copy(self.instance) if self.instance is not None else self.Meta.model()
+        for name, value in attrs.items():
+            if name != "reason":
+                setattr(instance, name, value)
+        full_clean(instance)
+        return attrs
+
+
+# --- jobs and triggers -------------------------------------------------------------------
+
+
+class TriggerSummarySerializer(serializers.ModelSerializer):
+    """One of a job's triggers, in brief."""
+
+    summary = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Trigger
+        fields = ["id", "kind", "summary", "paused", "next_fire_at"]
+        read_only_fields = fields
+
+    def get_summary(self, trigger: Trigger) -> str:
+        return describe_schedule(trigger)
+
+
+class JobSerializer(_ModelCleanMixin, _StrictModelSerializer):
+    """A job: what runs (a registered target with its arguments) and how."""
+
+    # A choice among registered targets: a dotted path sent by a client is never imported.
+    target = serializers.ChoiceField(
+        choices=[], help_text="A registered job target (see the enum)."
+    )
+    args = args_field(required=False)
+    kwargs = kwargs_field(required=False)
+    triggers = TriggerSummarySerializer(many=True, read_only=True)
+    reason = _reason_field()
+
+    class Meta:
+        model = Job
+        fields = [
+            "id", "name", "description", "target", "args", "kwargs", "executor", "timeout",
+            "max_attempts", "retry_backoff", "recover", "concurrency_policy", "paused",
+            "created_at", "updated_at", "triggers", "reason",
+        ]  # fmt: skip
+        read_only_fields = ["paused", "created_at", "updated_at"]
+        # The bounds Job.clean() checks, declared so that the schema states them too.
+        extra_kwargs = {
+            "timeout": {"min_value": 1},
+            "max_attempts": {"min_value": 1},
+            "retry_backoff": {"min_value": 0},
+        }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Read per serializer, not at import: targets register when apps load.
+        self.fields["target"].choices = registry.target_choices()
+
+
+class JobPauseResultSerializer(JobSerializer):
+    """The job after a pause or resume, and whether that changed it."""
+
+    changed = serializers.BooleanField(
+        read_only=True, help_text="False when the job already was in the requested state."
+    )
+
+    class Meta(JobSerializer.Meta):
+        fields = [*JobSerializer.Meta.fields, "changed"]
+
+
+class TriggerSerializer(_ModelCleanMixin, _StrictModelSerializer):
+    """A trigger: when its job fires (cron, fixed interval or once), in which time zone."""
+
+    # A choice, so that the schema lists the zones; the model's validator still runs.
+    timezone = serializers.ChoiceField(
+        choices=time_zone_names(),
+        required=False,
+        help_text="An IANA time zone name; default UTC.",
+        error_messages={
+            "invalid_choice": "Unknown time zone {input!r}: use an IANA name such as "
+            "'Europe/London' or 'UTC'."
+        },
+    )
+    summary = serializers.SerializerMethodField()
+    reason = _reason_field()
+
+    class Meta:
+        model = Trigger
+        fields = [
+            "id", "job", "kind", "cron", "timezone", "interval", "run_at", "start_at", "end_at",
+            "misfire_policy", "misfire_grace", "paused", "next_fire_at", "last_fire_at",
+            "summary", "created_at", "updated_at", "reason",
+        ]  # fmt: skip
+        read_only_fields = ["paused", "next_fire_at", "last_fire_at", "created_at", "updated_at"]
+        extra_kwargs = {"interval": {"min_value": 1}}
+
+    def get_summary(self, trigger: Trigger) -> str:
+        return describe_schedule(trigger)
+
+
+class TriggerPauseResultSerializer(TriggerSerializer):
+    """The trigger after a pause or resume, and whether that changed it."""
+
+    changed = serializers.BooleanField(
+        read_only=True, help_text="False when the trigger already was in the requested state."
+    )
+
+    class Meta(TriggerSerializer.Meta):
+        fields = [*TriggerSerializer.Meta.fields, "changed"]
+
+
+class TriggerFilterSerializer(serializers.Serializer):
+    job = serializers.IntegerField(required=False, min_value=1, help_text="Only this job's.")
+
+
+class NextFireTimesQuerySerializer(serializers.Serializer):
+    count = serializers.IntegerField(required=False, default=5, min_value=1, max_value=100)
+
+
+class FireTimeSerializer(serializers.Serializer):
+    utc = serializers.DateTimeField(help_text="The fire time in UTC.")
+    # Given as an ISO 8601 string with the zone's offset, which DRF passes through as is.
+    local = serializers.DateTimeField(help_text="The same instant in the trigger's time zone.")
+    zone_abbreviation = serializers.CharField(help_text="e.g. CET or CEST.")
+
+
+class NextFireTimesSerializer(serializers.Serializer):
+    trigger = serializers.IntegerField()
+    timezone = serializers.CharField()
+    after = serializers.DateTimeField(help_text="Database time the fire times follow.")
+    paused = serializers.BooleanField(
+        help_text="The trigger or its job is paused: these fire only once it is resumed."
+    )
+    fire_times = FireTimeSerializer(many=True)
+
+
+# --- actions ---------------------------------------------------------------------------
+
+
+class ReasonSerializer(serializers.Serializer):
+    reason = StrictCharField(
+        required=False, allow_blank=True, default="", max_length=REASON_MAX,
+        help_text="Optional; recorded in the audit log with your name.",
+    )  # fmt: skip
+
+
+class RunNowSerializer(ReasonSerializer):
+    args = args_field(required=False, allow_null=True, default=None)
+    kwargs = kwargs_field(required=False, allow_null=True, default=None)
+
+
+# --- executions ------------------------------------------------------------------------
+
+
+class ExecutionSerializer(serializers.ModelSerializer):
+    """An execution as the history list shows it (no arguments, errors or notes)."""
+
+    job_name = serializers.CharField(source="job.name", read_only=True)
+    requested_by = serializers.CharField(
+        source="requested_by.username", read_only=True, allow_null=True,
+        help_text="The user who ran or reran it; null for scheduled fires.",
+    )  # fmt: skip
+    duration = serializers.FloatField(
+        read_only=True, allow_null=True, help_text="Seconds from start to finish."
+    )
+    lag = serializers.FloatField(
+        read_only=True,
+        allow_null=True,
+        help_text="Seconds from scheduled_for to dispatch, for scheduled fires.",
+    )
+
+    class Meta:
+        model = Execution
+        fields = [
+            "id", "job", "job_name", "trigger", "state", "origin", "attempt", "node",
+            "scheduled_for", "created_at", "run_after", "dispatched_at", "started_at",
+            "finished_at", "requested_by", "retry_of", "rerun_of", "duration", "lag",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class ExecutionDetailSerializer(ExecutionSerializer):
+    """An execution with its arguments, error, traceback and notes."""
+
+    args = args_field(read_only=True)
+    kwargs = kwargs_field(read_only=True)
+
+    class Meta(ExecutionSerializer.Meta):
+        fields = [*ExecutionSerializer.Meta.fields, "args", "kwargs", "error", "traceback", "note"]
+        read_only_fields = fields
+
+
+class ExecutionFilterSerializer(serializers.Serializer):
+    """The executions page's filters, by the same names (jobs.queries.filter_executions)."""
+
+    job = serializers.IntegerField(required=False, min_value=1)
+    state = serializers.ChoiceField(choices=Execution.State.choices, required=False)
+    origin = serializers.ChoiceField(choices=Execution.Origin.choices, required=False)
+    node = StrictCharField(required=False, max_length=200)
+    created_from = serializers.DateTimeField(
+        required=False, help_text="Created at or after (naive times are UTC)."
+    )
+    created_to = serializers.DateTimeField(
+        required=False,
+        help_text="Created before (naive times are UTC); must be after created_from.",
+    )
+
+    def validate(self, attrs):
+        start, end = attrs.get("created_from"), attrs.get("created_to")
+        if start and end and end <= start:
+            raise serializers.ValidationError(
+                {"created_to": ["Must be after the start of the range."]}
+            )
+        return attrs
