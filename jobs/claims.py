@@ -23,7 +23,9 @@ from jobs import schedule
 # Uses trigger_due_idx.
 SELECT_DUE_TRIGGERS = """
 SELECT t.id, t.job_id, t.kind, t.cron, t.timezone, t.interval, t.run_at, t.start_at,
-       t.end_at, t.misfire_policy, t.misfire_grace, t.next_fire_at, now()
+       t.end_at, t.misfire_policy, t.misfire_grace, t.next_fire_at,
+       j.id, j.name, j.target, j.timeout, j.max_attempts, j.retry_backoff, j.recover,
+       j.concurrency_policy, now()
 FROM jobs_trigger t
 JOIN jobs_job j ON j.id = t.job_id
 WHERE t.next_fire_at <= now() AND NOT t.paused AND NOT j.paused AND j.executor = 'inline'
@@ -286,7 +288,10 @@ def claim_due_triggers(node_id: str, batch: int, misfire_chunk: int) -> Claimed:
             claimed.fired = len(claimed.runs)
             claimed.skipped = sum(1 for r in inserted if r[4] == "skipped")
         cursor.execute(ADVANCE_TRIGGERS, [advance_ids, advance_next, advance_last])
-        _attach_job_settings(cursor, claimed.runs)
+        # The job's settings came with the triggers (no JOB_SETTINGS round trip).
+        jobs = {row[12]: JobSettings(*row[12:20]) for row in rows}
+        for run in claimed.runs:
+            run.job = jobs[run.job_id]
     return claimed
 
 

@@ -30,6 +30,8 @@ from locks.leader import Leadership
 log = logging.getLogger("jobs.node")
 
 WAKEUP_CHANNEL = "jobs_wakeup"
+# How long a manual run or retry may wait while the node drains a backlog of due triggers.
+PENDING_CHECK_WHILE_DRAINING = 0.1
 VERSION = "0.1.0"
 
 # Errors that mean "the database connection is gone": close it and try again later.
@@ -107,6 +109,12 @@ class Node:
         # False only while the node knows nothing can be due (it slept short of the due
         # time, e.g. to heartbeat): an idle node then costs no claim queries.
         self.maybe_due = True
+        # True while the last claim filled a whole batch (a backlog is being drained).
+        self.draining = False
+        self.next_pending_check = 0.0
+        # Whether sleep() already let the loop look again at a due time that the last
+        # claim missed (see sleep).
+        self.rechecked_due = False
         self.connection_lost = False
         self.recorder: threading.Thread | None = None
         self.listener: Listener | None = None
@@ -213,8 +221,15 @@ class Node:
         return len(dead)
 
     def capacity(self) -> int:
+        """Runs the node may claim now: room for a whole batch, or 0.
+
+        Room is freed only when results are written, so right after a claim there is
+        room for just ``threads`` runs; claiming those would cost a whole transaction
+        for a few fires. The recorder wakes the loop once a batch fits.
+        """
         with self.lock:
-            return self.max_inflight - len(self.inflight)
+            room = self.max_inflight - len(self.inflight)
+        return room if room >= self.batch else 0
 
     def claim_due(self) -> int:
         """Claim due triggers and dispatch their fires; returns triggers claimed."""
@@ -223,6 +238,9 @@ class Node:
             return 0
         started = time.perf_counter()
         claimed = claims.claim_due_triggers(self.node_id, min(self.batch, room), self.misfire_chunk)
+        self.draining = claimed.triggers >= min(self.batch, room)
+        if claimed.triggers:
+            self.rechecked_due = False
         metrics.record_claim_due(claimed, time.perf_counter() - started)
         self.stats["fired"] += claimed.fired
         self.stats["skipped"] += claimed.skipped
@@ -230,10 +248,19 @@ class Node:
         return claimed.triggers
 
     def claim_pending(self) -> int:
-        """Claim runnable pending executions (manual runs, retries, recoveries)."""
+        """Claim runnable pending executions (manual runs, retries, recoveries).
+
+        While a backlog of due triggers is drained the loop never idles, and asking on
+        every pass would add a transaction per batch for nothing: then it asks at most
+        every PENDING_CHECK_WHILE_DRAINING seconds.
+        """
         room = self.capacity()
+        now = time.monotonic()
         if room <= 0 or self.stopping.is_set():
             return 0
+        if self.draining and now < self.next_pending_check:
+            return 0
+        self.next_pending_check = now + PENDING_CHECK_WHILE_DRAINING
         started = time.perf_counter()
         runs = claims.claim_pending_executions(self.node_id, min(self.batch, room))
         metrics.record_claim_pending(len(runs), time.perf_counter() - started)
@@ -256,9 +283,16 @@ class Node:
         else:
             due_in = claims.seconds_until_due()
             timeout = self.poll_interval if due_in is None else min(due_in, self.poll_interval)
-            # Something is due but another node holds it (SKIP LOCKED gave us nothing):
-            # don't spin on it.
-            timeout = max(timeout, 0.02)
+            if timeout > 0:
+                self.rechecked_due = False
+            elif not self.rechecked_due:
+                # Due already, though the claim just before found nothing: it may have come
+                # due in between (the claim's now() is its transaction's start). Once, look
+                # again at once.
+                timeout, self.rechecked_due = 0.0, True
+            else:
+                # Still nothing to claim: another node holds it (SKIP LOCKED). Don't spin.
+                timeout = 0.02
         until_heartbeat = max(self.next_heartbeat - time.monotonic(), 0.0)
         woken = self.wake.wait(min(timeout, until_heartbeat))
         self.wake.clear()
@@ -441,7 +475,7 @@ class Node:
         # `inflight` (and so in the node's capacity) until the job really returns.
         finished = [r.execution_id for r in batch if r.state not in ("running", "timed_out")]
         with self.lock:
-            was_full = len(self.inflight) >= self.max_inflight
+            was_full = self.max_inflight - len(self.inflight) < self.batch
             for execution_id in finished:
                 self.inflight.pop(execution_id, None)
                 self.started.pop(execution_id, None)
