@@ -58,6 +58,12 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
+if not DEBUG:
+    # Collected static files (admin, Swagger UI, the dashboard's CSS), served by the app
+    # itself in production; with DEBUG on, runserver serves them from the apps.
+    MIDDLEWARE.insert(MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+                      "whitenoise.middleware.WhiteNoiseMiddleware")  # fmt: skip
+
 ROOT_URLCONF = "controlplane.urls"
 WSGI_APPLICATION = "controlplane.wsgi.application"
 
@@ -179,3 +185,27 @@ SCHEDULER_JOB_LOCK_LEASE = env_float("SCHEDULER_JOB_LOCK_LEASE", 60.0, minimum=1
 # A node's Prometheus endpoint (run_scheduler --metrics-port/--metrics-addr): 0 is off.
 SCHEDULER_METRICS_PORT = env_int("SCHEDULER_METRICS_PORT", 0, minimum=0)
 SCHEDULER_METRICS_ADDR = env_str("SCHEDULER_METRICS_ADDR", "127.0.0.1")
+
+# --- Celery executor -------------------------------------------------------------------
+# Jobs with executor "celery" run on Celery workers; PostgreSQL stays the source of truth
+# and messages only say "run execution N". Delivery is at least once (late acks); each
+# execution runs once (the worker claims its row first).
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_TASK_DEFAULT_QUEUE", "scheduler")
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Seconds between a worker's heartbeats on the execution it runs.
+SCHEDULER_EXECUTION_HEARTBEAT = env_float("SCHEDULER_EXECUTION_HEARTBEAT", 5.0, minimum=0.1)
+# A worker-run execution whose heartbeat is older than this is abandoned (its worker died).
+SCHEDULER_EXECUTION_TIMEOUT = env_float("SCHEDULER_EXECUTION_TIMEOUT", 30.0, minimum=0.5)
+# A published execution no worker has claimed after this many seconds is published again
+# (a lost message); the worker's claim makes a second delivery harmless.
+SCHEDULER_REPUBLISH_AFTER = env_float("SCHEDULER_REPUBLISH_AFTER", 300.0, minimum=1)
+if SCHEDULER_EXECUTION_TIMEOUT <= 2 * SCHEDULER_EXECUTION_HEARTBEAT:
+    raise ImproperlyConfigured(
+        "SCHEDULER_EXECUTION_TIMEOUT must be more than twice SCHEDULER_EXECUTION_HEARTBEAT"
+    )

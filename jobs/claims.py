@@ -25,10 +25,10 @@ SELECT_DUE_TRIGGERS = """
 SELECT t.id, t.job_id, t.kind, t.cron, t.timezone, t.interval, t.run_at, t.start_at,
        t.end_at, t.misfire_policy, t.misfire_grace, t.next_fire_at,
        j.id, j.name, j.target, j.timeout, j.max_attempts, j.retry_backoff, j.recover,
-       j.concurrency_policy, now()
+       j.concurrency_policy, j.executor, j.celery_task, j.queue, now()
 FROM jobs_trigger t
 JOIN jobs_job j ON j.id = t.job_id
-WHERE t.next_fire_at <= now() AND NOT t.paused AND NOT j.paused AND j.executor = 'inline'
+WHERE t.next_fire_at <= now() AND NOT t.paused AND NOT j.paused
 ORDER BY t.next_fire_at
 LIMIT %s
 FOR UPDATE OF t SKIP LOCKED
@@ -74,7 +74,7 @@ FROM jobs_job j
 WHERE e.id IN (
     SELECT p.id FROM jobs_execution p
     JOIN jobs_job pj ON pj.id = p.job_id
-    WHERE p.state = 'pending' AND p.run_after <= now() AND pj.executor = 'inline'
+    WHERE p.state = 'pending' AND p.run_after <= now()
     ORDER BY p.run_after
     LIMIT %s
     FOR UPDATE OF p SKIP LOCKED
@@ -84,7 +84,8 @@ RETURNING e.id, e.job_id, e.trigger_id, e.scheduled_for, e.state, e.attempt, e.a
 """
 
 JOB_SETTINGS = """
-SELECT id, name, target, timeout, max_attempts, retry_backoff, recover, concurrency_policy
+SELECT id, name, target, timeout, max_attempts, retry_backoff, recover, concurrency_policy,
+       executor, celery_task, queue
 FROM jobs_job WHERE id = ANY(%s)
 """
 
@@ -95,7 +96,8 @@ FROM jobs_job WHERE id = ANY(%s)
 RECORD_RESULTS = """
 UPDATE jobs_execution e
 SET state = v.state,
-    started_at = COALESCE(e.started_at, clock_timestamp() - make_interval(secs => v.started_ago)),
+    started_at = CASE WHEN v.state = 'skipped' THEN NULL ELSE COALESCE(
+        e.started_at, clock_timestamp() - make_interval(secs => v.started_ago)) END,
     finished_at = CASE WHEN v.finished_ago IS NULL THEN NULL
                        ELSE clock_timestamp() - make_interval(secs => v.finished_ago) END,
     error = v.error,
@@ -139,6 +141,7 @@ WITH abandoned AS (
     SET state = 'abandoned', finished_at = now(), error = %s
     WHERE node = ANY(%s) AND state IN ('dispatched', 'running')
       AND (%s::bigint[] IS NULL OR id = ANY(%s::bigint[]))
+      AND NOT (state = 'dispatched' AND published_at IS NOT NULL)
     RETURNING id, job_id, trigger_id, scheduled_for, attempt, args, kwargs, node
 )
 INSERT INTO jobs_execution
@@ -152,16 +155,85 @@ WHERE j.recover
 RETURNING rerun_of_id
 """
 
+# Celery runs: the row was committed as dispatched before the message was published;
+# this marks the ones whose publish went through. Until then, a node's death returns them
+# to pending (below) and another node publishes them: nothing is lost.
+MARK_PUBLISHED = """
+UPDATE jobs_execution SET published_at = now()
+WHERE id = ANY(%s) AND state = 'dispatched'
+"""
+
+OWN_UNPUBLISHED = """
+SELECT e.id, e.job_id, e.trigger_id, e.scheduled_for, e.state, e.attempt, e.args, e.kwargs
+FROM jobs_execution e JOIN jobs_job j ON j.id = e.job_id
+WHERE e.node = %s AND e.state = 'dispatched' AND e.published_at IS NULL
+  AND j.executor = 'celery'
+"""
+
+RETURN_UNPUBLISHED_TO_PENDING = """
+UPDATE jobs_execution SET state = 'pending', node = '', dispatched_at = NULL
+WHERE node = ANY(%s) AND state = 'dispatched' AND published_at IS NULL
+  AND job_id IN (SELECT id FROM jobs_job WHERE executor = 'celery')
+"""
+
+# A worker heartbeats the execution it runs; one silent for longer than the timeout
+# (database time) lost its worker: abandoned, and recovered where the job asks. Only
+# worker-run executions have a heartbeat_at. Uses execution_unfinished_idx.
+ABANDON_SILENT_EXECUTIONS = """
+WITH abandoned AS (
+    UPDATE jobs_execution
+    SET state = 'abandoned', finished_at = now(),
+        error = format('abandoned: its worker %%s stopped heartbeating', node)
+    WHERE state = 'running' AND heartbeat_at < now() - make_interval(secs => %s)
+    RETURNING id, job_id, trigger_id, scheduled_for, attempt, args, kwargs, node
+),
+recovered AS (
+    INSERT INTO jobs_execution
+        (job_id, trigger_id, scheduled_for, origin, state, attempt, args, kwargs, node,
+         rerun_of_id, created_at, run_after, error, traceback, note)
+    SELECT a.job_id, a.trigger_id, a.scheduled_for, 'recovery', 'pending', a.attempt,
+           a.args, a.kwargs, '', a.id, now(), now(), '', '',
+           format('recovers #%%s, abandoned by worker %%s', a.id, a.node)
+    FROM abandoned a JOIN jobs_job j ON j.id = a.job_id
+    WHERE j.recover
+)
+SELECT id FROM abandoned
+"""
+
+# Published messages that no worker claimed for too long (lost by the broker) are
+# published again; the worker's claim from `dispatched` makes a duplicate harmless.
+STALE_PUBLISHED = """
+SELECT e.id, j.queue, j.timeout FROM jobs_execution e JOIN jobs_job j ON j.id = e.job_id
+WHERE e.state = 'dispatched' AND e.published_at < now() - make_interval(secs => %s)
+ORDER BY e.published_at LIMIT 1000
+"""
+
+# Celery workers (jobs/worker.py).
+# The run-once gate: only one delivery moves the row out of `dispatched`.
+CLAIM_ON_WORKER = """
+UPDATE jobs_execution e
+SET state = 'running', node = %(worker)s, started_at = clock_timestamp(), heartbeat_at = now()
+FROM jobs_job j
+WHERE e.id = %(id)s AND e.state = 'dispatched' AND j.id = e.job_id
+RETURNING e.id, e.scheduled_for, e.attempt, e.args, e.kwargs, j.id, j.name, j.target,
+          j.celery_task, j.timeout, j.max_attempts, j.retry_backoff, j.concurrency_policy
+"""
+
+# Only the worker running it may heartbeat it, and only while it is running.
+HEARTBEAT_EXECUTION = """
+UPDATE jobs_execution SET heartbeat_at = now()
+WHERE id = %s AND node = %s AND state = 'running'
+"""
+
 # How long an idle node may sleep: until the earliest due trigger or pending execution.
 # Computed by the database so a node's own clock never matters.
 SECONDS_UNTIL_DUE = """
 SELECT extract(epoch FROM LEAST(
     (SELECT t.next_fire_at FROM jobs_trigger t JOIN jobs_job j ON j.id = t.job_id
      WHERE NOT t.paused AND t.next_fire_at IS NOT NULL AND NOT j.paused
-       AND j.executor = 'inline'
      ORDER BY t.next_fire_at LIMIT 1),
-    (SELECT p.run_after FROM jobs_execution p JOIN jobs_job j ON j.id = p.job_id
-     WHERE p.state = 'pending' AND j.executor = 'inline'
+    (SELECT p.run_after FROM jobs_execution p
+     WHERE p.state = 'pending'
      ORDER BY p.run_after LIMIT 1)
 ) - clock_timestamp())
 """
@@ -191,6 +263,9 @@ class JobSettings:
     retry_backoff: float
     recover: bool
     concurrency_policy: str
+    executor: str = "inline"
+    celery_task: str = ""
+    queue: str = "scheduler"
 
     @property
     def lock_name(self) -> str:
@@ -218,7 +293,7 @@ def _trigger_from_row(row) -> SimpleNamespace:
     return SimpleNamespace(**dict(zip(keys, row, strict=False)))
 
 
-def _json(value):
+def decode_json(value):
     # Django's psycopg backend leaves jsonb undecoded for JSONField to decode.
     return json.loads(value) if isinstance(value, str) else value
 
@@ -226,7 +301,7 @@ def _json(value):
 def _runs_from_rows(rows) -> list[Run]:
     return [
         Run(id=r[0], job_id=r[1], trigger_id=r[2], scheduled_for=r[3], attempt=r[5],
-            args=_json(r[6]), kwargs=_json(r[7]))
+            args=decode_json(r[6]), kwargs=decode_json(r[7]))
         for r in rows
         if r[4] == "dispatched"
     ]  # fmt: skip
@@ -289,7 +364,7 @@ def claim_due_triggers(node_id: str, batch: int, misfire_chunk: int) -> Claimed:
             claimed.skipped = sum(1 for r in inserted if r[4] == "skipped")
         cursor.execute(ADVANCE_TRIGGERS, [advance_ids, advance_next, advance_last])
         # The job's settings came with the triggers (no JOB_SETTINGS round trip).
-        jobs = {row[12]: JobSettings(*row[12:20]) for row in rows}
+        jobs = {row[12]: JobSettings(*row[12:23]) for row in rows}
         for run in claimed.runs:
             run.job = jobs[run.job_id]
     return claimed
@@ -370,3 +445,39 @@ def seconds_until_due() -> float | None:
         cursor.execute(SECONDS_UNTIL_DUE)
         value = cursor.fetchone()[0]
     return None if value is None else float(value)
+
+
+def mark_published(execution_ids: list[int]) -> None:
+    if execution_ids:
+        with connection.cursor() as cursor:
+            cursor.execute(MARK_PUBLISHED, [execution_ids])
+
+
+def own_unpublished(node_id: str) -> list[Run]:
+    """This node's celery runs whose publish failed (the broker was down)."""
+    with connection.cursor() as cursor:
+        cursor.execute(OWN_UNPUBLISHED, [node_id])
+        runs = _runs_from_rows(cursor.fetchall())
+        _attach_job_settings(cursor, runs)
+    return runs
+
+
+def return_unpublished_to_pending(node_ids: list[str]) -> int:
+    """Celery runs a dead node committed but never published go back to pending."""
+    with connection.cursor() as cursor:
+        cursor.execute(RETURN_UNPUBLISHED_TO_PENDING, [node_ids])
+        return cursor.rowcount
+
+
+def abandon_silent_executions(timeout_seconds: float) -> list[int]:
+    """Abandon worker-run executions whose heartbeat stopped; returns their ids."""
+    with connection.cursor() as cursor:
+        cursor.execute(ABANDON_SILENT_EXECUTIONS, [timeout_seconds])
+        return [row[0] for row in cursor.fetchall()]
+
+
+def stale_published(after_seconds: float) -> list[tuple[int, str, int | None]]:
+    """Published executions no worker has claimed for ``after_seconds``."""
+    with connection.cursor() as cursor:
+        cursor.execute(STALE_PUBLISHED, [after_seconds])
+        return cursor.fetchall()

@@ -17,9 +17,14 @@ def _reason_field() -> forms.CharField:
     )
 
 
+def _target_choices() -> list[tuple[str, str]]:
+    # Blank is allowed: a celery job may name a Celery task instead (the model checks).
+    return [("", "---------"), *registry.target_choices()]
+
+
 class JobForm(forms.ModelForm):
     # A choice among registered targets: a dotted path typed by a user is never imported.
-    target = forms.ChoiceField(choices=registry.target_choices)
+    target = forms.ChoiceField(choices=_target_choices, required=False)
     # Not a model field: the admin records it as the reason of the audit entries it writes
     # for this save (the job's and its inline triggers').
     reason = _reason_field()
@@ -27,8 +32,9 @@ class JobForm(forms.ModelForm):
     class Meta:
         model = Job
         fields = [
-            "name", "description", "target", "args", "kwargs", "executor", "timeout",
-            "max_attempts", "retry_backoff", "recover", "concurrency_policy", "paused",
+            "name", "description", "target", "celery_task", "args", "kwargs", "executor",
+            "queue", "timeout", "max_attempts", "retry_backoff", "recover",
+            "concurrency_policy", "paused",
         ]  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zoneinfo
 
 from django.conf import settings
@@ -63,6 +64,16 @@ def validate_kwargs(value) -> None:
         raise ValidationError("JSON strings must not contain U+0000.", code="invalid_kwargs")
 
 
+def validate_celery_task_name(value: str) -> None:
+    # A name is sent to the workers, never imported here; it only has to look like one.
+    if value and not re.fullmatch(r"[A-Za-z_][\w.:-]*", value):
+        raise ValidationError(
+            "%(value)s is not a Celery task or queue name (letters, digits, . _ : -).",
+            params={"value": value},
+            code="invalid_name",
+        )
+
+
 def database_now():
     """PostgreSQL's now(): the only clock that decides anything."""
     with connection.cursor() as cursor:
@@ -81,7 +92,26 @@ class Job(models.Model):
 
     name = models.CharField(max_length=200, unique=True)
     description = models.TextField(blank=True)
-    target = models.CharField(max_length=200, validators=[validate_target])
+    target = models.CharField(
+        max_length=200,
+        blank=True,
+        validators=[validate_target],
+        help_text="A registered callable. Celery jobs may name a Celery task instead.",
+    )
+    celery_task = models.CharField(
+        max_length=200,
+        blank=True,
+        default="",
+        validators=[validate_celery_task_name],
+        help_text="For the celery executor: the name of a task the workers know, run instead "
+        "of a registered target (as django-celery-beat does).",
+    )
+    queue = models.CharField(
+        max_length=200,
+        default="scheduler",
+        validators=[validate_celery_task_name],
+        help_text="For the celery executor: the queue its runs are sent to.",
+    )
     args = models.JSONField(default=list, blank=True, validators=[validate_args])
     kwargs = models.JSONField(default=dict, blank=True, validators=[validate_kwargs])
     executor = models.CharField(max_length=20, choices=Executor.choices, default=Executor.INLINE)
@@ -126,8 +156,14 @@ class Job(models.Model):
 
     def clean(self):
         errors = {}
-        if self.executor == self.Executor.CELERY:
-            errors["executor"] = "The celery executor is not available yet; use inline."
+        if self.celery_task and self.executor != self.Executor.CELERY:
+            errors["celery_task"] = "A Celery task runs only with the celery executor."
+        elif self.celery_task and self.target:
+            errors["target"] = "Choose a registered target or a Celery task, not both."
+        elif not self.celery_task and not self.target:
+            errors["target"] = "Choose a registered target" + (
+                " (or name a Celery task)." if self.executor == self.Executor.CELERY else "."
+            )
         if self.max_attempts is not None and self.max_attempts < 1:
             errors["max_attempts"] = "At least 1."
         if self.retry_backoff is not None and self.retry_backoff < 0:
@@ -299,6 +335,12 @@ class Execution(models.Model):
     error = models.TextField(blank=True, default="")
     traceback = models.TextField(blank=True, default="")
     note = models.TextField(blank=True, default="", help_text="Misfire and recovery notes.")
+    published_at = models.DateTimeField(
+        null=True, blank=True, help_text="When its Celery message was published."
+    )
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="The Celery worker running it last said it was alive."
+    )
 
     class Meta:
         permissions = [("rerun_execution", "Can rerun an execution")]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import random
 import secrets
 import socket
 import threading
@@ -22,8 +21,9 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, transaction
 from django.db import connection as django_connection
 
-from jobs import claims, context, history, metrics, registry
+from jobs import celery_executor, claims, context, history, metrics, registry
 from jobs.claims import Result, Run
+from jobs.retry import retry_delay
 from locks import leases, liveness, maintenance
 from locks.leader import Leadership
 
@@ -116,12 +116,16 @@ class Node:
         # claim missed (see sleep).
         self.rechecked_due = False
         self.connection_lost = False
+        # Some celery runs could not be published (broker down): retry at heartbeats.
+        self.unpublished = False
         self.recorder: threading.Thread | None = None
         self.listener: Listener | None = None
         self.stats = {"fired": 0, "skipped": 0, "pending": 0, "finished": 0}
         self.leadership = Leadership(self.node_id, settings.SCHEDULER_LEADER_LEASE)
         self.next_stale_cleanup = 0.0
         self.next_prune = 0.0
+        self.next_silent_check = 0.0
+        self.next_republish_check = 0.0
         # Job locks held by runs of `forbid` jobs: execution id -> (lease, keepalive).
         self.job_locks: dict[int, tuple[leases.Lease, leases.Keepalive]] = {}
 
@@ -175,6 +179,8 @@ class Node:
     def heartbeat(self) -> bool:
         """Refresh this node's heartbeat, recovering dead nodes when there are any."""
         self.next_heartbeat = time.monotonic() + self.heartbeat_interval
+        if self.unpublished:
+            self.publish(claims.own_unpublished(self.node_id))
         alive, others_overdue = liveness.heartbeat(self.node_id, self.node_timeout)
         if not alive:
             # Declared dead while alive (a long pause, a partition): its unfinished runs
@@ -186,10 +192,14 @@ class Node:
         return alive
 
     def maintain(self, others_overdue: bool = True) -> None:
-        """The leader's housekeeping: dead nodes, stale locks, old history."""
+        """The leader's housekeeping: dead nodes and workers, stale locks, old history."""
         if others_overdue:
             self.recover_dead()
         now = time.monotonic()
+        if now >= self.next_silent_check:
+            # A third of the timeout: a dead worker's run is found within 4/3 of it.
+            self.next_silent_check = now + settings.SCHEDULER_EXECUTION_TIMEOUT / 3
+            self.recover_silent_executions()
         if now >= self.next_stale_cleanup:
             self.next_stale_cleanup = now + settings.SCHEDULER_STALE_CLEANUP_INTERVAL
             freed = maintenance.cleanup_stale_locks(
@@ -211,6 +221,8 @@ class Node:
             dead = liveness.mark_dead_nodes(self.node_id, self.node_timeout)
             if not dead:
                 return 0
+            # Celery runs it committed but never published: another node publishes them.
+            claims.return_unpublished_to_pending(dead)
             recovered = claims.abandon_executions(
                 dead, f"abandoned: runner node died (declared dead by {self.node_id})"
             )
@@ -219,6 +231,26 @@ class Node:
         metrics.record_recoveries(recovered)
         log.warning("declared dead: %s; queued %s recovery run(s)", ", ".join(dead), recovered)
         return len(dead)
+
+    def recover_silent_executions(self) -> int:
+        """Abandon worker-run executions whose heartbeat stopped; re-publish lost messages."""
+        with transaction.atomic():
+            abandoned = claims.abandon_silent_executions(settings.SCHEDULER_EXECUTION_TIMEOUT)
+            # Their job locks would otherwise make the recovery runs of `forbid` jobs skip.
+            maintenance.release_locks_of_executions(
+                abandoned, f"node:{self.node_id}", "its worker stopped heartbeating"
+            )
+        if abandoned:
+            log.warning("abandoned %s execution(s) whose worker went silent: %s",
+                        len(abandoned), abandoned)  # fmt: skip
+        if time.monotonic() < self.next_republish_check:
+            return len(abandoned)
+        self.next_republish_check = time.monotonic() + settings.SCHEDULER_REPUBLISH_AFTER / 3
+        stale = claims.stale_published(settings.SCHEDULER_REPUBLISH_AFTER)
+        if stale:
+            log.warning("publishing %s unclaimed celery run(s) again", len(stale))
+            claims.mark_published(celery_executor.republish(stale))
+        return len(abandoned)
 
     def capacity(self) -> int:
         """Runs the node may claim now: room for a whole batch, or 0.
@@ -269,12 +301,24 @@ class Node:
         return len(runs)
 
     def dispatch(self, runs: list[Run]) -> None:
-        """Hand runs to the inline executor's thread pool."""
+        """Hand inline runs to the thread pool, and publish celery runs to the broker."""
+        remote = [run for run in runs if run.job.executor == "celery"]
+        if remote:
+            self.publish(remote)
+            runs = [run for run in runs if run.job.executor != "celery"]
         with self.lock:
             for run in runs:
                 self.inflight[run.id] = run
         for run in runs:
             self.futures[run.id] = self.pool.submit(self._execute, run)
+
+    def publish(self, runs: list[Run]) -> int:
+        """Publish celery runs (already committed as dispatched); returns how many went."""
+        published = celery_executor.publish(runs)
+        claims.mark_published(published)
+        # Whatever could not be published is retried on the next heartbeat.
+        self.unpublished = len(published) < len(runs)
+        return len(published)
 
     def sleep(self) -> None:
         """Sleep until the next due time (asked of the database), a NOTIFY, or the poll."""
@@ -387,10 +431,7 @@ class Node:
 
     def _failure(self, run: Run, state: str, ran_for: float, error: str, tb: str) -> Result:
         job = run.job
-        delay = None
-        if run.attempt < job.max_attempts:
-            jitter = random.uniform(0, settings.SCHEDULER_RETRY_JITTER)
-            delay = job.retry_backoff * (2 ** (run.attempt - 1)) * (1 + jitter)
+        delay = retry_delay(run.attempt, job.max_attempts, job.retry_backoff)
         return Result(run.id, state, ran_for, 0.0, error, tb, delay, job.max_attempts)
 
     # --- recording results (recorder thread) --------------------------------------------

@@ -158,7 +158,10 @@ class JobSerializer(_ModelCleanMixin, _StrictModelSerializer):
 
     # A choice among registered targets: a dotted path sent by a client is never imported.
     target = serializers.ChoiceField(
-        choices=[], help_text="A registered job target (see the enum)."
+        choices=[],
+        required=False,
+        allow_blank=True,
+        help_text="A registered job target (see the enum); blank for a Celery task job.",
     )
     args = args_field(required=False)
     kwargs = kwargs_field(required=False)
@@ -168,9 +171,9 @@ class JobSerializer(_ModelCleanMixin, _StrictModelSerializer):
     class Meta:
         model = Job
         fields = [
-            "id", "name", "description", "target", "args", "kwargs", "executor", "timeout",
-            "max_attempts", "retry_backoff", "recover", "concurrency_policy", "paused",
-            "created_at", "updated_at", "triggers", "reason",
+            "id", "name", "description", "target", "celery_task", "args", "kwargs", "executor",
+            "queue", "timeout", "max_attempts", "retry_backoff", "recover",
+            "concurrency_policy", "paused", "created_at", "updated_at", "triggers", "reason",
         ]  # fmt: skip
         read_only_fields = ["paused", "created_at", "updated_at"]
         # The bounds Job.clean() checks, declared so that the schema states them too.
@@ -184,6 +187,12 @@ class JobSerializer(_ModelCleanMixin, _StrictModelSerializer):
         super().__init__(*args, **kwargs)
         # Read per serializer, not at import: targets register when apps load.
         self.fields["target"].choices = registry.target_choices()
+
+    def validate(self, attrs):
+        # A full write (create or PUT) names what runs: a target, or a Celery task.
+        if not self.partial and "target" not in attrs and not attrs.get("celery_task"):
+            raise serializers.ValidationError({"target": ["This field is required."]})
+        return super().validate(attrs)
 
 
 class JobPauseResultSerializer(JobSerializer):

@@ -65,3 +65,13 @@ def hold(path: str, seconds: float = 1.0, **kwargs):
     time.sleep(float(seconds))
     with Path(path).open("a") as f:
         f.write(f"end {execution.execution_id}\n")
+
+
+@register("demo.hang_once", "Hang for `seconds` the first time (creating `path`), then return")
+def hang_once(path: str, seconds: float = 60.0, **kwargs):
+    # For recovery demos and tests: the run that is killed hangs; its recovery finishes.
+    marker = Path(path)
+    if marker.exists():
+        return
+    marker.write_text("hung\n")
+    time.sleep(float(seconds))

@@ -149,3 +149,27 @@ def release_locks_of(holders: list[str], by, reason: str) -> list[str]:
                 {"token": old_token}, {"holder": "", "token": old_token + 1},
             )  # fmt: skip
     return [name for name, _ in released]
+
+
+RELEASE_LOCKS_OF_EXECUTIONS = """
+UPDATE locks_lock
+SET holder = '', execution_id = NULL, locked_until = now(), token = token + 1
+WHERE execution_id = ANY(%s)
+RETURNING name, token - 1, holder
+"""
+
+
+def release_locks_of_executions(execution_ids: list[int], by, reason: str) -> list[str]:
+    """Free the locks held for these (abandoned) executions, fencing their holders."""
+    if not execution_ids:
+        return []
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(RELEASE_LOCKS_OF_EXECUTIONS, [execution_ids])
+        released = cursor.fetchall()
+        for name, old_token, _ in released:
+            cursor.execute(NOTIFY_RELEASED, {"name": name})
+            audit.record(
+                by, "lock.release_abandoned", "lock", name, reason,
+                {"token": old_token}, {"holder": "", "token": old_token + 1},
+            )  # fmt: skip
+    return [name for name, _, _ in released]

@@ -59,6 +59,8 @@ def job_change_data(job: Job, **overrides) -> dict:
         "max_attempts": job.max_attempts,
         "retry_backoff": job.retry_backoff,
         "concurrency_policy": job.concurrency_policy,
+        "queue": job.queue,
+        "celery_task": job.celery_task,
         "reason": "",
         "triggers-TOTAL_FORMS": len(triggers),
         "triggers-INITIAL_FORMS": len(triggers),

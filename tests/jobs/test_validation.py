@@ -28,6 +28,8 @@ def job_form(**overrides) -> dict:
         "max_attempts": "1",
         "retry_backoff": "10",
         "concurrency_policy": "allow",
+        "queue": "scheduler",
+        "celery_task": "",
         "triggers-TOTAL_FORMS": "1",
         "triggers-INITIAL_FORMS": "0",
         "triggers-MIN_NUM_FORMS": "0",

@@ -1,0 +1,271 @@
+"""The Celery executor with a real Redis broker and real worker processes."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+from celery import Celery
+
+from jobs.models import Execution, Trigger, database_now, queue_manual_run
+from locks.models import Lock, SchedulerNode
+from tests.conftest import ROOT, test_database_url, wait_for
+from tests.jobs.factories import make_job
+from tests.jobs.test_concurrency import runs_never_overlap
+
+pytestmark = [pytest.mark.cluster, pytest.mark.celery]
+
+BROKER = os.environ.get("TEST_CELERY_BROKER_URL", "redis://127.0.0.1:6379/14")
+# Workers heartbeat their executions often and are given up on quickly.
+CELERY_ENV = {
+    "CELERY_BROKER_URL": BROKER,
+    "SCHEDULER_EXECUTION_HEARTBEAT": "0.5",
+    "SCHEDULER_EXECUTION_TIMEOUT": "3",
+}
+_queues = itertools.count()
+
+
+class WorkerProcess:
+    """`celery -A controlplane worker` in its own process group, against the test database."""
+
+    def __init__(self, name: str, queue: str, log_dir, concurrency: int = 2):
+        self.log_path = log_dir / f"worker-{name}.log"
+        self._log = self.log_path.open("w")
+        env = {**os.environ, **CELERY_ENV, "DATABASE_URL": test_database_url()}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "controlplane", "worker", "-Q", queue,
+             "-c", str(concurrency), "-n", f"{name}@%h", "--without-gossip",
+             "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, process_group=0,
+        )  # fmt: skip
+        wait_for(lambda: "ready." in self.log() or self.proc.poll() is not None, timeout=60)
+        assert self.proc.poll() is None, self.log()
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def kill9(self) -> None:
+        # The whole worker: its main process and the pool process running the job.
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def queue():
+    """A queue of this test's own on the shared broker."""
+    return f"test-{os.getpid()}-{next(_queues)}"
+
+
+@pytest.fixture
+def start_worker(transactional_db, tmp_path, queue):
+    workers: list[WorkerProcess] = []
+
+    def start(name: str = "w1", concurrency: int = 2) -> WorkerProcess:
+        worker = WorkerProcess(name, queue, tmp_path, concurrency)
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+@pytest.fixture
+def celery_node(start_node):
+    def start(node_id: str = "celery-node"):
+        return start_node(node_id, extra_env=CELERY_ENV)
+
+    return start
+
+
+def celery_job(name, target="demo.record_run", queue="scheduler", **options):
+    return make_job(name, target, executor="celery", queue=queue, **options)
+
+
+def lines(path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def test_a_celery_job_fires_on_schedule_and_succeeds_on_a_worker(
+    celery_node, start_worker, tmp_path, queue
+):
+    run_file = tmp_path / "runs.txt"
+    job = celery_job("remote", kwargs={"path": str(run_file)}, queue=queue)
+    trigger = Trigger.objects.create(job=job, kind="interval", interval=1)
+    start_worker()
+    celery_node()
+    wait_for(lambda: Execution.objects.filter(trigger=trigger, state="succeeded").count() >= 3,
+             timeout=30)  # fmt: skip
+    for execution in Execution.objects.filter(trigger=trigger, state="succeeded"):
+        assert execution.node.startswith("worker:")
+        assert execution.published_at is not None and execution.heartbeat_at is not None
+        assert execution.started_at <= execution.finished_at
+    ran = [int(x) for x in lines(run_file)]
+    assert len(ran) == len(set(ran))
+
+
+def test_a_named_celery_task_runs_on_a_worker(celery_node, start_worker, tmp_path, queue):
+    out = tmp_path / "named.txt"
+    job = make_job("beat-style", "", executor="celery", celery_task="demo.named_append",
+                   kwargs={"path": str(out), "line": "hello"}, queue=queue)  # fmt: skip
+    start_worker()
+    celery_node()
+    execution = queue_manual_run(job)
+    wait_for(lambda: Execution.objects.get(pk=execution.pk).state == "succeeded", timeout=30)
+    assert lines(out) == ["hello"]
+    assert Execution.objects.get(pk=execution.pk).node.startswith("worker:")
+
+
+def test_failure_retries_with_backoff_then_fails_for_good(celery_node, start_worker, queue):
+    job = celery_job("failing", "demo.fail", kwargs={"message": "boom"}, max_attempts=3,
+                     retry_backoff=0.3, queue=queue)  # fmt: skip
+    start_worker()
+    celery_node()
+    first = queue_manual_run(job)
+    wait_for(lambda: Execution.objects.filter(job=job, state="failed").count() == 3, timeout=40)
+    attempts = list(Execution.objects.filter(job=job).order_by("attempt"))
+    assert [e.attempt for e in attempts] == [1, 2, 3]
+    assert [e.origin for e in attempts] == ["manual", "retry", "retry"]
+    assert all(e.retry_of_id == first.pk for e in attempts[1:])
+    assert all(e.error == "RuntimeError: boom" and "Traceback" in e.traceback for e in attempts)
+    # Each retry waited its backoff (0.3 s, then 0.6 s, plus jitter) in database time.
+    assert (attempts[1].run_after - attempts[0].finished_at).total_seconds() >= 0.3
+    assert (attempts[2].run_after - attempts[1].finished_at).total_seconds() >= 0.6
+
+
+def test_a_time_limit_marks_the_run_timed_out_and_releases_the_job_lock(
+    celery_node, start_worker, queue
+):
+    job = celery_job("stuck", "demo.sleep", kwargs={"seconds": 20}, timeout=1,
+                     concurrency_policy="forbid", queue=queue)  # fmt: skip
+    start_worker()
+    celery_node()
+    execution = queue_manual_run(job)
+    wait_for(lambda: Lock.objects.filter(name=job.lock_name).exclude(holder="").exists(),
+             timeout=30)  # fmt: skip
+    assert Lock.objects.get(name=job.lock_name).holder.startswith("worker:")
+    wait_for(lambda: Execution.objects.get(pk=execution.pk).state == "timed_out", timeout=30)
+    assert "timed out" in Execution.objects.get(pk=execution.pk).error
+    wait_for(lambda: Lock.objects.get(name=job.lock_name).holder == "", timeout=10)
+
+
+def test_the_same_message_delivered_twice_runs_the_job_once(start_worker, tmp_path, queue):
+    run_file = tmp_path / "runs.txt"
+    job = celery_job("once", kwargs={"path": str(run_file), "seconds": 1}, queue=queue)
+    execution = Execution.objects.create(
+        job=job, scheduled_for=database_now(), origin="manual", state="dispatched",
+        node="some-node", args=[], kwargs=job.kwargs, published_at=database_now(),
+    )  # fmt: skip
+    worker = start_worker(concurrency=2)
+    sender = Celery(broker=BROKER)
+    for _ in range(2):
+        sender.send_task("jobs.run_execution", args=[execution.pk], task_id=str(execution.pk),
+                         queue=queue)  # fmt: skip
+    wait_for(lambda: Execution.objects.get(pk=execution.pk).state == "succeeded", timeout=30)
+    wait_for(lambda: worker.log().count("jobs.run_execution") >= 4, timeout=20)  # 2 received
+    assert lines(run_file) == [str(execution.pk)]
+    assert "not waiting to run" in worker.log()
+
+
+def test_a_node_killed_between_commit_and_publish_loses_nothing(
+    celery_node, start_worker, tmp_path, queue
+):
+    # What a crash right after the claim's commit leaves: rows dispatched to a node that
+    # never published them and never heartbeats again.
+    run_file = tmp_path / "runs.txt"
+    job = celery_job("orphan", kwargs={"path": str(run_file)}, queue=queue)
+    SchedulerNode.objects.create(id="crashed", hostname="h", pid=1)
+    SchedulerNode.objects.filter(pk="crashed").update(
+        last_heartbeat=database_now() - timedelta(minutes=5)
+    )
+    orphans = [
+        Execution.objects.create(
+            job=job,
+            scheduled_for=database_now(),
+            origin="manual",
+            state="dispatched",
+            node="crashed",
+            args=[],
+            kwargs=job.kwargs,
+            dispatched_at=database_now(),
+        )  # fmt: skip
+        for _ in range(3)
+    ]
+    start_worker()
+    celery_node("survivor")
+    ids = [e.pk for e in orphans]
+    wait_for(lambda: Execution.objects.filter(pk__in=ids, state="succeeded").count() == 3,
+             timeout=40)  # fmt: skip
+    assert sorted(int(x) for x in lines(run_file)) == sorted(ids)
+    assert SchedulerNode.objects.get(pk="crashed").state == "dead"
+    assert not Execution.objects.filter(state="abandoned").exists()
+
+
+def test_a_worker_killed_mid_run_is_abandoned_and_recovered(
+    celery_node, start_worker, tmp_path, queue
+):
+    marker = tmp_path / "hung.txt"
+    job = celery_job("fragile", "demo.hang_once", kwargs={"path": str(marker), "seconds": 120},
+                     recover=True, concurrency_policy="forbid", queue=queue)  # fmt: skip
+    victim = start_worker("victim")
+    celery_node()
+    first = queue_manual_run(job)
+    wait_for(lambda: marker.exists(), timeout=30)
+    assert Execution.objects.get(pk=first.pk).state == "running"
+    victim.kill9()
+    start_worker("rescuer")
+
+    first = wait_for(lambda: Execution.objects.filter(pk=first.pk, state="abandoned").first(),
+                     timeout=30)  # fmt: skip
+    assert "stopped heartbeating" in first.error
+    recovery = wait_for(
+        lambda: Execution.objects.filter(rerun_of=first, state="succeeded").first(), timeout=30
+    )
+    assert recovery.origin == "recovery" and recovery.node.startswith("worker:rescuer@")
+    # The dead worker's job lock was released, or the forbid recovery would have skipped.
+    assert not Execution.objects.filter(job=job, state="skipped").exists()
+
+
+def test_forbid_never_runs_two_at_once_across_two_workers(
+    celery_node, start_worker, tmp_path, queue
+):
+    hold_file = tmp_path / "hold.txt"
+    job = celery_job("exclusive", "demo.hold", kwargs={"path": str(hold_file), "seconds": 1.5},
+                     concurrency_policy="forbid", queue=queue)  # fmt: skip
+    trigger = Trigger.objects.create(job=job, kind="interval", interval=1)
+    start_worker("a")
+    start_worker("b")
+    celery_node()
+    holders = set()
+
+    def enough():
+        lock = Lock.objects.filter(name=job.lock_name).first()
+        if lock and lock.holder:
+            holders.add(lock.holder)
+        done = Execution.objects.filter(trigger=trigger)
+        return done.filter(state="skipped").count() >= 3 and done.filter(
+            state="succeeded").count() >= 3  # fmt: skip
+
+    wait_for(enough, timeout=40, interval=0.05)
+    Trigger.objects.update(paused=True)
+    wait_for(lambda: not Execution.objects.exclude(state__in=Execution.FINAL_STATES).exists(),
+             timeout=20)  # fmt: skip
+    runs_never_overlap(hold_file)
+    assert holders and all(h.startswith("worker:") for h in holders)
+    skipped = Execution.objects.filter(trigger=trigger, state="skipped")
+    assert all("concurrency policy forbid" in e.note for e in skipped)
