@@ -5,11 +5,9 @@ from django.contrib import admin
 from controlplane.models import AuditEntry
 
 
-@admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "actor", "action", "object_type", "object_id", "reason"]
-    list_filter = ["action", "object_type"]
-    search_fields = ["actor", "object_id", "reason"]
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """History and coordination rows: visible in the admin, changed only by the system
+    (and by the audited actions an admin class adds)."""
 
     def has_add_permission(self, request):
         return False
@@ -19,3 +17,10 @@ class AuditEntryAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "actor", "action", "object_type", "object_id", "reason"]
+    list_filter = ["action", "object_type"]
+    search_fields = ["actor", "object_id", "reason"]

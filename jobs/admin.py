@@ -12,6 +12,7 @@ from django.contrib import admin, messages
 from django.utils.html import format_html, format_html_join
 
 from controlplane import audit
+from controlplane.admin import ReadOnlyAdmin
 from jobs import schedule
 from jobs.actions import run_now, set_job_paused, set_trigger_paused
 from jobs.describe import describe_schedule, local_text, observes_dst, utc_text
@@ -276,7 +277,7 @@ class TriggerAdmin(ScheduleDisplayMixin, _PauseActions, admin.ModelAdmin):
 
 
 @admin.register(Execution)
-class ExecutionAdmin(admin.ModelAdmin):
+class ExecutionAdmin(ReadOnlyAdmin):
     list_display = [
         "id", "job", "origin", "state", "scheduled_for", "attempt", "node", "started_at",
         "finished_at",
@@ -285,12 +286,3 @@ class ExecutionAdmin(admin.ModelAdmin):
     search_fields = ["job__name", "node"]
     list_select_related = ["job"]
     show_full_result_count = False
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

@@ -6,6 +6,7 @@ from django.db.models import F
 from django.db.models.functions import Now
 from django.template.response import TemplateResponse
 
+from controlplane.admin import ReadOnlyAdmin
 from locks.maintenance import LockError, force_release, stale_locks
 from locks.models import Lock, SchedulerNode
 
@@ -56,7 +57,7 @@ def force_release_action(modeladmin, request, queryset):
 
 
 @admin.register(Lock)
-class LockAdmin(admin.ModelAdmin):
+class LockAdmin(ReadOnlyAdmin):
     actions = [force_release_action]
     search_fields = ["name", "holder"]
     ordering = ["name"]
@@ -91,18 +92,9 @@ class LockAdmin(admin.ModelAdmin):
         seconds = lock.expires_in.total_seconds()
         return f"{seconds:.0f}s" if seconds > 0 else f"expired {-seconds:.0f}s ago"
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(SchedulerNode)
-class SchedulerNodeAdmin(admin.ModelAdmin):
+class SchedulerNodeAdmin(ReadOnlyAdmin):
     list_display = [
         "id", "hostname", "pid", "state", "last_heartbeat", "heartbeat_age", "started_at",
         "version", "declared_dead_by",
@@ -115,12 +107,3 @@ class SchedulerNodeAdmin(admin.ModelAdmin):
     @admin.display(description="heartbeat age", ordering="last_heartbeat")
     def heartbeat_age(self, node):
         return f"{node.age.total_seconds():.1f}s"
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
