@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 	  echo "$(PYTHON) not found: install Python 3.11, or make PYTHON=/path/to/python3.11" >&2; \
 	  exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,prod]'
 	@touch $@
 
 run: venv

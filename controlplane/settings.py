@@ -136,7 +136,9 @@ USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Where collectstatic puts the files WhiteNoise serves with DEBUG off (the image:
+# /app/staticfiles, collected at build).
+STATIC_ROOT = Path(env_str("STATIC_ROOT") or BASE_DIR / "staticfiles")
 
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"

@@ -133,13 +133,34 @@ class Node:
 
     def start(self) -> None:
         """Register the node and start its recorder and listener threads."""
-        liveness.register_node(self.node_id, socket.gethostname(), os.getpid(), VERSION)
+        with transaction.atomic():
+            liveness.register_node(self.node_id, socket.gethostname(), os.getpid(), VERSION)
+            self.recover_previous_process()
         self.next_heartbeat = time.monotonic() + self.heartbeat_interval
         self.recorder = threading.Thread(target=self._record_loop, name="recorder", daemon=True)
         self.recorder.start()
         self.listener = Listener(self.wake, self.stopping)
         self.listener.start()
         log.info("node %s started (batch %s, threads %s)", self.node_id, self.batch, self.threads)
+
+    def recover_previous_process(self) -> int:
+        """Abandon (and recover) what an earlier process with this node id left unfinished.
+
+        A node restarted under the same --node-id after a crash re-registers before any
+        other node declares it dead, so nobody else ever would. This process runs nothing
+        yet: every unfinished run still marked as this node's is a leftover.
+        """
+        claims.return_unpublished_to_pending([self.node_id])
+        recovered = claims.abandon_executions(
+            [self.node_id], f"abandoned: runner node {self.node_id} restarted"
+        )
+        maintenance.release_locks_of(
+            [self.node_id], f"node:{self.node_id}", "holder node restarted"
+        )
+        if recovered:
+            metrics.record_recoveries(recovered)
+            log.warning("recovered %s run(s) left by this node's previous process", recovered)
+        return recovered
 
     def run_forever(self) -> None:
         self.start()

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +33,19 @@ def django_db_modify_db_settings():
     for db in settings.DATABASES.values():
         test = db.setdefault("TEST", {})
         test["NAME"] = f"{test.get('NAME') or 'test_' + db['NAME']}_{os.getpid()}"
+
+
+def free_port() -> int:
+    """A port nothing listens on, below the kernel's ephemeral range (32768 and up), so no
+    outgoing connection takes it between this check and the bind."""
+    for port in random.sample(range(20000, 32000), 50):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port between 20000 and 32000")
 
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, message: str = ""):

@@ -197,3 +197,27 @@ def test_heartbeat_declares_a_silent_node_dead_exactly_once(transactional_db, se
     assert SchedulerNode.objects.get(pk="silent").declared_dead_by == "first"
     recovery = Execution.objects.get(rerun_of=orphan)
     assert recovery.origin == "recovery" and recovery.state == "pending"
+
+
+def test_a_node_restarted_under_the_same_id_recovers_what_its_last_process_left(
+    transactional_db,
+):
+    # A crashed node comes back (same --node-id) before anyone declared it dead.
+    job = make_job("interrupted", "demo.noop", recover=True)
+    liveness.register_node("node-1", "h", 1, "test")
+    leftover = Execution.objects.create(
+        job=job, scheduled_for=database_now(), origin="schedule", state="running",
+        node="node-1",
+    )  # fmt: skip
+    node = Node(node_id="node-1")
+    node.start()
+    try:
+        leftover.refresh_from_db()
+        assert leftover.state == "abandoned" and "restarted" in leftover.error
+        recovery = Execution.objects.get(rerun_of=leftover)
+        assert recovery.origin == "recovery"
+        node.claim_pending()
+        wait_for(lambda: Execution.objects.get(pk=recovery.pk).state == "succeeded")
+    finally:
+        node.stop()
+        node.shutdown()

@@ -3,7 +3,6 @@ and the counters the node's steps feed, called in this process."""
 
 from __future__ import annotations
 
-import random
 import shutil
 import socket
 import subprocess
@@ -20,23 +19,10 @@ from jobs.node import Node
 from locks import leases
 from locks.maintenance import force_release
 from locks.models import SchedulerNode
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for
 from tests.jobs.factories import make_job
 
 UNFINISHED = ("pending", "dispatched", "running")
-
-
-def free_port() -> int:
-    """A port nothing listens on, below the kernel's ephemeral range (32768 and up), so no
-    outgoing connection takes it between this check and the node's bind."""
-    for port in random.sample(range(20000, 32000), 50):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free port between 20000 and 32000")
 
 
 def scrape_node(port: int) -> str:
