@@ -9,9 +9,20 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.signals import worker_process_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
 
 app = Celery("controlplane")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["jobs"], related_name="celery_tasks")
+
+
+@worker_process_init.connect
+def _keep_database_connections(**kwargs) -> None:
+    # Only in worker processes: the web and the nodes keep their own connection handling.
+    from django.conf import settings
+
+    for database in settings.DATABASES.values():
+        database["CONN_MAX_AGE"] = settings.CELERY_WORKER_DB_CONN_MAX_AGE
+        database["CONN_HEALTH_CHECKS"] = True

@@ -200,6 +200,11 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Worker processes keep their database connection between tasks (Celery's Django fixup
+# and Django's CONN_MAX_AGE both close it after every task otherwise: a new connection per
+# run). Seconds a worker keeps one; 0 reconnects for every task.
+CELERY_WORKER_DB_CONN_MAX_AGE = env_int("CELERY_WORKER_DB_CONN_MAX_AGE", 300, minimum=0)
+CELERY_DB_REUSE_MAX = 1000 if CELERY_WORKER_DB_CONN_MAX_AGE else 0
 # Seconds between a worker's heartbeats on the execution it runs.
 SCHEDULER_EXECUTION_HEARTBEAT = env_float("SCHEDULER_EXECUTION_HEARTBEAT", 5.0, minimum=0.1)
 # A worker-run execution whose heartbeat is older than this is abandoned (its worker died).

@@ -5,37 +5,46 @@ created and migrated for the run and dropped at the end: the main database is ne
 connected to. Scheduler nodes are real ``manage.py run_scheduler`` processes, and every
 figure is computed from database time (``now()``/``clock_timestamp()`` and the
 timestamps the nodes record), never from this process's clock, which only paces the
-waiting.
+waiting. The Celery section adds real ``celery -A controlplane worker`` processes, on a
+queue of the bench's own on a broker database of the bench's own (see bench_broker_url).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
+from celery import Celery
 from django.conf import settings
+from kombu import Exchange, Queue
+from kombu.utils.url import maybe_sanitize_url
 from psycopg import sql
 
 from jobs import claims
 
 MAINTENANCE_DB = "postgres"
 TARGETS = {"ratio": 0.7, "e2e_per_s": 5000.0, "lag_p99_ms": 20.0, "idle_qps": 1.0}
-SECTIONS = ("claim", "raw", "e2e", "lag", "idle")
+SECTIONS = ("claim", "raw", "e2e", "lag", "idle", "celery")
 # Seconds an idle node is left alone before its queries are counted. It settles within
 # a second or two; the rest is for pg_stat_database: a backend flushes its counters at
 # most once a second, and an idle one at the latest PGSTAT_IDLE_INTERVAL (10 s) later,
 # so the transactions of the node's start could otherwise land in the window.
 IDLE_SETTLE = 11.0
+# The Redis database the bench's broker uses by default, away from the deployment's own
+# (db 0 unless configured) and the tests' (db 14).
+BENCH_REDIS_DB = 13
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,13 @@ class Sizes:
     #: own commit is not counted as lag.
     lag_lead: float = 0.5
     idle_window: float = 30.0
+    #: Backlog of the Celery section (and of its inline comparison, when e2e did not run).
+    celery_triggers: int = 5000
+    celery_workers: tuple[int, ...] = (1, 2)
+    #: Prefork processes per worker (``celery worker -c``).
+    celery_concurrency: int = 2
+    #: Seconds a Celery combination may run; the rate is then taken over what finished.
+    celery_cap: float = 30.0
 
 
 QUICK = Sizes(
@@ -65,6 +81,8 @@ QUICK = Sizes(
     lag_triggers=200,
     lag_spread=2.0,
     idle_window=10.0,
+    celery_triggers=300,
+    celery_cap=15.0,
 )
 
 
@@ -149,6 +167,23 @@ class BenchDatabase:
         return done.stdout.strip()
 
 
+def bench_broker_url(url: str) -> str:
+    """The broker the bench uses when none is given: the configured one, but on Redis
+    database BENCH_REDIS_DB, so the bench's messages never share a database with anyone's
+    queues. Other brokers (RabbitMQ) are used as configured: the bench queue's own name
+    keeps it apart there."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        return url
+    return urlunsplit(parts._replace(path=f"/{BENCH_REDIS_DB}"))
+
+
+def bench_queue(db_name: str) -> str:
+    """The bench's Celery queue: named after its database, so benches of different
+    databases on one broker never take each other's messages."""
+    return "bench." + re.sub(r"[^A-Za-z0-9_.:-]", "-", db_name)
+
+
 def node_env(url: str, app_name: str) -> dict[str, str]:
     return {
         **os.environ,
@@ -166,7 +201,15 @@ def node_env(url: str, app_name: str) -> dict[str, str]:
 class Nodes:
     """``count`` real ``manage.py run_scheduler`` processes on the bench database."""
 
-    def __init__(self, db: BenchDatabase, count: int, batch: int | None, log_dir: Path, tag: str):
+    def __init__(
+        self,
+        db: BenchDatabase,
+        count: int,
+        batch: int | None,
+        log_dir: Path,
+        tag: str,
+        extra_env: dict[str, str] | None = None,
+    ):
         self.db = db
         self.app_names = [f"bench-node-{tag}-{i}" for i in range(count)]
         self.procs: list[tuple[subprocess.Popen, Path]] = []
@@ -177,7 +220,7 @@ class Nodes:
                 proc = subprocess.Popen(
                     [sys.executable, "manage.py", "run_scheduler", *args],
                     cwd=settings.BASE_DIR,
-                    env=node_env(db.url(), name),
+                    env={**node_env(db.url(), name), **(extra_env or {})},
                     stdout=log,
                     stderr=subprocess.STDOUT,
                 )
@@ -231,16 +274,144 @@ class Nodes:
         self.stop()
 
 
+# --- Celery worker processes ----------------------------------------------------------
+
+
+class Workers:
+    """``count`` real ``celery -A controlplane worker`` processes on the bench database.
+
+    Each runs in a process group of its own, so that stopping it reaches its pool
+    processes too, even when its main process is already gone.
+    """
+
+    def __init__(
+        self,
+        db: BenchDatabase,
+        broker: str,
+        queue: str,
+        count: int,
+        concurrency: int,
+        log_dir: Path,
+        tag: str,
+    ):
+        host = socket.gethostname()
+        # The pid keeps the names of two benches' workers on one broker apart.
+        self.names = [f"bench-{os.getpid()}-{tag}-{i}@{host}" for i in range(count)]
+        self.procs: list[tuple[subprocess.Popen, Path]] = []
+        try:
+            for i, name in enumerate(self.names):
+                log_path = log_dir / f"worker-{tag}-{i}.log"
+                env = {**node_env(db.url(), f"bench-worker-{tag}-{i}"),
+                       "CELERY_BROKER_URL": broker}  # fmt: skip
+                with log_path.open("w") as log:
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "celery", "-A", "controlplane", "worker",
+                         "-Q", queue, "-c", str(concurrency), "-n", name, "--without-gossip",
+                         "--without-mingle", "--without-heartbeat", "--loglevel", "WARNING"],
+                        cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+                        process_group=0,
+                    )  # fmt: skip
+                self.procs.append((proc, log_path))
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self, app: Celery, timeout: float = 60.0) -> None:
+        """Wait until every worker answers a ping: its consumer is then taking messages.
+
+        (Asked over the broker: at WARNING, which keeps the per-task log lines out of the
+        measurement, a worker does not log that it is ready.)
+        """
+        deadline = time.monotonic() + timeout
+        waiting = set(self.names)
+        while waiting:
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise BenchError(f"celery workers did not start within {timeout}s\n{self.logs()}")
+            for reply in app.control.ping(destination=sorted(waiting), timeout=0.5):
+                waiting -= set(reply)
+
+    def check_alive(self) -> None:
+        for proc, _ in self.procs:
+            if proc.poll() is not None:
+                raise BenchError(f"a celery worker exited with {proc.returncode}\n{self.logs()}")
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for _, p in self.procs)
+
+    def stop(self) -> None:
+        """SIGTERM to each worker's group (a warm shutdown: running tasks finish, unacked
+        messages go back to the queue), then SIGKILL to whatever is left of the group."""
+        for proc, _ in self.procs:
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for proc, _ in self.procs:
+            try:
+                proc.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                pass
+            # Also after a clean exit: a pool process could outlive its parent.
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait()
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+    # The group id is the leader's pid (process_group=0); it stays valid while any member
+    # lives, even after the leader has been reaped.
+    try:
+        os.killpg(proc.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def purge_queue(app: Celery, queue: str, delete: bool = False) -> int:
+    """Delete the messages waiting in ``queue``, and with ``delete`` the queue itself (on
+    Redis, its bindings would otherwise stay behind); returns how many messages there were.
+    """
+    with app.connection_for_write() as conn:
+        try:
+            # Without a bound, kombu retries an unreachable broker forever.
+            conn.ensure_connection(max_retries=2, interval_start=0.5, interval_step=0.5)
+        except Exception as e:
+            url = maybe_sanitize_url(app.conf.broker_url)
+            raise BenchError(f"broker {url} unreachable: {e}") from None
+        channel = conn.default_channel
+        try:
+            purged = channel.queue_purge(queue) or 0
+        except conn.channel_errors:  # RabbitMQ: no such queue, so nothing to purge
+            return 0
+        if delete:
+            # Declared as Celery declares a missing queue, so that the transport knows
+            # its bindings (and RabbitMQ finds the same arguments).
+            bound = Queue(queue, Exchange(queue), routing_key=queue)(channel)
+            try:
+                bound.declare()
+                bound.delete()
+            except conn.channel_errors:
+                pass
+        return purged
+
+
 # --- data ----------------------------------------------------------------------------
 
 # The job and a template trigger are made by the ORM (in a subprocess on the bench
 # database), so they carry the models' defaults whatever columns are added later; the
 # backlogs are then cloned from the template in SQL, which is fast.
+INLINE_JOB = "bench: noop"
+# Its queue is set by the Celery section (bench_queue).
+CELERY_JOB = "bench: celery noop"
 SETUP_SCRIPT = """
 from datetime import UTC, datetime
 from jobs.models import Job, Trigger
 job = Job.objects.create(name="bench: noop", target="demo.noop")
 Trigger.objects.create(job=job, kind="once", run_at=datetime(2000, 1, 1, tzinfo=UTC))
+Job.objects.create(name="bench: celery noop", target="demo.noop", executor="celery")
 """
 
 TEMPLATE = """
@@ -263,24 +434,26 @@ FROM generate_series(0, %(count)s - 1) AS i
 """
 
 
-def clone_triggers(conn: psycopg.Connection, due: str, params: dict) -> None:
-    """Insert one one-off trigger per row of ``due`` (its fire time ``t`` and ``grace``)."""
+def clone_triggers(conn: psycopg.Connection, due: str, params: dict, job: str = INLINE_JOB) -> None:
+    """Insert one one-off trigger of ``job`` (by name) per row of ``due`` (its fire time
+    ``t`` and ``grace``)."""
     columns = [
         row[0]
         for row in conn.execute(
             "SELECT column_name FROM information_schema.columns"
             " WHERE table_name = 'jobs_trigger' AND table_schema = current_schema()"
-            "   AND column_name NOT IN ('id', 'run_at', 'next_fire_at', 'misfire_grace')"
+            "   AND column_name NOT IN ('id', 'job_id', 'run_at', 'next_fire_at', 'misfire_grace')"
             " ORDER BY ordinal_position"
         )
     ]
     copied = sql.SQL(", ").join(map(sql.Identifier, columns))
     query = sql.SQL(
-        "INSERT INTO jobs_trigger ({copied}, run_at, next_fire_at, misfire_grace)"
-        " SELECT {copied}, due.t, due.t, due.grace"
+        "INSERT INTO jobs_trigger ({copied}, job_id, run_at, next_fire_at, misfire_grace)"
+        " SELECT {copied}, (SELECT id FROM jobs_job WHERE name = %(job)s), due.t, due.t,"
+        "        due.grace"
         " FROM bench_trigger_template, ({due}) AS due"
     ).format(copied=copied, due=sql.SQL(due))
-    conn.execute(query, params)
+    conn.execute(query, {**params, "job": job})
 
 
 @dataclass
@@ -299,14 +472,35 @@ class Claim:
 
 
 @dataclass
+class EndToEnd:
+    """One end-to-end measurement: ``succeeded`` executions of a backlog of ``triggers``,
+    over ``seconds`` = last finished_at - first dispatched_at (database time)."""
+
+    triggers: int
+    succeeded: int
+    seconds: float
+    #: Executions that did not succeed (failed, or still waiting when capped).
+    other: int
+    complete: bool
+
+    @property
+    def per_s(self) -> float:
+        return self.succeeded / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
 class Results:
     sizes: Sizes
     claim: list[Claim] = field(default_factory=list)
     raw: Claim | None = None
     node_1x100: Claim | None = None
-    e2e: dict | None = None
+    e2e: EndToEnd | None = None
     lag: dict | None = None
     idle: dict | None = None
+    #: Celery workers -> the measurement with that many workers.
+    celery: dict[int, EndToEnd] = field(default_factory=dict)
+    #: The inline figure the Celery figures are printed beside.
+    celery_inline: EndToEnd | None = None
 
     def as_json(self) -> dict:
         ratio = None
@@ -330,11 +524,39 @@ class Results:
             "raw_fires_per_s": round(self.raw.per_s, 1) if self.raw else None,
             "node_1x100_fires_per_s": round(self.node_1x100.per_s, 1) if self.node_1x100 else None,
             "node_raw_ratio": ratio,
-            **_prefixed("e2e", self.e2e, ("succeeded", "seconds", "per_s")),
+            **_end_to_end("e2e", self.e2e),
             **_prefixed("lag", self.lag, ("triggers", "p50_ms", "p99_ms", "max_ms")),
             **_prefixed("idle", self.idle, ("window_s", "transactions", "qps")),
+            **self._celery_json(),
             "targets": TARGETS,
         }
+
+    def _celery_json(self) -> dict:
+        ran = bool(self.celery)
+        figures = {
+            "celery_triggers": self.sizes.celery_triggers if ran else None,
+            "celery_worker_concurrency": self.sizes.celery_concurrency if ran else None,
+        }
+        for workers in self.sizes.celery_workers:
+            run = self.celery.get(workers)
+            prefix = f"celery_{workers}w"
+            figures.update(_end_to_end(prefix, run))
+            figures[f"{prefix}_complete"] = run.complete if run else None
+        inline = self.celery_inline
+        figures["celery_inline_triggers"] = inline.triggers if inline else None
+        figures["celery_inline_per_s"] = round(inline.per_s, 1) if inline else None
+        return figures
+
+
+def _end_to_end(prefix: str, run: EndToEnd | None) -> dict:
+    values = None
+    if run is not None:
+        values = {
+            "succeeded": run.succeeded,
+            "seconds": round(run.seconds, 3),
+            "per_s": round(run.per_s, 1),
+        }
+    return _prefixed(prefix, values, ("succeeded", "seconds", "per_s"))
 
 
 def _prefixed(prefix: str, values: dict | None, keys: tuple[str, ...]) -> dict:
@@ -351,9 +573,12 @@ class Bench:
         sizes: Sizes,
         out: Callable[[str], None],
         progress: Callable[[str], None],
+        broker: str | None = None,
     ):
         self.db = db
         self.sizes = sizes
+        #: The Celery section's broker (default: bench_broker_url of the configured one).
+        self.broker = broker or bench_broker_url(settings.CELERY_BROKER_URL)
         self.out = out
         self.progress = progress
         self.results = Results(sizes)
@@ -376,6 +601,9 @@ class Bench:
                 self.section_e2e()
             if "idle" in sections or "lag" in sections:
                 self.section_idle_and_lag(sections)
+            # Last: its worker processes are gone before anything else is measured.
+            if "celery" in sections:
+                self.section_celery()
         finally:
             if self.conn is not None:
                 self.conn.close()
@@ -385,9 +613,9 @@ class Bench:
 
     # --- helpers ---
 
-    def reset(self, backlog: int = 0) -> None:
-        """Empty the tables, insert ``backlog`` due triggers, and leave the tables vacuumed
-        and analysed, the same for every measurement."""
+    def reset(self, backlog: int = 0, job: str = INLINE_JOB) -> None:
+        """Empty the tables, insert ``backlog`` due triggers of ``job``, and leave the tables
+        vacuumed and analysed, the same for every measurement."""
         assert self.conn is not None
         self.conn.execute(
             # CASCADE: other tables (locks, audit) may point at executions.
@@ -395,18 +623,27 @@ class Bench:
         )
         self.conn.execute("UPDATE jobs_job SET paused = false")
         if backlog:
-            clone_triggers(self.conn, OVERDUE, {"count": backlog})
+            clone_triggers(self.conn, OVERDUE, {"count": backlog}, job)
         # With the job unpaused, so the planner's statistics match the measured state.
         self.conn.execute("VACUUM ANALYZE")
 
-    def run_nodes(self, nodes: int, batch: int | None, cap: float, until_finished: bool):
+    def run_nodes(
+        self,
+        nodes: int,
+        batch: int | None,
+        cap: float,
+        until_finished: bool,
+        extra_env: dict[str, str] | None = None,
+        watch: Sequence[Workers] = (),
+    ):
         """Start nodes on a paused backlog, release it, and wait until it is claimed (and,
         with ``until_finished``, run) or ``cap`` seconds pass. Returns the database time
-        the backlog was released and whether it was drained."""
+        the backlog was released and whether it was drained. ``watch``: other processes
+        the run depends on, checked alive while waiting."""
         conn = self.conn
         tag = f"{nodes}x{batch or 'default'}"
         conn.execute("UPDATE jobs_job SET paused = true")
-        with Nodes(self.db, nodes, batch, self.log_dir, tag) as procs:
+        with Nodes(self.db, nodes, batch, self.log_dir, tag, extra_env) as procs:
             procs.wait_listening(conn)
             # Unpausing NOTIFYs every node; this commit's time is the start.
             released = conn.execute(
@@ -417,6 +654,8 @@ class Bench:
             while time.monotonic() < deadline:
                 time.sleep(0.2)
                 procs.check_alive()
+                for other in watch:
+                    other.check_alive()
                 drained = not conn.execute(
                     "SELECT EXISTS (SELECT 1 FROM jobs_trigger"
                     " WHERE next_fire_at IS NOT NULL AND NOT paused)"
@@ -508,11 +747,13 @@ class Bench:
         seconds = (last - start).total_seconds() if last else 0.0
         return Claim(1, batch, fires, seconds, drained)
 
-    def section_e2e(self) -> None:
-        s = self.sizes
-        self.progress("e2e: one node, batch 100, default threads")
-        self.reset(s.triggers)
-        _, drained = self.run_nodes(1, 100, s.e2e_cap, until_finished=True)
+    def measure_e2e(self, triggers: int) -> EndToEnd:
+        """One node, batch 100, default threads, on ``triggers`` due inline triggers."""
+        self.reset(triggers)
+        _, drained = self.run_nodes(1, 100, self.sizes.e2e_cap, until_finished=True)
+        return self.succeeded_rate(triggers, drained)
+
+    def succeeded_rate(self, triggers: int, complete: bool) -> EndToEnd:
         succeeded, first, last, other = self.conn.execute(
             "SELECT count(*) FILTER (WHERE state = 'succeeded'),"
             "       min(dispatched_at) FILTER (WHERE state = 'succeeded'),"
@@ -521,17 +762,88 @@ class Bench:
             " FROM jobs_execution"
         ).fetchone()
         seconds = (last - first).total_seconds() if last else 0.0
-        per_s = succeeded / seconds if seconds > 0 else 0.0
-        self.results.e2e = {
-            "succeeded": succeeded,
-            "seconds": round(seconds, 3),
-            "per_s": round(per_s, 1),
-        }
+        return EndToEnd(triggers, succeeded, seconds, other, complete)
+
+    def section_e2e(self) -> None:
+        s = self.sizes
+        self.progress("e2e: one node, batch 100, default threads")
+        e2e = self.results.e2e = self.measure_e2e(s.triggers)
         self.out("\nEnd to end: one node, batch 100, default threads: claim, run demo.noop")
         self.out("   inline, record success; succeeded / (last finished_at - first dispatched_at)")
-        note = "" if drained else f"  (capped at {s.e2e_cap:g} s)"
-        self.out(f"   succeeded/s            {per_s:>9.0f}   target >= {TARGETS['e2e_per_s']:.0f}")
-        self.out(f"   ({succeeded} succeeded in {seconds:.2f} s, {other} not succeeded){note}")
+        note = "" if e2e.complete else f"  (capped at {s.e2e_cap:g} s)"
+        self.out(f"   succeeded/s            {e2e.per_s:>9.0f}"
+                 f"   target >= {TARGETS['e2e_per_s']:.0f}")  # fmt: skip
+        self.out(f"   ({e2e.succeeded} succeeded in {e2e.seconds:.2f} s,"
+                 f" {e2e.other} not succeeded){note}")  # fmt: skip
+
+    def section_celery(self) -> None:
+        """End to end through Celery: one node publishes a backlog of celery runs, real
+        workers run them; beside the inline executor's figure of the same run."""
+        s = self.sizes
+        queue = bench_queue(self.db.name)
+        self.conn.execute("UPDATE jobs_job SET queue = %s WHERE name = %s", [queue, CELERY_JOB])
+        app = Celery("bench", broker=self.broker, set_as_current=False)
+        try:
+            # First: it also tells an unreachable broker before anything is measured.
+            purge_queue(app, queue)
+            try:
+                inline = self.results.e2e
+                if inline is None:
+                    self.progress(f"celery: inline comparison, {s.celery_triggers} triggers")
+                    inline = self.measure_e2e(s.celery_triggers)
+                self.results.celery_inline = inline
+                for workers in s.celery_workers:
+                    self.results.celery[workers] = self.measure_celery(app, queue, workers)
+            finally:
+                purge_queue(app, queue, delete=True)
+        finally:
+            app.close()
+        self.print_celery(queue)
+
+    def measure_celery(self, app: Celery, queue: str, workers: int) -> EndToEnd:
+        s = self.sizes
+        self.progress(f"celery: {workers} worker(s) x {s.celery_concurrency} processes,"
+                      f" {s.celery_triggers} triggers")  # fmt: skip
+        self.reset(s.celery_triggers, CELERY_JOB)
+        # Execution ids restart at 1 with every reset: a message left over from the last
+        # combination would run one of this combination's executions.
+        purge_queue(app, queue)
+        tag = f"{workers}w"
+        with Workers(self.db, self.broker, queue, workers, s.celery_concurrency,
+                     self.log_dir, tag) as procs:  # fmt: skip
+            procs.wait_ready(app)
+            _, drained = self.run_nodes(
+                1, 100, s.celery_cap, until_finished=True,
+                extra_env={"CELERY_BROKER_URL": self.broker}, watch=[procs],
+            )  # fmt: skip
+        return self.succeeded_rate(s.celery_triggers, drained)
+
+    def print_celery(self, queue: str) -> None:
+        s = self.sizes
+        self.out(f"\nCelery end to end: {s.celery_triggers} due one-off triggers of a celery job"
+                 " (demo.noop), published by")  # fmt: skip
+        self.out(f"   one node (batch 100), run by workers of {s.celery_concurrency} prefork"
+                 " processes")  # fmt: skip
+        self.out(f"   queue {queue} on {maybe_sanitize_url(self.broker)}")
+        self.out("   succeeded/s = succeeded / (last finished_at - first dispatched_at),"
+                 " database time;")  # fmt: skip
+        self.out(f"   each combination capped at {s.celery_cap:g} s")
+        self.out(f"   {'':<10} {'succeeded':>9} {'seconds':>8} {'succeeded/s':>11}")
+        for workers, run in self.results.celery.items():
+            note = ""
+            if run.succeeded < run.triggers:
+                capped = "" if run.complete else ", capped"
+                note = f"  ({run.triggers - run.succeeded} not succeeded{capped})"
+            label = f"{workers} worker{'s' if workers > 1 else ''}"
+            self.out(f"   {label:<10} {run.succeeded:>9} {run.seconds:>8.2f}"
+                     f" {run.per_s:>11.0f}{note}")  # fmt: skip
+        inline = self.results.celery_inline
+        source = "the e2e section's run" if inline is self.results.e2e else "the same backlog"
+        note = ", capped" if not inline.complete else ""
+        self.out(
+            f"   {'inline':<10} {inline.succeeded:>9} {inline.seconds:>8.2f}"
+            f" {inline.per_s:>11.0f}  (inline executor, one node: {source}{note})"
+        )
 
     def section_idle_and_lag(self, sections: tuple[str, ...]) -> None:
         """One node, started on an empty database: measured idle, then (already running
@@ -634,6 +946,8 @@ def sizes_from_options(
     batches: tuple[int, ...] | None,
     cap: float | None,
     idle_seconds: float | None,
+    celery_triggers: int | None = None,
+    worker_concurrency: int | None = None,
 ) -> Sizes:
     sizes = QUICK if quick else Sizes()
     overrides = {
@@ -642,5 +956,7 @@ def sizes_from_options(
         "batches": batches,
         "claim_cap": cap,
         "idle_window": idle_seconds,
+        "celery_triggers": celery_triggers,
+        "celery_concurrency": worker_concurrency,
     }
     return replace(sizes, **{k: v for k, v in overrides.items() if v is not None})

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 from io import StringIO
+from pathlib import Path
 
 import dj_database_url
 import pytest
+import redis
+from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.db import connection
 
-from jobs.bench import BenchDatabase
+from jobs import bench
+from jobs.bench import BenchDatabase, BenchError, bench_broker_url, bench_queue
 from jobs.models import Execution, Trigger
 from tests.jobs.factories import due_triggers, make_job
 
@@ -31,6 +36,16 @@ JSON_NUMBERS = [
     "idle_window_s",
     "idle_transactions",
     "idle_qps",
+    "celery_triggers",
+    "celery_worker_concurrency",
+    "celery_1w_succeeded",
+    "celery_1w_seconds",
+    "celery_1w_per_s",
+    "celery_2w_succeeded",
+    "celery_2w_seconds",
+    "celery_2w_per_s",
+    "celery_inline_triggers",
+    "celery_inline_per_s",
 ]
 
 
@@ -40,7 +55,32 @@ def database_exists(name: str) -> bool:
         return cursor.fetchone()[0]
 
 
+def bench_workers_left() -> list[str]:
+    """Command lines of live processes of this process's bench workers (and their pools)."""
+    # The bench names its workers bench-<its pid>-...; the pool processes keep the command
+    # line of their worker.
+    mark = f"bench-{os.getpid()}-".encode()
+    left = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if mark in cmdline:
+            left.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return left
+
+
+def bench_queue_length() -> int:
+    client = redis.Redis.from_url(bench_broker_url(settings.CELERY_BROKER_URL))
+    try:
+        return client.llen(bench_queue(BenchDatabase(connection.settings_dict).name))
+    finally:
+        client.close()
+
+
 @pytest.mark.cluster
+@pytest.mark.celery
 @pytest.mark.django_db(transaction=True)
 def test_it_prints_a_table_and_a_json_line_of_positive_figures_in_its_own_database():
     # Data in the test database, which the bench must leave alone.
@@ -53,7 +93,13 @@ def test_it_prints_a_table_and_a_json_line_of_positive_figures_in_its_own_databa
     call_command("bench", "--quick", "--idle-seconds", "4", stdout=out, stderr=err)
 
     text = out.getvalue()
-    for heading in ("Claim throughput", "Raw-SQL claim limit", "End to end", "Fire lag"):
+    for heading in (
+        "Claim throughput",
+        "Raw-SQL claim limit",
+        "End to end",
+        "Fire lag",
+        "Celery end to end",
+    ):
         assert heading in text
     assert "Idle node" in text
     assert "nodes  batch" in text
@@ -65,10 +111,40 @@ def test_it_prints_a_table_and_a_json_line_of_positive_figures_in_its_own_databa
     for combo in figures["claim"]:
         assert combo["fires"] > 0 and combo["seconds"] > 0 and combo["fires_per_s"] > 0
     assert set(figures["targets"]) == {"ratio", "e2e_per_s", "lag_p99_ms", "idle_qps"}
+    # The e2e section ran, so the Celery figures are printed beside its figure.
+    assert figures["celery_inline_per_s"] == figures["e2e_per_s"]
+    assert figures["celery_triggers"] == 300 and figures["celery_worker_concurrency"] == 2
 
     assert not database_exists(bench_db)
+    assert not bench_workers_left()
+    assert bench_queue_length() == 0
     assert [t.pk for t in Trigger.objects.order_by("pk")] == [t.pk for t in mine]
     assert not Execution.objects.exists()
+
+
+@pytest.mark.cluster
+@pytest.mark.celery
+@pytest.mark.django_db(transaction=True)
+def test_it_stops_its_celery_workers_and_drops_its_database_when_the_bench_fails(monkeypatch):
+    started = []
+    wait_ready = bench.Workers.wait_ready
+
+    def ready_then_fail(workers, app, timeout=60.0):
+        wait_ready(workers, app, timeout)
+        started.extend(workers.procs)
+        raise BenchError("simulated failure")
+
+    monkeypatch.setattr(bench.Workers, "wait_ready", ready_then_fail)
+    with pytest.raises(CommandError, match="simulated failure"):
+        call_command(
+            "bench", "--only", "celery", "--celery-triggers", "20", stdout=StringIO(),
+            stderr=StringIO(),
+        )  # fmt: skip
+
+    assert started and all(proc.poll() is not None for proc, _ in started)
+    assert not bench_workers_left()
+    assert not database_exists(BenchDatabase(connection.settings_dict).name)
+    assert bench_queue_length() == 0
 
 
 @pytest.mark.django_db
@@ -92,3 +168,10 @@ def test_the_bench_database_url_reaches_the_same_server_under_the_bench_name():
     assert (parsed["HOST"], str(parsed["PORT"])) == ("/run/postgresql", "5433")
     assert (parsed["USER"], parsed["PASSWORD"]) == ("ops", "p@ss:w/rd")
     assert parsed["OPTIONS"] == {"sslmode": "prefer"}
+
+
+def test_the_bench_broker_is_the_configured_redis_on_a_database_of_its_own():
+    assert bench_broker_url("redis://:pw@cache:6380/0") == "redis://:pw@cache:6380/13"
+    assert bench_broker_url("redis://127.0.0.1:6379") == "redis://127.0.0.1:6379/13"
+    assert bench_broker_url("amqp://u:p@mq:5672//") == "amqp://u:p@mq:5672//"
+    assert bench_queue("sched_bench") == "bench.sched_bench"

@@ -1,12 +1,24 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
+import threading
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, DjangoHelpFormatter
 from django.db import connection
 
-from jobs.bench import SECTIONS, Bench, BenchDatabase, BenchError, sizes_from_options
+from jobs.bench import (
+    BENCH_REDIS_DB,
+    SECTIONS,
+    Bench,
+    BenchDatabase,
+    BenchError,
+    bench_broker_url,
+    sizes_from_options,
+)
 
 JSON_KEYS = """
 The last line of output is one JSON object (null for a section not run):
@@ -28,9 +40,26 @@ The last line of output is one JSON object (null for a section not run):
   idle_window_s, idle_transactions, idle_qps
                           transactions of an idle node per second, from pg_stat_database
                           (target < 1)
+  celery_triggers         backlog size of the celery section (default 5000)
+  celery_worker_concurrency
+                          prefork processes per Celery worker (--worker-concurrency)
+  celery_1w_succeeded, celery_1w_seconds, celery_1w_per_s, celery_1w_complete
+  celery_2w_succeeded, celery_2w_seconds, celery_2w_per_s, celery_2w_complete
+                          one node (batch 100) publishing celery runs of demo.noop, with 1
+                          and with 2 real Celery workers: succeeded executions / (last
+                          finished_at - first dispatched_at); each capped at 30 s, complete
+                          is false when capped before every run succeeded
+  celery_inline_triggers, celery_inline_per_s
+                          the inline figure printed beside them: e2e_per_s when the e2e
+                          section ran, else the same measurement on celery_triggers
   targets                 the targets above
 
 All times are database times. Runs in a separate database <name>_bench, dropped at the end.
+"""
+BROKER_NOTE = f"""\
+The celery section's workers serve the queue bench.<name>_bench, purged before and after,
+on the broker of --broker (default: CELERY_BROKER_URL, but on Redis database
+{BENCH_REDIS_DB} rather than its own).
 """
 
 
@@ -48,6 +77,16 @@ def _int_list(value: str) -> tuple[int, ...]:
     return numbers
 
 
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError("give a positive integer")
+    return number
+
+
 def _sections(value: str) -> tuple[str, ...]:
     chosen = tuple(v.strip() for v in value.split(",") if v.strip())
     unknown = set(chosen) - set(SECTIONS)
@@ -59,14 +98,15 @@ def _sections(value: str) -> tuple[str, ...]:
 class Command(BaseCommand):
     help = (
         "Benchmark the scheduler: claim throughput of 1..N node processes and batch sizes, "
-        "the raw-SQL claim limit, end-to-end runs per second, fire lag and the idle "
-        "node's queries per second. Prints a table, then one JSON line."
+        "the raw-SQL claim limit, end-to-end runs per second, fire lag, the idle "
+        "node's queries per second, and end-to-end runs per second through 1 and 2 "
+        "Celery workers. Prints a table, then one JSON line."
     )
 
     def create_parser(self, prog_name, subcommand, **kwargs):
         parser = super().create_parser(prog_name, subcommand, **kwargs)
         parser.formatter_class = _HelpFormatter
-        parser.epilog = JSON_KEYS
+        parser.epilog = JSON_KEYS + BROKER_NOTE
         return parser
 
     def add_arguments(self, parser):
@@ -80,13 +120,29 @@ class Command(BaseCommand):
         parser.add_argument(
             "--quick",
             action="store_true",
-            help="Small sizes for a smoke run (2000 triggers, nodes 1,2, batches 10,100).",
+            help="Small sizes for a smoke run (2000 triggers, nodes 1,2, batches 10,100; "
+            "300 celery triggers).",
         )
         parser.add_argument(
             "--only",
             type=_sections,
             default=SECTIONS,
             help=f"Sections to run, comma-separated: {','.join(SECTIONS)} (default all).",
+        )
+        parser.add_argument(
+            "--celery-triggers",
+            type=_positive_int,
+            help="Backlog size of the celery section (default 5000).",
+        )
+        parser.add_argument(
+            "--worker-concurrency",
+            type=_positive_int,
+            help="Prefork processes per Celery worker (default 2).",
+        )
+        parser.add_argument(
+            "--broker",
+            help="Broker URL of the celery section (default: CELERY_BROKER_URL, on Redis "
+            f"database {BENCH_REDIS_DB}); used as given.",
         )
         parser.add_argument(
             "--keep-db", action="store_true", help="Keep the bench database for inspection."
@@ -103,11 +159,15 @@ class Command(BaseCommand):
             options["batches"],
             options["cap"],
             options["idle_seconds"],
+            options["celery_triggers"],
+            options["worker_concurrency"],
         )
         db = BenchDatabase(connection.settings_dict)
-        bench = Bench(db, sizes, out=self.stdout.write, progress=self._progress)
+        broker = options["broker"] or bench_broker_url(settings.CELERY_BROKER_URL)
+        bench = Bench(db, sizes, out=self.stdout.write, progress=self._progress, broker=broker)
         try:
-            results = bench.run(options["only"])
+            with _sigterm_raises():
+                results = bench.run(options["only"])
         except BenchError as e:
             raise CommandError(str(e)) from None
         finally:
@@ -118,3 +178,22 @@ class Command(BaseCommand):
     def _progress(self, message: str) -> None:
         if self.verbosity >= 1:
             self.stderr.write(f"bench: {message}")
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """Turn the first SIGTERM into a BenchError, so that the node and worker processes
+    are stopped and the bench database dropped on the way out; a second one kills."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise BenchError("stopped by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
