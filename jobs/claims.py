@@ -158,7 +158,15 @@ RETURNING rerun_of_id
 # Celery runs: the row was committed as dispatched before the message was published;
 # this marks the ones whose publish went through. Until then, a node's death returns them
 # to pending (below) and another node publishes them: nothing is lost.
+# Whatever state the row has reached by now (a fast worker may already have run it), its
+# message did go out.
 MARK_PUBLISHED = """
+UPDATE jobs_execution SET published_at = now()
+WHERE id = ANY(%s) AND published_at IS NULL
+"""
+
+# A message published again restarts the wait before the next republish.
+MARK_REPUBLISHED = """
 UPDATE jobs_execution SET published_at = now()
 WHERE id = ANY(%s) AND state = 'dispatched'
 """
@@ -451,6 +459,12 @@ def mark_published(execution_ids: list[int]) -> None:
     if execution_ids:
         with connection.cursor() as cursor:
             cursor.execute(MARK_PUBLISHED, [execution_ids])
+
+
+def mark_republished(execution_ids: list[int]) -> None:
+    if execution_ids:
+        with connection.cursor() as cursor:
+            cursor.execute(MARK_REPUBLISHED, [execution_ids])
 
 
 def own_unpublished(node_id: str) -> list[Run]:

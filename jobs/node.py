@@ -270,7 +270,7 @@ class Node:
         stale = claims.stale_published(settings.SCHEDULER_REPUBLISH_AFTER)
         if stale:
             log.warning("publishing %s unclaimed celery run(s) again", len(stale))
-            claims.mark_published(celery_executor.republish(stale))
+            claims.mark_republished(celery_executor.republish(stale))
         return len(abandoned)
 
     def capacity(self) -> int:

@@ -269,3 +269,20 @@ def test_forbid_never_runs_two_at_once_across_two_workers(
     assert holders and all(h.startswith("worker:") for h in holders)
     skipped = Execution.objects.filter(trigger=trigger, state="skipped")
     assert all("concurrency policy forbid" in e.note for e in skipped)
+
+
+def test_a_message_the_broker_lost_is_published_again_and_runs_once(
+    start_node, start_worker, tmp_path, queue
+):
+    # Published ten minutes ago, never claimed by any worker: the message is gone.
+    run_file = tmp_path / "runs.txt"
+    job = celery_job("lost", kwargs={"path": str(run_file)}, queue=queue)
+    lost = Execution.objects.create(
+        job=job, scheduled_for=database_now(), origin="manual", state="dispatched",
+        node="some-node", args=[], kwargs=job.kwargs,
+        published_at=database_now() - timedelta(minutes=10),
+    )  # fmt: skip
+    start_worker()
+    start_node("republisher", extra_env={**CELERY_ENV, "SCHEDULER_REPUBLISH_AFTER": "5"})
+    wait_for(lambda: Execution.objects.get(pk=lost.pk).state == "succeeded", timeout=30)
+    assert lines(run_file) == [str(lost.pk)]
