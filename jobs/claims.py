@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import SimpleNamespace
 
+from django.conf import settings
 from django.db import connection, transaction
 
 from jobs import schedule
+from jobs.models import job_lock_name
 
 # Locks up to N due triggers of unpaused jobs. SKIP LOCKED makes concurrent nodes take
 # disjoint batches instead of queueing behind each other; the lock is held until the
@@ -149,7 +151,7 @@ INSERT INTO jobs_execution
      rerun_of_id, created_at, run_after, error, traceback, note)
 SELECT a.job_id, a.trigger_id, a.scheduled_for, 'recovery', 'pending', a.attempt,
        a.args, a.kwargs, '', a.id, now(), now(), '', '',
-       format('recovers #%%s, abandoned by node %%s', a.id, a.node)
+       format('recovers #%%s, abandoned by %%s', a.id, a.node)
 FROM abandoned a JOIN jobs_job j ON j.id = a.job_id
 WHERE j.recover
 RETURNING rerun_of_id
@@ -185,27 +187,14 @@ WHERE node = ANY(%s) AND state = 'dispatched' AND published_at IS NULL
 """
 
 # A worker heartbeats the execution it runs; one silent for longer than the timeout
-# (database time) lost its worker: abandoned, and recovered where the job asks. Only
-# worker-run executions have a heartbeat_at. Uses execution_unfinished_idx.
-ABANDON_SILENT_EXECUTIONS = """
-WITH abandoned AS (
-    UPDATE jobs_execution
-    SET state = 'abandoned', finished_at = now(),
-        error = format('abandoned: its worker %%s stopped heartbeating', node)
-    WHERE state = 'running' AND heartbeat_at < now() - make_interval(secs => %s)
-    RETURNING id, job_id, trigger_id, scheduled_for, attempt, args, kwargs, node
-),
-recovered AS (
-    INSERT INTO jobs_execution
-        (job_id, trigger_id, scheduled_for, origin, state, attempt, args, kwargs, node,
-         rerun_of_id, created_at, run_after, error, traceback, note)
-    SELECT a.job_id, a.trigger_id, a.scheduled_for, 'recovery', 'pending', a.attempt,
-           a.args, a.kwargs, '', a.id, now(), now(), '', '',
-           format('recovers #%%s, abandoned by worker %%s', a.id, a.node)
-    FROM abandoned a JOIN jobs_job j ON j.id = a.job_id
-    WHERE j.recover
-)
-SELECT id FROM abandoned
+# (database time) lost its worker. Locked here, then abandoned (and recovered where the
+# job asks) by ABANDON_EXECUTIONS in the same transaction; SKIP LOCKED passes over a run
+# whose worker is writing its result right now. Only worker-run executions have a
+# heartbeat_at. Uses execution_unfinished_idx.
+SILENT_EXECUTIONS = """
+SELECT id, node FROM jobs_execution
+WHERE state = 'running' AND heartbeat_at < now() - make_interval(secs => %s)
+FOR UPDATE SKIP LOCKED
 """
 
 # Published messages that no worker claimed for too long (lost by the broker) are
@@ -223,8 +212,9 @@ UPDATE jobs_execution e
 SET state = 'running', node = %(worker)s, started_at = clock_timestamp(), heartbeat_at = now()
 FROM jobs_job j
 WHERE e.id = %(id)s AND e.state = 'dispatched' AND j.id = e.job_id
-RETURNING e.id, e.scheduled_for, e.attempt, e.args, e.kwargs, j.id, j.name, j.target,
-          j.celery_task, j.timeout, j.max_attempts, j.retry_backoff, j.concurrency_policy
+RETURNING e.id, e.job_id, e.trigger_id, e.scheduled_for, e.attempt, e.args, e.kwargs,
+          j.id, j.name, j.target, j.timeout, j.max_attempts, j.retry_backoff, j.recover,
+          j.concurrency_policy, j.executor, j.celery_task, j.queue
 """
 
 # Only the worker running it may heartbeat it, and only while it is running.
@@ -277,7 +267,12 @@ class JobSettings:
 
     @property
     def lock_name(self) -> str:
-        return f"job:{self.id}"
+        return job_lock_name(self.id)
+
+    @property
+    def lock_lease(self) -> float:
+        """Seconds of the job lock's lease for a `forbid` run (kept alive while it runs)."""
+        return self.timeout + 5 if self.timeout else settings.SCHEDULER_JOB_LOCK_LEASE
 
 
 @dataclass
@@ -376,6 +371,18 @@ def claim_due_triggers(node_id: str, batch: int, misfire_chunk: int) -> Claimed:
         for run in claimed.runs:
             run.job = jobs[run.job_id]
     return claimed
+
+
+def claim_on_worker(execution_id: int, worker: str) -> Run | None:
+    """Take a dispatched execution for a Celery worker, or None if it is not waiting."""
+    with connection.cursor() as cursor:
+        cursor.execute(CLAIM_ON_WORKER, {"id": execution_id, "worker": worker})
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    return Run(id=row[0], job_id=row[1], trigger_id=row[2], scheduled_for=row[3],
+               attempt=row[4], args=decode_json(row[5]), kwargs=decode_json(row[6]),
+               job=JobSettings(*row[7:18]))  # fmt: skip
 
 
 def claim_pending_executions(node_id: str, batch: int) -> list[Run]:
@@ -483,11 +490,20 @@ def return_unpublished_to_pending(node_ids: list[str]) -> int:
         return cursor.rowcount
 
 
-def abandon_silent_executions(timeout_seconds: float) -> list[int]:
-    """Abandon worker-run executions whose heartbeat stopped; returns their ids."""
+def abandon_silent_executions(timeout_seconds: float) -> tuple[list[int], int]:
+    """Abandon worker-run executions whose heartbeat stopped, queueing recoveries.
+
+    Returns (their ids, how many recoveries). Call inside a transaction.
+    """
     with connection.cursor() as cursor:
-        cursor.execute(ABANDON_SILENT_EXECUTIONS, [timeout_seconds])
-        return [row[0] for row in cursor.fetchall()]
+        cursor.execute(SILENT_EXECUTIONS, [timeout_seconds])
+        rows = cursor.fetchall()
+    if not rows:
+        return [], 0
+    ids = [execution_id for execution_id, _ in rows]
+    workers = sorted({worker for _, worker in rows})
+    recovered = abandon_executions(workers, "abandoned: its worker stopped heartbeating", ids)
+    return ids, recovered
 
 
 def stale_published(after_seconds: float) -> list[tuple[int, str, int | None]]:

@@ -82,7 +82,7 @@ RETRIES = Counter(
 )
 RECOVERIES = Counter(
     "scheduler_recoveries",
-    "Recovery executions queued for runs abandoned by a dead node (declared by this node).",
+    "Recovery executions queued for runs abandoned by a dead node or silent worker (by this node).",
     registry=REGISTRY,
 )
 INFLIGHT = Gauge(

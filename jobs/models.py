@@ -74,6 +74,11 @@ def validate_celery_task_name(value: str) -> None:
         )
 
 
+def job_lock_name(job_id: int) -> str:
+    """The name of the lock held by runs of a `forbid` job."""
+    return f"job:{job_id}"
+
+
 def database_now():
     """PostgreSQL's now(): the only clock that decides anything."""
     with connection.cursor() as cursor:
@@ -152,7 +157,7 @@ class Job(models.Model):
     @property
     def lock_name(self) -> str:
         """The lock a `forbid` job's runs hold."""
-        return f"job:{self.pk}"
+        return job_lock_name(self.pk)
 
     def clean(self):
         errors = {}

@@ -49,14 +49,12 @@ class Listener(threading.Thread):
         super().__init__(name="listener", daemon=True)
         self.wake = wake
         self.stopping = stopping
-        self.connected = threading.Event()
 
     def run(self) -> None:
         while not self.stopping.is_set():
             try:
                 self._listen()
             except Exception as e:  # the connection died: reconnect, and re-check work
-                self.connected.clear()
                 log.warning("listener connection lost (%s); reconnecting", e)
                 self.wake.set()
                 self.stopping.wait(1.0)
@@ -67,7 +65,6 @@ class Listener(threading.Thread):
         try:
             conn.autocommit = True
             conn.execute(f"LISTEN {WAKEUP_CHANNEL}")
-            self.connected.set()
             # Anything that happened while we were not listening must be looked at.
             self.wake.set()
             while not self.stopping.is_set():
@@ -120,7 +117,6 @@ class Node:
         self.unpublished = False
         self.recorder: threading.Thread | None = None
         self.listener: Listener | None = None
-        self.stats = {"fired": 0, "skipped": 0, "pending": 0, "finished": 0}
         self.leadership = Leadership(self.node_id, settings.SCHEDULER_LEADER_LEASE)
         self.next_stale_cleanup = 0.0
         self.next_prune = 0.0
@@ -256,11 +252,14 @@ class Node:
     def recover_silent_executions(self) -> int:
         """Abandon worker-run executions whose heartbeat stopped; re-publish lost messages."""
         with transaction.atomic():
-            abandoned = claims.abandon_silent_executions(settings.SCHEDULER_EXECUTION_TIMEOUT)
+            abandoned, recovered = claims.abandon_silent_executions(
+                settings.SCHEDULER_EXECUTION_TIMEOUT
+            )
             # Their job locks would otherwise make the recovery runs of `forbid` jobs skip.
             maintenance.release_locks_of_executions(
                 abandoned, f"node:{self.node_id}", "its worker stopped heartbeating"
             )
+        metrics.record_recoveries(recovered)
         if abandoned:
             log.warning("abandoned %s execution(s) whose worker went silent: %s",
                         len(abandoned), abandoned)  # fmt: skip
@@ -295,8 +294,6 @@ class Node:
         if claimed.triggers:
             self.rechecked_due = False
         metrics.record_claim_due(claimed, time.perf_counter() - started)
-        self.stats["fired"] += claimed.fired
-        self.stats["skipped"] += claimed.skipped
         self.dispatch(claimed.runs)
         return claimed.triggers
 
@@ -317,7 +314,6 @@ class Node:
         started = time.perf_counter()
         runs = claims.claim_pending_executions(self.node_id, min(self.batch, room))
         metrics.record_claim_pending(len(runs), time.perf_counter() - started)
-        self.stats["pending"] += len(runs)
         self.dispatch(runs)
         return len(runs)
 
@@ -413,8 +409,7 @@ class Node:
     def _take_job_lock(self, run: Run) -> bool:
         """Hold the job's lock for a `forbid` run, or record the run as skipped."""
         job = run.job
-        at_most = job.timeout + 5 if job.timeout else settings.SCHEDULER_JOB_LOCK_LEASE
-        lease = leases.acquire(job.lock_name, self.node_id, at_most, execution_id=run.id)
+        lease = leases.acquire(job.lock_name, self.node_id, job.lock_lease, execution_id=run.id)
         if lease is None:
             with django_connection.cursor() as cursor:
                 cursor.execute(
@@ -432,7 +427,7 @@ class Node:
                             f"{held_by}")
             )  # fmt: skip
             return False
-        keeper = leases.Keepalive(lease, at_most)
+        keeper = leases.Keepalive(lease, job.lock_lease)
         keeper.start()
         with self.lock:
             self.job_locks[run.id] = (lease, keeper)
@@ -543,7 +538,6 @@ class Node:
                 self.started.pop(execution_id, None)
                 self.futures.pop(execution_id, None)
                 self.timed_out.discard(execution_id)
-        self.stats["finished"] += len(finished)
         if finished and was_full:
             self.wake.set()  # the loop stopped claiming for lack of room; there is room now
         return {}

@@ -17,14 +17,13 @@ import socket
 import threading
 import time
 import traceback
-from dataclasses import dataclass
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import close_old_connections, connection
 
 from jobs import claims, context, registry
-from jobs.claims import Result
+from jobs.claims import Result, Run
 from jobs.retry import retry_delay
 from locks import leases
 
@@ -38,39 +37,6 @@ def worker_id(hostname: str | None = None) -> str:
     pool processes apart.
     """
     return f"worker:{hostname or 'celery@' + socket.gethostname()}:{os.getpid()}"
-
-
-@dataclass(frozen=True)
-class Claimed:
-    id: int
-    scheduled_for: object
-    attempt: int
-    args: list
-    kwargs: dict
-    job_id: int
-    job_name: str
-    target: str
-    celery_task: str
-    timeout: int | None
-    max_attempts: int
-    retry_backoff: float
-    concurrency_policy: str
-
-    @property
-    def lock_name(self) -> str:
-        return f"job:{self.job_id}"
-
-
-def claim(execution_id: int, worker: str) -> Claimed | None:
-    """Take the execution for this worker, or None if it is not waiting to run."""
-    with connection.cursor() as cursor:
-        cursor.execute(claims.CLAIM_ON_WORKER, {"id": execution_id, "worker": worker})
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    values = list(row)
-    values[3], values[4] = claims.decode_json(values[3]), claims.decode_json(values[4])
-    return Claimed(*values)
 
 
 class _Heartbeat(threading.Thread):
@@ -101,34 +67,33 @@ def run_execution(execution_id: int, hostname: str | None = None) -> str:
     """Run one execution on this worker; returns what happened (for logs and tests)."""
     worker = worker_id(hostname)
     close_old_connections()
-    execution = claim(execution_id, worker)
-    if execution is None:
+    run = claims.claim_on_worker(execution_id, worker)
+    if run is None:
         log.info("execution #%s is not waiting to run (a repeated delivery?): not running "
                  "it again", execution_id)  # fmt: skip
         return "not-claimed"
+    job = run.job
     lease = None
-    if execution.concurrency_policy == "forbid":
-        at_most = execution.timeout + 5 if execution.timeout else settings.SCHEDULER_JOB_LOCK_LEASE
-        lease = leases.acquire(execution.lock_name, worker, at_most, execution_id=execution.id)
+    if job.concurrency_policy == "forbid":
+        lease = leases.acquire(job.lock_name, worker, job.lock_lease, execution_id=run.id)
         if lease is None:
-            _record(worker, Result(execution.id, "skipped", None, 0.0,
+            _record(worker, Result(run.id, "skipped", None, 0.0,
                                    note=f"skipped: concurrency policy forbid; "
-                                        f"{execution.lock_name} is held"))  # fmt: skip
+                                        f"{job.lock_name} is held"))  # fmt: skip
             return "skipped"
-        keeper = leases.Keepalive(lease, at_most)
+        keeper = leases.Keepalive(lease, job.lock_lease)
         keeper.start()
-    heartbeat = _Heartbeat(execution.id, worker)
+    heartbeat = _Heartbeat(run.id, worker)
     heartbeat.start()
     started = time.monotonic()
     state, error, tb = "succeeded", "", ""
     token = context.running_as(
-        context.ExecutionContext(execution.id, execution.job_name, execution.scheduled_for,
-                                 execution.attempt)
-    )  # fmt: skip
+        context.ExecutionContext(run.id, job.name, run.scheduled_for, run.attempt)
+    )
     try:
-        _call_target(execution)
+        _call_target(run)
     except SoftTimeLimitExceeded:
-        state, error = "timed_out", f"timed out after {execution.timeout}s (Celery time limit)"
+        state, error = "timed_out", f"timed out after {job.timeout}s (Celery time limit)"
     except Exception as e:
         state, error, tb = "failed", f"{type(e).__name__}: {e}", traceback.format_exc()
     finally:
@@ -139,29 +104,27 @@ def run_execution(execution_id: int, hostname: str | None = None) -> str:
             try:
                 lease.release()
             except leases.LockLost as e:
-                log.warning("job lock of execution #%s was lost while it ran: %s",
-                            execution.id, e)  # fmt: skip
+                log.warning("job lock of execution #%s was lost while it ran: %s", run.id, e)
     ran_for = time.monotonic() - started
     delay = None
     if state != "succeeded":
-        delay = retry_delay(execution.attempt, execution.max_attempts, execution.retry_backoff)
-    _record(worker, Result(execution.id, state, ran_for, 0.0, error, tb, delay,
-                           execution.max_attempts))  # fmt: skip
+        delay = retry_delay(run.attempt, job.max_attempts, job.retry_backoff)
+    _record(worker, Result(run.id, state, ran_for, 0.0, error, tb, delay, job.max_attempts))
     return state
 
 
-def _call_target(execution: Claimed) -> None:
-    if execution.celery_task:
+def _call_target(run: Run) -> None:
+    if run.job.celery_task:
         # A task the workers know, by name: run here, in this worker, under this
         # execution's bookkeeping (one retry model: Celery's own retries are not used).
         from controlplane.celery import app
 
-        task = app.tasks.get(execution.celery_task)
+        task = app.tasks.get(run.job.celery_task)
         if task is None:
-            raise LookupError(f"this worker knows no Celery task {execution.celery_task!r}")
-        task.apply(args=execution.args, kwargs=execution.kwargs, throw=True)
+            raise LookupError(f"this worker knows no Celery task {run.job.celery_task!r}")
+        task.apply(args=run.args, kwargs=run.kwargs, throw=True)
     else:
-        registry.get_target(execution.target).func(*execution.args, **execution.kwargs)
+        registry.get_target(run.job.target).func(*run.args, **run.kwargs)
 
 
 def _record(worker: str, result: Result) -> None:

@@ -129,47 +129,41 @@ def cleanup_stale_locks(by, reason: str = "stale lock cleanup") -> list[StaleLoc
     return freed
 
 
-RELEASE_LOCKS_OF_HOLDERS = """
-UPDATE locks_lock
-SET holder = '', execution_id = NULL, locked_until = now(), token = token + 1
-WHERE holder = ANY(%s)
-RETURNING name, token - 1
+# Frees the locks of holders that can no longer release them (a dead node, an abandoned
+# execution), bumping each token to fence the old holder off. The self-join reads each
+# row as it was before this UPDATE, for the audit's "before".
+RELEASE_LOCKS_WHERE = """
+UPDATE locks_lock l
+SET holder = '', execution_id = NULL, locked_until = now(), token = l.token + 1
+FROM locks_lock old
+WHERE old.name = l.name AND ({condition})
+RETURNING l.name, old.holder, old.token, old.execution_id
 """
 
 
 def release_locks_of(holders: list[str], by, reason: str) -> list[str]:
     """Free every lock held by these (dead) holders, fencing them off; audited."""
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(RELEASE_LOCKS_OF_HOLDERS, [holders])
-        released = cursor.fetchall()
-        for name, old_token in released:
-            cursor.execute(NOTIFY_RELEASED, {"name": name})
-            audit.record(
-                by, "lock.release_dead_holder", "lock", name, reason,
-                {"token": old_token}, {"holder": "", "token": old_token + 1},
-            )  # fmt: skip
-    return [name for name, _ in released]
-
-
-RELEASE_LOCKS_OF_EXECUTIONS = """
-UPDATE locks_lock
-SET holder = '', execution_id = NULL, locked_until = now(), token = token + 1
-WHERE execution_id = ANY(%s)
-RETURNING name, token - 1, holder
-"""
+    return _release_where("l.holder = ANY(%s)", holders, "lock.release_dead_holder", by, reason)
 
 
 def release_locks_of_executions(execution_ids: list[int], by, reason: str) -> list[str]:
     """Free the locks held for these (abandoned) executions, fencing their holders."""
-    if not execution_ids:
+    return _release_where(
+        "l.execution_id = ANY(%s)", execution_ids, "lock.release_abandoned", by, reason
+    )
+
+
+def _release_where(condition: str, values: list, action: str, by, reason: str) -> list[str]:
+    if not values:
         return []
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(RELEASE_LOCKS_OF_EXECUTIONS, [execution_ids])
+        cursor.execute(RELEASE_LOCKS_WHERE.format(condition=condition), [values])
         released = cursor.fetchall()
-        for name, old_token, _ in released:
+        for name, holder, token, execution_id in released:
             cursor.execute(NOTIFY_RELEASED, {"name": name})
             audit.record(
-                by, "lock.release_abandoned", "lock", name, reason,
-                {"token": old_token}, {"holder": "", "token": old_token + 1},
+                by, action, "lock", name, reason,
+                {"holder": holder, "token": token, "execution_id": execution_id},
+                {"holder": "", "token": token + 1},
             )  # fmt: skip
-    return [name for name, _, _ in released]
+    return [name for name, *_ in released]

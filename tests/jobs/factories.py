@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from jobs.models import Job, Trigger, database_now
+from jobs.models import Execution, Job, Trigger, database_now
 
 
 def make_job(name="job", target="demo.noop", **options) -> Job:
@@ -17,3 +17,17 @@ def due_triggers(job: Job, count: int, spread_seconds: float = 0.0, **options) -
         when = now + timedelta(seconds=spread_seconds * i / max(count, 1))
         triggers.append(Trigger(job=job, kind="once", run_at=when, next_fire_at=when, **options))
     return Trigger.objects.bulk_create(triggers)
+
+
+def make_execution(job, **fields) -> Execution:
+    """A finished manual execution of ``job`` (fields override), timed in database time."""
+    now = database_now()
+    values = {
+        "scheduled_for": now,
+        "origin": "manual",
+        "state": "succeeded",
+        "started_at": now,
+        "finished_at": now + timedelta(seconds=2),
+    }
+    values.update(fields)
+    return Execution.objects.create(job=job, **values)

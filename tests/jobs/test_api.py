@@ -17,7 +17,7 @@ from rest_framework.test import APIClient
 from controlplane.models import AuditEntry
 from jobs import api as jobs_api
 from jobs.models import Execution, Job, Trigger, database_now
-from tests.jobs.factories import make_job
+from tests.jobs.factories import make_execution, make_job
 
 pytestmark = pytest.mark.django_db
 
@@ -65,19 +65,6 @@ def trigger(job):
 def finished(job, trigger):
     return make_execution(job, trigger=trigger, origin="schedule", state="failed",
                           args=[1, 2], kwargs={"x": "y"}, error="ValueError: boom")  # fmt: skip
-
-
-def make_execution(job, **fields) -> Execution:
-    now = database_now()
-    values = {
-        "scheduled_for": now,
-        "origin": "manual",
-        "state": "succeeded",
-        "started_at": now,
-        "finished_at": now + timedelta(seconds=2),
-    }
-    values.update(fields)
-    return Execution.objects.create(job=job, **values)
 
 
 def expected(table: dict, who: str, ok: int) -> int:

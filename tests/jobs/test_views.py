@@ -14,7 +14,7 @@ from django.utils.html import escape
 from controlplane.models import AuditEntry
 from jobs import actions
 from jobs.models import Execution, Job, Trigger, database_now
-from tests.jobs.factories import make_job
+from tests.jobs.factories import make_execution, make_job
 
 pytestmark = pytest.mark.django_db
 
@@ -22,19 +22,6 @@ ROLES = ["viewer", "operator", "admin"]
 HTMX = {"HTTP_HX_REQUEST": "true"}
 POLLING = 'hx-trigger="every 2s"'
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def make_execution(job, **fields) -> Execution:
-    now = database_now()
-    values = {
-        "scheduled_for": now,
-        "origin": "manual",
-        "state": "succeeded",
-        "started_at": now,
-        "finished_at": now + timedelta(seconds=2),
-    }
-    values.update(fields)
-    return Execution.objects.create(job=job, **values)
 
 
 def htmx(target: str) -> dict:
