@@ -163,6 +163,11 @@ SCHEDULER_POLL_INTERVAL = env_float("SCHEDULER_POLL_INTERVAL", 30.0, minimum=0.0
 SCHEDULER_BATCH = env_int("SCHEDULER_BATCH", 100, minimum=1)
 # Threads of the inline executor.
 SCHEDULER_THREADS = env_int("SCHEDULER_THREADS", 8, minimum=1)
+# A node claims inline runs for its free threads, plus at most this many more: as many as
+# it expects to start within SCHEDULER_PREFETCH_WAIT seconds, judging by how long its
+# recent runs took (quick runs: a full batch; slow runs: none). 0: free threads only.
+SCHEDULER_PREFETCH = env_int("SCHEDULER_PREFETCH", 100, minimum=0)
+SCHEDULER_PREFETCH_WAIT = env_float("SCHEDULER_PREFETCH_WAIT", 0.02, minimum=0)
 # On SIGTERM, how long running work may finish before it is abandoned.
 SCHEDULER_SHUTDOWN_GRACE = env_float("SCHEDULER_SHUTDOWN_GRACE", 30.0, minimum=0)
 # Missed fire times handled per trigger per claim under `skip` and `fire_all`.

@@ -11,12 +11,16 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import connection, transaction
 
 from jobs import schedule
 from jobs.models import job_lock_name
+
+if TYPE_CHECKING:
+    from locks.leases import Lease
 
 # Locks up to N due triggers of unpaused jobs. SKIP LOCKED makes concurrent nodes take
 # disjoint batches instead of queueing behind each other; the lock is held until the
@@ -38,16 +42,18 @@ FOR UPDATE OF t SKIP LOCKED
 
 # One row per fire time. The partial unique index one_execution_per_fire is the
 # idempotency key: whatever two nodes race on, a fire time is recorded at most once.
-# Fires are recorded already dispatched to this node (one write instead of two);
-# skipped fires are recorded finished.
+# Fires this node will hand to a free thread at once are recorded already running (the
+# claim is their start confirmation: see CONFIRM_START); the ones it claims ahead of a
+# free thread are recorded dispatched to it; skipped fires are recorded finished.
 INSERT_FIRES = """
 INSERT INTO jobs_execution
     (job_id, trigger_id, scheduled_for, origin, state, attempt, args, kwargs, node,
-     created_at, run_after, dispatched_at, finished_at, error, traceback, note)
+     created_at, run_after, dispatched_at, started_at, finished_at, error, traceback, note)
 SELECT v.job_id, v.trigger_id, v.scheduled_for, 'schedule', v.state, 1, j.args, j.kwargs,
-       CASE WHEN v.state = 'dispatched' THEN %s ELSE '' END,
+       CASE WHEN v.state = 'skipped' THEN '' ELSE %s END,
        now(), now(),
-       CASE WHEN v.state = 'dispatched' THEN now() END,
+       CASE WHEN v.state <> 'skipped' THEN now() END,
+       CASE WHEN v.state = 'running' THEN clock_timestamp() END,
        CASE WHEN v.state = 'skipped' THEN now() END,
        '', '', v.note
 FROM unnest(%s::bigint[], %s::bigint[], %s::timestamptz[], %s::text[], %s::text[])
@@ -66,23 +72,42 @@ FROM unnest(%s::bigint[], %s::timestamptz[], %s::timestamptz[])
 WHERE t.id = v.id
 """
 
-# Pending executions (manual runs, reruns, retries, recoveries) whose time has come.
-# The inner SELECT locks them with SKIP LOCKED so each is handed to exactly one node.
+# Pending executions (manual runs, reruns, retries, recoveries) whose time has come,
+# locked with SKIP LOCKED so each is handed to exactly one node; the node then takes the
+# ones it can start (TAKE_PENDING) and leaves the rest, unlocked at commit, to others.
 # Uses execution_pending_idx.
-CLAIM_PENDING = """
+SELECT_PENDING = """
+SELECT p.id, j.executor FROM jobs_execution p
+JOIN jobs_job j ON j.id = p.job_id
+WHERE p.state = 'pending' AND p.run_after <= now()
+ORDER BY p.run_after
+LIMIT %s
+FOR UPDATE OF p SKIP LOCKED
+"""
+
+# The rows were locked by SELECT_PENDING in the same transaction. Those the node starts
+# at once are recorded running (the claim confirms their start), the others dispatched.
+TAKE_PENDING = """
 UPDATE jobs_execution e
-SET state = 'dispatched', node = %s, dispatched_at = now()
-FROM jobs_job j
-WHERE e.id IN (
-    SELECT p.id FROM jobs_execution p
-    JOIN jobs_job pj ON pj.id = p.job_id
-    WHERE p.state = 'pending' AND p.run_after <= now()
-    ORDER BY p.run_after
-    LIMIT %s
-    FOR UPDATE OF p SKIP LOCKED
-)
-  AND e.state = 'pending' AND j.id = e.job_id
+SET state = CASE WHEN e.id = ANY(%(start)s) THEN 'running' ELSE 'dispatched' END,
+    node = %(node)s, dispatched_at = now(),
+    started_at = CASE WHEN e.id = ANY(%(start)s) THEN clock_timestamp() END
+WHERE e.id = ANY(%(ids)s) AND e.state = 'pending'
 RETURNING e.id, e.job_id, e.trigger_id, e.scheduled_for, e.state, e.attempt, e.args, e.kwargs
+"""
+
+# Ownership before a run starts: a node hands a claimed run to a thread only once this
+# UPDATE has returned its id. The node guard fails when the run is no longer this node's
+# (it was declared dead and the run went back to pending, maybe to another node), the
+# state guard when something ended it first (abandoned, cancelled): the row lock orders
+# this statement and theirs, so whichever commits first wins and the other sees it.
+# 'running' is accepted too: runs this node claimed as running but has not started (it
+# re-checks them after a pause), and runs whose earlier confirmation committed without
+# the answer reaching the node. Uses the primary key.
+CONFIRM_START = """
+UPDATE jobs_execution SET state = 'running', started_at = clock_timestamp()
+WHERE id = ANY(%s) AND node = %s AND state IN ('dispatched', 'running')
+RETURNING id
 """
 
 JOB_SETTINGS = """
@@ -104,7 +129,8 @@ SET state = v.state,
                        ELSE clock_timestamp() - make_interval(secs => v.finished_ago) END,
     error = v.error,
     traceback = v.traceback,
-    note = CASE WHEN v.note = '' THEN e.note ELSE v.note END
+    note = CASE WHEN v.note = '' THEN e.note WHEN e.note = '' THEN v.note
+                ELSE e.note || E'\n' || v.note END
 FROM unnest(%s::bigint[], %s::text[], %s::float8[], %s::float8[], %s::text[], %s::text[],
             %s::text[])
      AS v(id, state, started_ago, finished_ago, error, traceback, note)
@@ -127,11 +153,14 @@ FROM unnest(%s::bigint[], %s::float8[], %s::int[]) AS v(id, delay, max_attempts)
 JOIN jobs_execution e ON e.id = v.id
 """
 
-# Runs this node claimed but never started (it is stopping) go back to pending for
-# another node; the node guard keeps it from touching anything it no longer owns.
+# Runs this node claimed but never started (it is stopping, or the claim's answer was
+# lost with the connection) go back to pending for any node; the node guard keeps it
+# from touching anything it no longer owns. Only the node knows these never started, so
+# it names them: 'running' rows among them were claimed as running but not yet begun.
 RETURN_TO_PENDING = """
-UPDATE jobs_execution SET state = 'pending', node = '', dispatched_at = NULL
-WHERE id = ANY(%s) AND node = %s AND state = 'dispatched'
+UPDATE jobs_execution
+SET state = 'pending', node = '', dispatched_at = NULL, started_at = NULL
+WHERE id = ANY(%s) AND node = %s AND state IN ('dispatched', 'running')
 """
 
 # Unfinished executions of nodes that died (or of this node, for runs still going at
@@ -180,10 +209,13 @@ WHERE e.node = %s AND e.state = 'dispatched' AND e.published_at IS NULL
   AND j.executor = 'celery'
 """
 
-RETURN_UNPUBLISHED_TO_PENDING = """
+# A dead (or restarted) node's runs that never started go back to pending, whatever the
+# job, so another node runs them: inline runs still dispatched (a run starts only after
+# CONFIRM_START moved it to running) and celery runs never published. Must run before
+# ABANDON_EXECUTIONS in the same transaction. Uses execution_unfinished_idx.
+RETURN_UNSTARTED_TO_PENDING = """
 UPDATE jobs_execution SET state = 'pending', node = '', dispatched_at = NULL
 WHERE node = ANY(%s) AND state = 'dispatched' AND published_at IS NULL
-  AND job_id IN (SELECT id FROM jobs_job WHERE executor = 'celery')
 """
 
 # A worker heartbeats the execution it runs; one silent for longer than the timeout
@@ -206,12 +238,16 @@ ORDER BY e.published_at LIMIT 1000
 """
 
 # Celery workers (jobs/worker.py).
-# The run-once gate: only one delivery moves the row out of `dispatched`.
+# The run-once gate: only one delivery moves the row out of `dispatched`. With `adopt`, a
+# worker retrying after its connection dropped also takes back a row its own lost claim
+# moved to running (same worker id; the worker checks it is not running it already).
 CLAIM_ON_WORKER = """
 UPDATE jobs_execution e
-SET state = 'running', node = %(worker)s, started_at = clock_timestamp(), heartbeat_at = now()
+SET state = 'running', node = %(worker)s, heartbeat_at = now(),
+    started_at = CASE WHEN e.state = 'dispatched' THEN clock_timestamp() ELSE e.started_at END
 FROM jobs_job j
-WHERE e.id = %(id)s AND e.state = 'dispatched' AND j.id = e.job_id
+WHERE e.id = %(id)s AND j.id = e.job_id
+  AND (e.state = 'dispatched' OR (%(adopt)s AND e.state = 'running' AND e.node = %(worker)s))
 RETURNING e.id, e.job_id, e.trigger_id, e.scheduled_for, e.attempt, e.args, e.kwargs,
           j.id, j.name, j.target, j.timeout, j.max_attempts, j.retry_backoff, j.recover,
           j.concurrency_policy, j.executor, j.celery_task, j.queue
@@ -224,7 +260,9 @@ WHERE id = %s AND node = %s AND state = 'running'
 """
 
 # How long an idle node may sleep: until the earliest due trigger or pending execution.
-# Computed by the database so a node's own clock never matters.
+# Computed by the database so a node's own clock never matters. The same round trip
+# tells whether any job runs on Celery: a node whose threads are busy still claims those
+# (publishing needs no thread), see claim_due_triggers.
 SECONDS_UNTIL_DUE = """
 SELECT extract(epoch FROM LEAST(
     (SELECT t.next_fire_at FROM jobs_trigger t JOIN jobs_job j ON j.id = t.job_id
@@ -233,7 +271,16 @@ SELECT extract(epoch FROM LEAST(
     (SELECT p.run_after FROM jobs_execution p
      WHERE p.state = 'pending'
      ORDER BY p.run_after LIMIT 1)
-) - clock_timestamp())
+) - clock_timestamp()),
+EXISTS (SELECT 1 FROM jobs_job WHERE executor = 'celery')
+"""
+
+# After a lost connection: this node's unfinished rows, to find claims that committed
+# although their answer never arrived. Published celery runs belong to their worker.
+# Uses execution_unfinished_idx.
+OWN_UNFINISHED = """
+SELECT id FROM jobs_execution
+WHERE node = %s AND state IN ('dispatched', 'running') AND published_at IS NULL
 """
 
 
@@ -249,6 +296,9 @@ class Run:
     args: list
     kwargs: dict
     job: JobSettings | None = None
+    #: As claimed: "running" (the claim confirmed its start) or "dispatched" (claimed
+    #: ahead of a free thread, or for Celery: confirm_start before running it).
+    state: str = "dispatched"
 
 
 @dataclass(frozen=True)
@@ -284,6 +334,8 @@ class Claimed:
     coalesced: int = 0
     #: Missed fire times run anyway (policy fire_all); for the node's misfire metric.
     caught_up: int = 0
+    #: Due triggers locked but left for later (or another node): no thread to run them.
+    left: int = 0
     #: The claim transaction's now(): a fire's lag is this minus its scheduled_for.
     claimed_at: datetime | None = None
 
@@ -304,9 +356,9 @@ def decode_json(value):
 def _runs_from_rows(rows) -> list[Run]:
     return [
         Run(id=r[0], job_id=r[1], trigger_id=r[2], scheduled_for=r[3], attempt=r[5],
-            args=decode_json(r[6]), kwargs=decode_json(r[7]))
+            args=decode_json(r[6]), kwargs=decode_json(r[7]), state=r[4])
         for r in rows
-        if r[4] == "dispatched"
+        if r[4] in ("dispatched", "running")
     ]  # fmt: skip
 
 
@@ -319,37 +371,70 @@ def _attach_job_settings(cursor, runs: list[Run]) -> None:
         run.job = jobs[run.job_id]
 
 
-def claim_due_triggers(node_id: str, batch: int, misfire_chunk: int) -> Claimed:
-    """Lock due triggers, record their fires (and misfires) and advance them, in one transaction."""
+class _Fires:
+    """The rows INSERT_FIRES takes, built up trigger by trigger."""
+
+    def __init__(self) -> None:
+        self.job_ids: list[int] = []
+        self.trigger_ids: list[int] = []
+        self.times: list[datetime] = []
+        self.states: list[str] = []
+        self.notes: list[str] = []
+
+    def add(self, trigger, when: datetime, state: str, note: str) -> None:
+        self.job_ids.append(trigger.job_id)
+        self.trigger_ids.append(trigger.id)
+        self.times.append(when)
+        self.states.append(state)
+        self.notes.append(note)
+
+    def params(self, node_id: str) -> list:
+        return [node_id, self.job_ids, self.trigger_ids, self.times, self.states, self.notes]
+
+
+def claim_due_triggers(
+    node_id: str, limit: int, misfire_chunk: int, inline_room: int, start_now: int
+) -> Claimed:
+    """Lock due triggers, record their fires (and misfires) and advance them, in one transaction.
+
+    At most ``inline_room`` fires of inline jobs are taken (the node claims only what it
+    can start soon), the first ``start_now`` of them recorded running; celery fires are
+    not limited by the node's threads. Due triggers beyond the room are left as they are
+    (their row locks go with the commit) for a node with free threads.
+    """
     claimed = Claimed()
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(SELECT_DUE_TRIGGERS, [batch])
+        cursor.execute(SELECT_DUE_TRIGGERS, [limit])
         rows = cursor.fetchall()
         if not rows:
             return claimed
-        job_ids, trigger_ids, times, states, notes = [], [], [], [], []
+        fires = _Fires()
         advance_ids, advance_next, advance_last = [], [], []
+        jobs = {}
         for row in rows:
             trigger = _trigger_from_row(row)
+            job = jobs.setdefault(row[12], JobSettings(*row[12:23]))
             now = row[-1]
+            inline = job.executor != "celery"
+            if inline and inline_room <= 0:
+                claimed.left += 1
+                continue
             plan = schedule.plan_fires(trigger, now, misfire_chunk)
+            if inline:
+                plan = plan.with_at_most(inline_room)
+                inline_room -= len(plan.fire)
             note = ""
             if plan.coalesced:
                 note = f"misfire: coalesced {plan.coalesced} missed fire time(s) into this run"
             for when in plan.skip:
-                job_ids.append(trigger.job_id)
-                trigger_ids.append(trigger.id)
-                times.append(when)
-                states.append("skipped")
-                notes.append(
-                    f"misfire: missed by more than the {trigger.misfire_grace}s grace (policy skip)"
-                )
+                fires.add(trigger, when, "skipped",
+                          f"misfire: missed by more than the {trigger.misfire_grace}s grace "
+                          "(policy skip)")  # fmt: skip
             for when in plan.fire:
-                job_ids.append(trigger.job_id)
-                trigger_ids.append(trigger.id)
-                times.append(when)
-                states.append("dispatched")
-                notes.append(note)
+                state = "dispatched"
+                if inline and start_now > 0:
+                    state, start_now = "running", start_now - 1
+                fires.add(trigger, when, state, note)
             advance_ids.append(trigger.id)
             advance_next.append(plan.next_fire_at)
             advance_last.append(max(plan.fire) if plan.fire else None)
@@ -357,41 +442,77 @@ def claim_due_triggers(node_id: str, batch: int, misfire_chunk: int) -> Claimed:
             if trigger.misfire_policy == "fire_all":
                 late = now - timedelta(seconds=trigger.misfire_grace or 0)
                 claimed.caught_up += sum(1 for when in plan.fire if when < late)
-        claimed.triggers = len(rows)
-        claimed.claimed_at = now
-        if job_ids:
-            cursor.execute(INSERT_FIRES, [node_id, job_ids, trigger_ids, times, states, notes])
+        claimed.triggers = len(advance_ids)
+        claimed.claimed_at = rows[0][-1]
+        if fires.job_ids:
+            cursor.execute(INSERT_FIRES, fires.params(node_id))
             inserted = cursor.fetchall()
             claimed.runs = _runs_from_rows(inserted)
             claimed.fired = len(claimed.runs)
             claimed.skipped = sum(1 for r in inserted if r[4] == "skipped")
-        cursor.execute(ADVANCE_TRIGGERS, [advance_ids, advance_next, advance_last])
+        if advance_ids:
+            cursor.execute(ADVANCE_TRIGGERS, [advance_ids, advance_next, advance_last])
         # The job's settings came with the triggers (no JOB_SETTINGS round trip).
-        jobs = {row[12]: JobSettings(*row[12:23]) for row in rows}
         for run in claimed.runs:
             run.job = jobs[run.job_id]
     return claimed
 
 
-def claim_on_worker(execution_id: int, worker: str) -> Run | None:
+def claim_on_worker(execution_id: int, worker: str, adopt: bool = False) -> Run | None:
     """Take a dispatched execution for a Celery worker, or None if it is not waiting."""
     with connection.cursor() as cursor:
-        cursor.execute(CLAIM_ON_WORKER, {"id": execution_id, "worker": worker})
+        cursor.execute(CLAIM_ON_WORKER, {"id": execution_id, "worker": worker, "adopt": adopt})
         row = cursor.fetchone()
     if row is None:
         return None
     return Run(id=row[0], job_id=row[1], trigger_id=row[2], scheduled_for=row[3],
                attempt=row[4], args=decode_json(row[5]), kwargs=decode_json(row[6]),
-               job=JobSettings(*row[7:18]))  # fmt: skip
+               job=JobSettings(*row[7:18]), state="running")  # fmt: skip
 
 
-def claim_pending_executions(node_id: str, batch: int) -> list[Run]:
-    """Hand up to ``batch`` runnable pending executions to this node."""
+def claim_pending_executions(
+    node_id: str, limit: int, inline_room: int, start_now: int
+) -> tuple[list[Run], int]:
+    """Hand runnable pending executions to this node, within its room (as claim_due_triggers).
+
+    Returns the runs and how many runnable ones were left for lack of room.
+    """
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(CLAIM_PENDING, [node_id, batch])
+        cursor.execute(SELECT_PENDING, [limit])
+        take, start, left = [], [], 0
+        for execution_id, executor in cursor.fetchall():
+            if executor == "celery":
+                take.append(execution_id)
+            elif inline_room > 0:
+                take.append(execution_id)
+                inline_room -= 1
+                if start_now > 0:
+                    start.append(execution_id)
+                    start_now -= 1
+            else:
+                left += 1
+        if not take:
+            return [], left
+        cursor.execute(TAKE_PENDING, {"ids": take, "start": start, "node": node_id})
         runs = _runs_from_rows(cursor.fetchall())
         _attach_job_settings(cursor, runs)
-    return runs
+    return runs, left
+
+
+def heartbeat_execution(execution_id: int, worker: str) -> bool:
+    """Refresh a worker-run execution's heartbeat; False once the worker no longer owns it."""
+    with connection.cursor() as cursor:
+        cursor.execute(HEARTBEAT_EXECUTION, [execution_id, worker])
+        return cursor.rowcount == 1
+
+
+def confirm_start(node_id: str, execution_ids: list[int]) -> set[int]:
+    """Move claimed runs to running while this node still owns them; returns those it may start."""
+    if not execution_ids:
+        return set()
+    with connection.cursor() as cursor:
+        cursor.execute(CONFIRM_START, [execution_ids, node_id])
+        return {row[0] for row in cursor.fetchall()}
 
 
 @dataclass(frozen=True)
@@ -399,7 +520,7 @@ class Result:
     """How one run ended, as seen by the node that ran it."""
 
     execution_id: int
-    state: str  # running | succeeded | failed | timed_out | skipped
+    state: str  # succeeded | failed | timed_out | skipped
     started_ago: float | None  # None: it never started (skipped)
     finished_ago: float | None
     error: str = ""
@@ -407,6 +528,9 @@ class Result:
     retry_delay: float | None = None
     max_attempts: int = 1
     note: str = ""
+    #: A job lock whose release failed with the connection: released in the transaction
+    #: that records this result.
+    release: Lease | None = None
 
 
 def record_results(node_id: str, results: list[Result]) -> set[int]:
@@ -442,6 +566,7 @@ def record_results(node_id: str, results: list[Result]) -> set[int]:
 
 
 def return_to_pending(node_id: str, execution_ids: list[int]) -> None:
+    """Give back runs this node claimed and never started, for any node to run."""
     if execution_ids:
         with connection.cursor() as cursor:
             cursor.execute(RETURN_TO_PENDING, [execution_ids, node_id])
@@ -454,12 +579,20 @@ def abandon_executions(node_ids: list[str], reason: str, only_ids: list[int] | N
         return len(cursor.fetchall())
 
 
-def seconds_until_due() -> float | None:
-    """Seconds until the next due trigger or pending execution (negative if overdue)."""
+def seconds_until_due() -> tuple[float | None, bool]:
+    """Seconds until the next due trigger or pending execution (negative if overdue), and
+    whether any job runs on Celery."""
     with connection.cursor() as cursor:
         cursor.execute(SECONDS_UNTIL_DUE)
-        value = cursor.fetchone()[0]
-    return None if value is None else float(value)
+        value, celery_jobs = cursor.fetchone()
+    return (None if value is None else float(value)), celery_jobs
+
+
+def own_unfinished(node_id: str) -> list[int]:
+    """Ids of this node's unfinished executions (not counting published celery runs)."""
+    with connection.cursor() as cursor:
+        cursor.execute(OWN_UNFINISHED, [node_id])
+        return [row[0] for row in cursor.fetchall()]
 
 
 def mark_published(execution_ids: list[int]) -> None:
@@ -483,10 +616,10 @@ def own_unpublished(node_id: str) -> list[Run]:
     return runs
 
 
-def return_unpublished_to_pending(node_ids: list[str]) -> int:
-    """Celery runs a dead node committed but never published go back to pending."""
+def return_unstarted_to_pending(node_ids: list[str]) -> int:
+    """Runs these (dead or restarted) nodes claimed but never started go back to pending."""
     with connection.cursor() as cursor:
-        cursor.execute(RETURN_UNPUBLISHED_TO_PENDING, [node_ids])
+        cursor.execute(RETURN_UNSTARTED_TO_PENDING, [node_ids])
         return cursor.rowcount
 
 

@@ -92,7 +92,20 @@ INFLIGHT = Gauge(
 )
 INFLIGHT_LIMIT = Gauge(
     "scheduler_inflight_limit",
-    "Most runs this node holds at once (threads + batch); it stops claiming at this limit.",
+    "Most inline runs this node holds at once: its threads plus SCHEDULER_PREFETCH.",
+    registry=REGISTRY,
+)
+INTERNAL_ERRORS = Counter(
+    "scheduler_internal_errors",
+    "Unexpected errors caught in the node's own threads (runner, recorder), each logged "
+    "with its execution id; the run is still recorded.",
+    ["thread"],
+    registry=REGISTRY,
+)
+RUNS_DROPPED = Counter(
+    "scheduler_runs_dropped",
+    "Claimed runs this node did not start because it no longer owned them (it was "
+    "declared dead, or the run ended elsewhere); the cluster runs them.",
     registry=REGISTRY,
 )
 IS_LEADER = Gauge(
@@ -107,6 +120,8 @@ FINAL_STATES = ("succeeded", "failed", "timed_out", "skipped")
 # Known label values start at zero, so rate() and increase() see their first event.
 for _policy in ("skip", "fire_once", "fire_all"):
     MISFIRES.labels(_policy)
+for _thread in ("runner", "recorder"):
+    INTERNAL_ERRORS.labels(_thread)
 for _kind in ("due", "pending"):
     CLAIM_BATCH.labels(_kind)
     CLAIM_DURATION.labels(_kind)
@@ -114,10 +129,8 @@ for _kind in ("due", "pending"):
 
 def serve(node: Node, port: int, addr: str = "127.0.0.1") -> WSGIServer:
     """Serve this registry over HTTP from a daemon thread; returns the server."""
-    from jobs.node import VERSION
-
-    NODE_INFO.info({"node_id": node.node_id, "version": VERSION})
-    INFLIGHT_LIMIT.set(node.max_inflight)
+    NODE_INFO.info({"node_id": node.node_id, "version": node.version})
+    INFLIGHT_LIMIT.set(node.threads + node.prefetch_max)
     # Read at scrape time: nothing to keep up to date on the node's own paths.
     INFLIGHT.set_function(lambda: len(node.inflight))
     IS_LEADER.set_function(lambda: float(node.leadership.is_leader))
@@ -178,3 +191,12 @@ def record_results(results: list[Result], applied: set[int], runs: dict[int, Run
 def record_recoveries(count: int) -> None:
     if count:
         RECOVERIES.inc(count)
+
+
+def record_internal_error(thread: str) -> None:
+    INTERNAL_ERRORS.labels(thread).inc()
+
+
+def record_dropped(count: int) -> None:
+    if count:
+        RUNS_DROPPED.inc(count)

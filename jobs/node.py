@@ -1,30 +1,41 @@
 """The scheduler node: a loop of small steps, each callable from a test.
 
-heartbeat -> recover_dead -> claim_pending / claim_due -> dispatch -> sleep, with a
-recorder thread that writes run results in batches and a listener thread that wakes
-the loop on NOTIFY. Every decision about time is made by PostgreSQL.
+heartbeat -> recover_dead -> start_ready -> claim_pending / claim_due -> sleep.
+
+Claimed runs go to a Runner (jobs/runner.py: threads that start a run only while the node
+owns it), their results to a Recorder (jobs/recorder.py: batched writes that survive a
+lost connection), and a listener thread wakes the loop on NOTIFY.
+
+Ownership comes before action. The node claims only what it can start soon (its free
+threads, plus a short prefetch), and a claimed run starts only once the database has
+confirmed, in one batched UPDATE, that the node still owns it; the claim itself confirms
+the runs it hands straight to a free thread. Until its liveness lease (the time since
+its last successful heartbeat, on the monotonic clock) runs out, nobody can have declared
+it dead; past that it asks the database before it starts anything, and a node that finds
+it was declared dead drops whatever it had not started (the cluster has taken it back)
+before registering again. Every decision about time is made by PostgreSQL.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import secrets
 import socket
 import threading
 import time
-import traceback
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import deque
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, close_old_connections, transaction
 from django.db import connection as django_connection
+from django.db import transaction
 
-from jobs import celery_executor, claims, context, history, metrics, registry
+from jobs import celery_executor, claims, history, metrics
 from jobs.claims import Result, Run
-from jobs.retry import retry_delay
-from locks import leases, liveness, maintenance
+from jobs.reconnect import CONNECTION_ERRORS, forget_connection
+from jobs.recorder import Recorder
+from jobs.runner import Runner
+from locks import liveness, maintenance
 from locks.leader import Leadership
 
 log = logging.getLogger("jobs.node")
@@ -33,9 +44,8 @@ WAKEUP_CHANNEL = "jobs_wakeup"
 # How long a manual run or retry may wait while the node drains a backlog of due triggers.
 PENDING_CHECK_WHILE_DRAINING = 0.1
 VERSION = "0.1.0"
-
-# Errors that mean "the database connection is gone": close it and try again later.
-CONNECTION_ERRORS = (OperationalError, InterfaceError)
+# Seconds the recorder gets to write the last results when the node stops.
+RECORDER_STOP_TIMEOUT = 10.0
 
 
 def default_node_id() -> str:
@@ -77,6 +87,8 @@ class Listener(threading.Thread):
 class Node:
     """One scheduler node. ``run_forever`` is the loop; each step is a method."""
 
+    version = VERSION
+
     def __init__(
         self,
         node_id: str | None = None,
@@ -91,62 +103,76 @@ class Node:
         self.poll_interval = settings.SCHEDULER_POLL_INTERVAL
         self.misfire_chunk = settings.SCHEDULER_MISFIRE_CHUNK
         self.shutdown_grace = settings.SCHEDULER_SHUTDOWN_GRACE
-        self.max_inflight = self.threads + self.batch
+        self.prefetch_max = settings.SCHEDULER_PREFETCH
+        self.prefetch_wait = settings.SCHEDULER_PREFETCH_WAIT
 
         self.stopping = threading.Event()
         self.wake = threading.Event()
-        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="run")
-        self.results: queue.SimpleQueue[Result | None] = queue.SimpleQueue()
-        self.inflight: dict[int, Run] = {}
-        self.futures: dict[int, Future] = {}
-        self.started: dict[int, float] = {}  # execution id -> monotonic start
-        self.timed_out: set[int] = set()
         self.lock = threading.Lock()
+        self.lease = liveness.LivenessLease(
+            self.node_timeout, liveness.liveness_margin(self.node_timeout, self.heartbeat_interval)
+        )
+        #: Claimed (dispatched to this node) inline runs waiting for a free thread.
+        self.ready: deque[Run] = deque()
+        #: Every inline run this node claimed whose result is not written yet.
+        self.inflight: dict[int, Run] = {}
+        self.recorder = Recorder(self.node_id, tick=self._timeouts, written=self._written)
+        self.runner = Runner(
+            self.node_id, self.threads, self.lease, results=self.recorder.put,
+            hand_back=self._hand_back, freed=self._thread_freed, stopping=self.stopping,
+        )  # fmt: skip
         self.next_heartbeat = 0.0
         # False only while the node knows nothing can be due (it slept short of the due
         # time, e.g. to heartbeat): an idle node then costs no claim queries.
         self.maybe_due = True
         # True while the last claim filled a whole batch (a backlog is being drained).
         self.draining = False
+        # True while due work was left for lack of free threads: a thread that frees up
+        # wakes the loop.
+        self.wants_room = False
         self.next_pending_check = 0.0
         # Whether sleep() already let the loop look again at a due time that the last
         # claim missed (see sleep).
         self.rechecked_due = False
         self.connection_lost = False
+        # Monotonic time since which the database has answered without interruption.
+        self.connected_since = 0.0
+        # Whether any job runs on Celery (from the last sleep's query): those are claimed
+        # even when every thread is busy.
+        self.celery_jobs = False
         # Some celery runs could not be published (broker down): retry at heartbeats.
         self.unpublished = False
-        self.recorder: threading.Thread | None = None
         self.listener: Listener | None = None
         self.leadership = Leadership(self.node_id, settings.SCHEDULER_LEADER_LEASE)
         self.next_stale_cleanup = 0.0
         self.next_prune = 0.0
         self.next_silent_check = 0.0
         self.next_republish_check = 0.0
-        # Job locks held by runs of `forbid` jobs: execution id -> (lease, keepalive).
-        self.job_locks: dict[int, tuple[leases.Lease, leases.Keepalive]] = {}
 
     # --- lifecycle --------------------------------------------------------------------
 
     def start(self) -> None:
         """Register the node and start its recorder and listener threads."""
+        sent = time.monotonic()
         with transaction.atomic():
             liveness.register_node(self.node_id, socket.gethostname(), os.getpid(), VERSION)
             self.recover_previous_process()
+        self.lease.renew(sent)
+        self.connected_since = sent
         self.next_heartbeat = time.monotonic() + self.heartbeat_interval
-        self.recorder = threading.Thread(target=self._record_loop, name="recorder", daemon=True)
         self.recorder.start()
         self.listener = Listener(self.wake, self.stopping)
         self.listener.start()
         log.info("node %s started (batch %s, threads %s)", self.node_id, self.batch, self.threads)
 
     def recover_previous_process(self) -> int:
-        """Abandon (and recover) what an earlier process with this node id left unfinished.
+        """Give back or abandon (and recover) what an earlier process with this id left.
 
         A node restarted under the same --node-id after a crash re-registers before any
         other node declares it dead, so nobody else ever would. This process runs nothing
         yet: every unfinished run still marked as this node's is a leftover.
         """
-        claims.return_unpublished_to_pending([self.node_id])
+        claims.return_unstarted_to_pending([self.node_id])
         recovered = claims.abandon_executions(
             [self.node_id], f"abandoned: runner node {self.node_id} restarted"
         )
@@ -171,18 +197,18 @@ class Node:
         try:
             if self.connection_lost:
                 self.adopt_orphans()
-            if time.monotonic() >= self.next_heartbeat:
+            if time.monotonic() >= self.next_heartbeat or not self.lease.fresh():
                 self.heartbeat()
-            found = False
+            found = self.start_ready() > 0
             if self.maybe_due:
-                found = self.claim_pending() + self.claim_due() > 0
+                found = self.claim_pending() + self.claim_due() > 0 or found
             if not found:
                 self.sleep()
             return found
         except CONNECTION_ERRORS as e:
             log.warning("database connection lost (%s); reconnecting", e)
             self.connection_lost = True
-            django_connection.close()
+            forget_connection()
             self.stopping.wait(0.5)
             return False
 
@@ -194,26 +220,50 @@ class Node:
     # --- steps ------------------------------------------------------------------------
 
     def heartbeat(self) -> bool:
-        """Refresh this node's heartbeat, recovering dead nodes when there are any."""
+        """Refresh this node's heartbeat (and its lease), recovering dead nodes if any."""
         self.next_heartbeat = time.monotonic() + self.heartbeat_interval
         if self.unpublished:
             self.publish(claims.own_unpublished(self.node_id))
+        sent = time.monotonic()
         alive, others_overdue = liveness.heartbeat(self.node_id, self.node_timeout)
-        if not alive:
-            # Declared dead while alive (a long pause, a partition): its unfinished runs
-            # were abandoned and their results will be refused. Come back as a live node.
-            log.error("node %s was declared dead by another node; re-registering", self.node_id)
-            liveness.register_node(self.node_id, socket.gethostname(), os.getpid(), VERSION)
+        if alive:
+            self.lease.renew(sent)
+        else:
+            self.rejoin()
         if self.leadership.refresh():
             self.maintain(others_overdue)
         return alive
 
+    def rejoin(self) -> None:
+        """Declared dead while alive: drop every run not yet started, then register again.
+
+        Whoever declared this node dead has returned its unstarted runs to pending and
+        abandoned its running ones. Runs already in a thread go on (a thread cannot be
+        stopped), but their results will be refused.
+        """
+        self.lease.expire()
+        with self.lock:
+            dropped = list(self.ready)
+            self.ready.clear()
+            for run in dropped:
+                self.inflight.pop(run.id, None)
+        log.error("node %s was declared dead by another node (a long pause or a partition): "
+                  "dropping %s claimed run(s) it had not started; registering again",
+                  self.node_id, len(dropped))  # fmt: skip
+        metrics.record_dropped(len(dropped))
+        sent = time.monotonic()
+        liveness.register_node(self.node_id, socket.gethostname(), os.getpid(), VERSION)
+        self.lease.renew(sent)
+
     def maintain(self, others_overdue: bool = True) -> None:
         """The leader's housekeeping: dead nodes and workers, stale locks, old history."""
-        if others_overdue:
+        # After this node could not reach the database, everybody's heartbeats look old:
+        # judge others only once they have had a whole timeout to beat again.
+        connected_for = time.monotonic() - self.connected_since
+        if others_overdue and connected_for >= self.node_timeout:
             self.recover_dead()
         now = time.monotonic()
-        if now >= self.next_silent_check:
+        if now >= self.next_silent_check and connected_for >= settings.SCHEDULER_EXECUTION_TIMEOUT:
             # A third of the timeout: a dead worker's run is found within 4/3 of it.
             self.next_silent_check = now + settings.SCHEDULER_EXECUTION_TIMEOUT / 3
             self.recover_silent_executions()
@@ -233,20 +283,21 @@ class Node:
                          settings.SCHEDULER_HISTORY_RETENTION_DAYS)  # fmt: skip
 
     def recover_dead(self) -> int:
-        """Declare silent nodes dead and abandon (and maybe recover) their executions."""
+        """Declare silent nodes dead: their unstarted runs go back to pending, their running
+        ones are abandoned (and recovered where the job asks), their locks freed."""
         with transaction.atomic():
             dead = liveness.mark_dead_nodes(self.node_id, self.node_timeout)
             if not dead:
                 return 0
-            # Celery runs it committed but never published: another node publishes them.
-            claims.return_unpublished_to_pending(dead)
+            returned = claims.return_unstarted_to_pending(dead)
             recovered = claims.abandon_executions(
                 dead, f"abandoned: runner node died (declared dead by {self.node_id})"
             )
             # Its job locks would otherwise make the recovery runs of `forbid` jobs skip.
             maintenance.release_locks_of(dead, f"node:{self.node_id}", "holder node declared dead")
         metrics.record_recoveries(recovered)
-        log.warning("declared dead: %s; queued %s recovery run(s)", ", ".join(dead), recovered)
+        log.warning("declared dead: %s; %s unstarted run(s) back to pending, %s recovery run(s) "
+                    "queued", ", ".join(dead), returned, recovered)  # fmt: skip
         return len(dead)
 
     def recover_silent_executions(self) -> int:
@@ -272,25 +323,68 @@ class Node:
             claims.mark_republished(celery_executor.republish(stale))
         return len(abandoned)
 
-    def capacity(self) -> int:
-        """Runs the node may claim now: room for a whole batch, or 0.
+    def prefetch(self) -> int:
+        """Inline runs to claim beyond the free threads: as many as the node expects to
+        start within SCHEDULER_PREFETCH_WAIT, from the mean duration of its recent runs."""
+        mean = self.runner.mean_run_seconds()
+        if not self.prefetch_max or mean is None:
+            return 0
+        expected = self.threads * self.prefetch_wait / max(mean, 1e-6)
+        return min(self.prefetch_max, int(expected))
 
-        Room is freed only when results are written, so right after a claim there is
-        room for just ``threads`` runs; claiming those would cost a whole transaction
-        for a few fires. The recorder wakes the loop once a batch fits.
-        """
+    def room(self) -> tuple[int, int]:
+        """(inline runs that can start at once, inline runs the node may claim now)."""
         with self.lock:
-            room = self.max_inflight - len(self.inflight)
-        return room if room >= self.batch else 0
+            waiting = len(self.ready)
+        free = self.runner.free_threads()
+        return max(free - waiting, 0), max(free + self.prefetch() - waiting, 0)
+
+    def start_ready(self) -> int:
+        """Confirm and start claimed runs that have a free thread now; returns how many."""
+        if not self.ready or not self.runner.free_threads():
+            return 0
+        if not self.lease.fresh():
+            self.heartbeat()  # it drops every waiting run if the node was declared dead
+        with self.lock:
+            count = min(len(self.ready), self.runner.free_threads())
+            runs = [self.ready.popleft() for _ in range(count)]
+        if not runs:
+            return 0
+        try:
+            confirmed = claims.confirm_start(self.node_id, [run.id for run in runs])
+        except CONNECTION_ERRORS:
+            with self.lock:
+                self.ready.extendleft(reversed(runs))  # not started: they wait, in order
+            raise
+        lost = [run for run in runs if run.id not in confirmed]
+        if lost:
+            # Returned to pending (this node was declared dead), or ended by someone else.
+            with self.lock:
+                for run in lost:
+                    self.inflight.pop(run.id, None)
+            log.warning("not starting %s run(s) this node no longer owns: %s",
+                        len(lost), [run.id for run in lost])  # fmt: skip
+            metrics.record_dropped(len(lost))
+        self.runner.start([run for run in runs if run.id in confirmed])
+        return len(confirmed)
 
     def claim_due(self) -> int:
         """Claim due triggers and dispatch their fires; returns triggers claimed."""
-        room = self.capacity()
-        if room <= 0 or self.stopping.is_set():
+        if self.stopping.is_set():
+            return 0
+        start_now, room = self.room()
+        # Celery runs only need publishing: with Celery jobs about, claim a whole batch
+        # and let claim_due_triggers keep the inline fires within the room.
+        limit = self.batch if self.celery_jobs else min(self.batch, room)
+        if limit <= 0:
+            self.wants_room = True
             return 0
         started = time.perf_counter()
-        claimed = claims.claim_due_triggers(self.node_id, min(self.batch, room), self.misfire_chunk)
-        self.draining = claimed.triggers >= min(self.batch, room)
+        claimed = claims.claim_due_triggers(
+            self.node_id, limit, self.misfire_chunk, inline_room=room, start_now=start_now
+        )
+        self.draining = claimed.triggers >= limit
+        self.wants_room = claimed.left > 0 or (self.draining and limit >= room)
         if claimed.triggers:
             self.rechecked_due = False
         metrics.record_claim_due(claimed, time.perf_counter() - started)
@@ -304,30 +398,37 @@ class Node:
         every pass would add a transaction per batch for nothing: then it asks at most
         every PENDING_CHECK_WHILE_DRAINING seconds.
         """
-        room = self.capacity()
-        now = time.monotonic()
-        if room <= 0 or self.stopping.is_set():
+        if self.stopping.is_set():
             return 0
+        now = time.monotonic()
         if self.draining and now < self.next_pending_check:
+            return 0
+        start_now, room = self.room()
+        limit = self.batch if self.celery_jobs else min(self.batch, room)
+        if limit <= 0:
             return 0
         self.next_pending_check = now + PENDING_CHECK_WHILE_DRAINING
         started = time.perf_counter()
-        runs = claims.claim_pending_executions(self.node_id, min(self.batch, room))
+        runs, left = claims.claim_pending_executions(
+            self.node_id, limit, inline_room=room, start_now=start_now
+        )
+        if left:
+            self.wants_room = True
         metrics.record_claim_pending(len(runs), time.perf_counter() - started)
         self.dispatch(runs)
         return len(runs)
 
     def dispatch(self, runs: list[Run]) -> None:
-        """Hand inline runs to the thread pool, and publish celery runs to the broker."""
+        """Start inline runs claimed as running, queue the others, publish celery runs."""
         remote = [run for run in runs if run.job.executor == "celery"]
         if remote:
             self.publish(remote)
-            runs = [run for run in runs if run.job.executor != "celery"]
+        local = [run for run in runs if run.job.executor != "celery"]
         with self.lock:
-            for run in runs:
+            for run in local:
                 self.inflight[run.id] = run
-        for run in runs:
-            self.futures[run.id] = self.pool.submit(self._execute, run)
+            self.ready.extend(run for run in local if run.state == "dispatched")
+        self.runner.start([run for run in local if run.state == "running"])
 
     def publish(self, runs: list[Run]) -> int:
         """Publish celery runs (already committed as dispatched); returns how many went."""
@@ -339,10 +440,12 @@ class Node:
 
     def sleep(self) -> None:
         """Sleep until the next due time (asked of the database), a NOTIFY, or the poll."""
-        if self.capacity() <= 0:
-            timeout = self.poll_interval  # a finishing run sets wake
+        if not self.runner.free_threads() and not self.celery_jobs:
+            # Nothing can be claimed until a thread frees up, which wakes the loop.
+            self.wants_room = True
+            timeout = self.poll_interval
         else:
-            due_in = claims.seconds_until_due()
+            due_in, self.celery_jobs = claims.seconds_until_due()
             timeout = self.poll_interval if due_in is None else min(due_in, self.poll_interval)
             if timeout > 0:
                 self.rechecked_due = False
@@ -352,7 +455,8 @@ class Node:
                 # again at once.
                 timeout, self.rechecked_due = 0.0, True
             else:
-                # Still nothing to claim: another node holds it (SKIP LOCKED). Don't spin.
+                # Still nothing to claim: another node holds it (SKIP LOCKED), or this one
+                # has no room for it (a freed thread wakes the loop). Don't spin.
                 timeout = 0.02
         until_heartbeat = max(self.next_heartbeat - time.monotonic(), 0.0)
         woken = self.wake.wait(min(timeout, until_heartbeat))
@@ -360,230 +464,90 @@ class Node:
         self.maybe_due = woken or timeout <= until_heartbeat
 
     def adopt_orphans(self) -> None:
-        """After a lost connection, run executions claimed for us whose claim did commit."""
-        with django_connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT id FROM jobs_execution WHERE node = %s AND state = 'dispatched'",
-                [self.node_id],
-            )
-            ids = [row[0] for row in cursor.fetchall()]
+        """After a lost connection: give back runs whose claim committed unseen."""
+        ids = claims.own_unfinished(self.node_id)
         with self.lock:
             orphans = [i for i in ids if i not in self.inflight]
         if orphans:
-            log.warning(
-                "re-queueing %s execution(s) claimed before a lost connection", len(orphans)
-            )
+            log.warning("returning %s run(s) claimed before a lost connection to pending",
+                        len(orphans))  # fmt: skip
             claims.return_to_pending(self.node_id, orphans)
         self.connection_lost = False
+        self.connected_since = time.monotonic()
 
-    # --- running jobs (pool threads) ----------------------------------------------------
+    # --- callbacks from the runner's and the recorder's threads -------------------------
 
-    def _execute(self, run: Run) -> None:
-        if run.job.concurrency_policy == "forbid" and not self._take_job_lock(run):
-            return
-        started = time.monotonic()
+    def _hand_back(self, run: Run) -> None:
+        """A thread did not start ``run`` (the lease ran out): it is confirmed again first."""
         with self.lock:
-            self.started[run.id] = started
-        self.results.put(Result(run.id, "running", 0.0, None))
-        state, error, tb = "succeeded", "", ""
-        token = context.running_as(
-            context.ExecutionContext(run.id, run.job.name, run.scheduled_for, run.attempt)
-        )
-        try:
-            registry.get_target(run.job.target).func(*run.args, **run.kwargs)
-        except Exception as e:
-            state, error, tb = "failed", f"{type(e).__name__}: {e}", traceback.format_exc()
-        finally:
-            context.finished(token)
-            if run.job.concurrency_policy == "forbid":
-                self._release_job_lock(run.id)
-            # Job code may have used the ORM from this thread.
-            close_old_connections()
-        finished = time.monotonic()
-        self.results.put(
-            Result(run.id, state, finished - started, 0.0, error, tb)
-            if state == "succeeded"
-            else self._failure(run, state, finished - started, error, tb)
-        )
+            self.ready.appendleft(run)
 
-    def _take_job_lock(self, run: Run) -> bool:
-        """Hold the job's lock for a `forbid` run, or record the run as skipped."""
-        job = run.job
-        lease = leases.acquire(job.lock_name, self.node_id, job.lock_lease, execution_id=run.id)
-        if lease is None:
-            with django_connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT l.holder, l.execution_id FROM locks_lock l WHERE l.name = %s",
-                    [job.lock_name],
-                )
-                row = cursor.fetchone() or ("", None)
-            close_old_connections()
-            held_by = f"{row[0] or 'a releasing holder'}" + (
-                f" for execution #{row[1]}" if row[1] else ""
-            )
-            self.results.put(
-                Result(run.id, "skipped", None, 0.0,
-                       note=f"skipped: concurrency policy forbid; {job.lock_name} held by "
-                            f"{held_by}")
-            )  # fmt: skip
-            return False
-        keeper = leases.Keepalive(lease, job.lock_lease)
-        keeper.start()
+    def _thread_freed(self) -> None:
+        if self.ready or self.wants_room:
+            self.wake.set()
+
+    def _timeouts(self) -> list[Result]:
+        return self.runner.expired()
+
+    def _written(self, batch: list[Result], applied: set[int]) -> None:
+        metrics.record_results(batch, applied, self.inflight)  # before they leave inflight
         with self.lock:
-            self.job_locks[run.id] = (lease, keeper)
-        return True
-
-    def _release_job_lock(self, execution_id: int) -> None:
-        with self.lock:
-            held = self.job_locks.pop(execution_id, None)
-        if held is None:
-            return  # released already (the run timed out)
-        lease, keeper = held
-        keeper.stop()
-        try:
-            lease.release()
-        except leases.LockLost as e:
-            log.warning("job lock of execution #%s was lost while it ran: %s", execution_id, e)
-
-    def _failure(self, run: Run, state: str, ran_for: float, error: str, tb: str) -> Result:
-        job = run.job
-        delay = retry_delay(run.attempt, job.max_attempts, job.retry_backoff)
-        return Result(run.id, state, ran_for, 0.0, error, tb, delay, job.max_attempts)
-
-    # --- recording results (recorder thread) --------------------------------------------
-
-    def _record_loop(self) -> None:
-        pending: dict[int, tuple[Result, float]] = {}
-        done = False
-        while not done:
-            try:
-                item = self.results.get(timeout=0.05)
-                items = [item]
-                while len(items) < 1000:
-                    try:
-                        items.append(self.results.get_nowait())
-                    except queue.Empty:
-                        break
-            except queue.Empty:
-                items = []
-            now = time.monotonic()
-            for item in items:
-                if item is None:
-                    done = True
-                    continue
-                previous = pending.get(item.execution_id)
-                # A finished result supersedes "running" for the same run.
-                if previous is None or previous[0].state == "running":
-                    pending[item.execution_id] = (item, now)
-            for result in self._timeouts(now):
-                pending[result.execution_id] = (result, now)
-                self._release_job_lock(result.execution_id)
-            if pending:
-                pending = self._flush(pending)
-        close_old_connections()
-
-    def _timeouts(self, now: float) -> list[Result]:
-        expired = []
-        with self.lock:
-            for execution_id, started in self.started.items():
-                run = self.inflight.get(execution_id)
-                if run is None or execution_id in self.timed_out or not run.job.timeout:
-                    continue
-                if now - started > run.job.timeout:
-                    self.timed_out.add(execution_id)
-                    expired.append(
-                        self._failure(
-                            run, "timed_out", now - started,
-                            f"timed out after {run.job.timeout}s", "",
-                        )
-                    )  # fmt: skip
-        return expired
-
-    def _flush(self, pending: dict[int, tuple[Result, float]]) -> dict[int, tuple[Result, float]]:
-        """Write queued results; returns what could not be written (to retry)."""
-        now = time.monotonic()
-        batch = []
-        for result, queued_at in pending.values():
-            # Times are "ago" at the moment of writing: add how long it sat in the queue.
-            waited = now - queued_at
-            batch.append(
-                Result(
-                    result.execution_id,
-                    result.state,
-                    None if result.started_ago is None else result.started_ago + waited,
-                    None if result.finished_ago is None else result.finished_ago + waited,
-                    result.error,
-                    result.traceback,
-                    result.retry_delay,
-                    result.max_attempts,
-                    result.note,
-                )
-            )
-        try:
-            applied = claims.record_results(self.node_id, batch)
-        except CONNECTION_ERRORS as e:
-            # Writes are idempotent (guarded by state), so the whole batch is retried.
-            log.warning("could not record %s result(s) (%s); will retry", len(batch), e)
-            django_connection.close()
-            time.sleep(0.5)
-            return pending
-        metrics.record_results(batch, applied, self.inflight)  # before the runs leave inflight
-        # A timed-out run's thread is still busy with the job: it keeps its place in
-        # `inflight` (and so in the node's capacity) until the job really returns.
-        finished = [r.execution_id for r in batch if r.state not in ("running", "timed_out")]
-        with self.lock:
-            was_full = self.max_inflight - len(self.inflight) < self.batch
-            for execution_id in finished:
-                self.inflight.pop(execution_id, None)
-                self.started.pop(execution_id, None)
-                self.futures.pop(execution_id, None)
-                self.timed_out.discard(execution_id)
-        if finished and was_full:
-            self.wake.set()  # the loop stopped claiming for lack of room; there is room now
-        return {}
+            for result in batch:
+                self.inflight.pop(result.execution_id, None)
+        refused = [r.execution_id for r in batch if r.execution_id not in applied]
+        if refused:
+            log.warning("results refused for %s run(s) this node no longer owned (timed out, "
+                        "abandoned or cancelled meanwhile): %s", len(refused), refused)  # fmt: skip
 
     # --- shutdown -----------------------------------------------------------------------
 
     def shutdown(self) -> None:
         """Stop claiming, hand back unstarted runs, let running ones finish, then stop."""
         log.info("node %s stopping", self.node_id)
-        unstarted = [i for i, f in list(self.futures.items()) if f.cancel()]
         with self.lock:
+            unstarted = [run.id for run in self.ready]
+            self.ready.clear()
             for execution_id in unstarted:
                 self.inflight.pop(execution_id, None)
-                self.futures.pop(execution_id, None)
-        self._retry_db(lambda: claims.return_to_pending(self.node_id, unstarted))
+        clean = self._retry_db(lambda: claims.return_to_pending(self.node_id, unstarted))
         deadline = time.monotonic() + self.shutdown_grace
         while time.monotonic() < deadline:
             with self.lock:
                 if not self.inflight:
                     break
             time.sleep(0.05)
-        self.results.put(None)
-        if self.recorder is not None:
-            self.recorder.join(timeout=10)
+        unwritten = self.recorder.stop(RECORDER_STOP_TIMEOUT)
+        if unwritten:
+            log.error("could not record %s result(s) before stopping: %s", len(unwritten),
+                      unwritten)  # fmt: skip
         with self.lock:
             leftover = list(self.inflight)
         if leftover:
             log.warning("abandoning %s run(s) still going after the grace period", len(leftover))
-            self._retry_db(
+            clean = clean and self._retry_db(
                 lambda: claims.abandon_executions(
                     [self.node_id], "abandoned: node stopped before the run finished", leftover
                 )
             )
-        for execution_id in leftover:
-            self._release_job_lock(execution_id)
+        self.runner.release_all_job_locks()
         self._retry_db(self.leadership.resign)
-        self._retry_db(lambda: liveness.mark_stopped(self.node_id))
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        if clean:
+            self._retry_db(lambda: liveness.mark_stopped(self.node_id))
+        else:
+            # Marked stopped, its unfinished runs would be nobody's: left active, the node
+            # is declared dead once the database answers again, and they are recovered.
+            log.error("node %s leaves unfinished runs behind: the cluster will declare it "
+                      "dead and recover them", self.node_id)  # fmt: skip
+        self.runner.shutdown()
         log.info("node %s stopped", self.node_id)
 
-    def _retry_db(self, action, attempts: int = 5) -> None:
+    def _retry_db(self, action, attempts: int = 5) -> bool:
         for attempt in range(attempts):
             try:
                 action()
-                return
+                return True
             except CONNECTION_ERRORS as e:
                 log.warning("database unavailable during shutdown (%s)", e)
-                django_connection.close()
+                forget_connection()
                 time.sleep(0.5 * (attempt + 1))
+        return False

@@ -22,7 +22,7 @@ from __future__ import annotations
 import heapq
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from itertools import chain, islice
 from typing import Any
@@ -307,6 +307,16 @@ class FirePlan:
     #: The trigger's new next_fire_at: the first fire time this plan does not handle
     #: (possibly already due, when ``limit`` cut the plan short), or None when finished.
     next_fire_at: datetime | None
+
+    def with_at_most(self, fires: int) -> FirePlan:
+        """This plan cut to its first ``fires`` fires; the rest are left for a later claim.
+
+        Skipped times all come before the fired ones (they are the missed ones), so the
+        cut keeps them and the trigger resumes at the first fire time left out.
+        """
+        if len(self.fire) <= fires:
+            return self
+        return replace(self, fire=self.fire[:fires], next_fire_at=self.fire[fires])
 
 
 def plan_fires(trigger: Any, now: datetime, limit: int) -> FirePlan:

@@ -7,6 +7,14 @@ once: the worker claims the row with a conditional UPDATE from ``dispatched`` to
 runs nothing. While it runs, the worker heartbeats the row; if the worker dies, the
 heartbeat goes stale and the leader marks the execution abandoned (and recovers it where
 the job asks).
+
+Ownership before action, as on a node: the claim and each successful heartbeat renew the
+worker's liveness lease on the run. A worker paused or cut off past it (the leader may
+have abandoned the run meanwhile) asks the database before it starts the target, and
+every write it makes afterwards (heartbeat, result, lock release) is guarded by its
+ownership, so a worker that lost the run changes nothing. A lost connection at any step
+is retried; the result is retried until the database answers, with the heartbeat going
+on so that the run stays this worker's meanwhile.
 """
 
 from __future__ import annotations
@@ -22,12 +30,19 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import close_old_connections, connection
 
-from jobs import claims, context, registry
+from jobs import claims, context, joblocks, metrics, registry
 from jobs.claims import Result, Run
+from jobs.reconnect import CONNECTION_ERRORS, forget_connection, retry_on_disconnect
+from jobs.recorder import aged, write_results
 from jobs.retry import retry_delay
-from locks import leases
+from locks.liveness import LivenessLease, liveness_margin
 
 log = logging.getLogger("jobs.worker")
+
+# Executions this process is running now, so that a retried claim never adopts one of
+# them (a threads pool may receive a duplicate delivery while the first is running).
+_running_here: set[int] = set()
+_running_lock = threading.Lock()
 
 
 def worker_id(hostname: str | None = None) -> str:
@@ -39,22 +54,39 @@ def worker_id(hostname: str | None = None) -> str:
     return f"worker:{hostname or 'celery@' + socket.gethostname()}:{os.getpid()}"
 
 
+def execution_lease() -> LivenessLease:
+    timeout = settings.SCHEDULER_EXECUTION_TIMEOUT
+    return LivenessLease(timeout, liveness_margin(timeout, settings.SCHEDULER_EXECUTION_HEARTBEAT))
+
+
 class _Heartbeat(threading.Thread):
-    def __init__(self, execution_id: int, worker: str):
+    """Keeps the run's row fresh (and the lease renewed) until stopped or the run is lost."""
+
+    def __init__(self, execution_id: int, worker: str, lease: LivenessLease):
         super().__init__(name=f"heartbeat:{execution_id}", daemon=True)
         self.execution_id = execution_id
         self.worker = worker
+        self.lease = lease
         self.stopped = threading.Event()
+        self.lost = False
 
     def run(self) -> None:
         try:
             while not self.stopped.wait(settings.SCHEDULER_EXECUTION_HEARTBEAT):
                 try:
-                    with connection.cursor() as cursor:
-                        cursor.execute(claims.HEARTBEAT_EXECUTION, [self.execution_id, self.worker])
+                    sent = time.monotonic()
+                    if claims.heartbeat_execution(self.execution_id, self.worker):
+                        self.lease.renew(sent)
+                        continue
+                    self.lost = True
+                    self.lease.expire()
+                    log.warning("execution #%s is no longer this worker's (abandoned or "
+                                "cancelled while it ran)", self.execution_id)  # fmt: skip
+                    return
                 except Exception:  # a database hiccup: the next beat may succeed
-                    log.exception("heartbeat of execution #%s failed", self.execution_id)
-                    connection.close()
+                    log.warning("heartbeat of execution #%s failed", self.execution_id,
+                                exc_info=True)  # fmt: skip
+                    forget_connection()
         finally:
             connection.close()
 
@@ -66,25 +98,76 @@ class _Heartbeat(threading.Thread):
 def run_execution(execution_id: int, hostname: str | None = None) -> str:
     """Run one execution on this worker; returns what happened (for logs and tests)."""
     worker = worker_id(hostname)
-    close_old_connections()
-    run = claims.claim_on_worker(execution_id, worker)
+    _close_stale_connection()
+    lease = execution_lease()
+    sent = time.monotonic()
+    run = _claim(execution_id, worker)
     if run is None:
         log.info("execution #%s is not waiting to run (a repeated delivery?): not running "
                  "it again", execution_id)  # fmt: skip
         return "not-claimed"
-    job = run.job
-    lease = None
-    if job.concurrency_policy == "forbid":
-        lease = leases.acquire(job.lock_name, worker, job.lock_lease, execution_id=run.id)
-        if lease is None:
-            _record(worker, Result(run.id, "skipped", None, 0.0,
-                                   note=f"skipped: concurrency policy forbid; "
-                                        f"{job.lock_name} is held"))  # fmt: skip
-            return "skipped"
-        keeper = leases.Keepalive(lease, job.lock_lease)
-        keeper.start()
-    heartbeat = _Heartbeat(run.id, worker)
+    lease.renew(sent)
+    with _running_lock:
+        _running_here.add(run.id)
+    heartbeat = _Heartbeat(run.id, worker, lease)
     heartbeat.start()
+    try:
+        try:
+            result = _run(run, worker, lease)
+        except BaseException as e:
+            # Nothing may end a claimed run unrecorded: log it with the execution, record it.
+            log.exception("execution #%s: unexpected error in the worker", run.id)
+            metrics.record_internal_error("worker")
+            error = f"internal error: {type(e).__name__}: {e}"
+            result = _failure(run, "failed", 0.0, error, traceback.format_exc())
+        if result is None:
+            return "lost"
+        _record(worker, result)
+        return result.state
+    finally:
+        heartbeat.stop()
+        with _running_lock:
+            _running_here.discard(run.id)
+
+
+def _claim(execution_id: int, worker: str) -> Run | None:
+    try:
+        return claims.claim_on_worker(execution_id, worker)
+    except CONNECTION_ERRORS as e:
+        log.warning("execution #%s: connection lost while claiming it (%s); retrying",
+                    execution_id, e)  # fmt: skip
+        forget_connection()
+    with _running_lock:
+        adopt = execution_id not in _running_here
+    # The claim may have committed without its answer: a retry then takes back the row
+    # this worker already moved to running.
+    return retry_on_disconnect(
+        lambda: claims.claim_on_worker(execution_id, worker, adopt=adopt),
+        f"execution #{execution_id}: claiming it",
+    )
+
+
+def _run(run: Run, worker: str, lease: LivenessLease) -> Result | None:
+    if not lease.fresh():
+        # Paused or cut off since the claim, for long enough that the leader may have
+        # abandoned the run: start it only if the database says it is still ours.
+        sent = time.monotonic()
+        still_ours = retry_on_disconnect(
+            lambda: claims.heartbeat_execution(run.id, worker),
+            f"execution #{run.id}: confirming ownership",
+        )
+        if not still_ours:
+            log.warning("execution #%s was taken from this worker before it started; not "
+                        "running it", run.id)  # fmt: skip
+            metrics.record_dropped(1)
+            return None
+        lease.renew(sent)
+    job = run.job
+    held = None
+    if job.concurrency_policy == "forbid":
+        held, note = joblocks.take(job, worker, run.id)
+        if held is None:
+            return Result(run.id, "skipped", None, 0.0, note=note)
     started = time.monotonic()
     state, error, tb = "succeeded", "", ""
     token = context.running_as(
@@ -94,23 +177,22 @@ def run_execution(execution_id: int, hostname: str | None = None) -> str:
         _call_target(run)
     except SoftTimeLimitExceeded:
         state, error = "timed_out", f"timed out after {job.timeout}s (Celery time limit)"
-    except Exception as e:
+    except BaseException as e:  # the job's own failure, SystemExit included
         state, error, tb = "failed", f"{type(e).__name__}: {e}", traceback.format_exc()
     finally:
         context.finished(token)
-        heartbeat.stop()
-        if lease is not None:
-            keeper.stop()
-            try:
-                lease.release()
-            except leases.LockLost as e:
-                log.warning("job lock of execution #%s was lost while it ran: %s", run.id, e)
+        note, release = joblocks.release(held, run.id) if held is not None else ("", None)
     ran_for = time.monotonic() - started
-    delay = None
-    if state != "succeeded":
-        delay = retry_delay(run.attempt, job.max_attempts, job.retry_backoff)
-    _record(worker, Result(run.id, state, ran_for, 0.0, error, tb, delay, job.max_attempts))
-    return state
+    if state == "succeeded":
+        return Result(run.id, state, ran_for, 0.0, note=note, release=release)
+    return _failure(run, state, ran_for, error, tb, note, release)
+
+
+def _failure(run: Run, state: str, ran_for: float, error: str, tb: str, note: str = "",
+             release=None) -> Result:  # fmt: skip
+    job = run.job
+    delay = retry_delay(run.attempt, job.max_attempts, job.retry_backoff)
+    return Result(run.id, state, ran_for, 0.0, error, tb, delay, job.max_attempts, note, release)
 
 
 def _call_target(run: Run) -> None:
@@ -128,12 +210,46 @@ def _call_target(run: Run) -> None:
 
 
 def _record(worker: str, result: Result) -> None:
-    for attempt in range(5):
+    """Write the result, retrying until the database answers (the heartbeat goes on).
+
+    The write is guarded by ownership: a worker that lost the run changes nothing.
+    """
+    made = time.monotonic()
+    attempt = result
+    while True:
         try:
-            claims.record_results(worker, [result])
+            applied = write_results(worker, [aged(attempt, time.monotonic() - made)])
+            if result.execution_id not in applied:
+                log.warning("execution #%s: result refused, the run is no longer this "
+                            "worker's", result.execution_id)  # fmt: skip
             return
+        except CONNECTION_ERRORS as e:
+            log.warning("execution #%s: could not record the result (%s); retrying",
+                        result.execution_id, e)  # fmt: skip
+            forget_connection()
+            time.sleep(min(0.2 + (time.monotonic() - made) / 10, 2.0))
+        except SoftTimeLimitExceeded:
+            continue  # the job's time limit struck after the job: the write goes on
         except Exception:
-            log.exception("could not record execution #%s (attempt %s)",
-                          result.execution_id, attempt + 1)  # fmt: skip
-            connection.close()
-            time.sleep(0.5 * (attempt + 1))
+            if attempt is not result:
+                log.exception("execution #%s: could not record even a bare failure",
+                              result.execution_id)  # fmt: skip
+                return
+            log.exception("execution #%s: recording its result failed; recording a bare "
+                          "failure", result.execution_id)  # fmt: skip
+            metrics.record_internal_error("worker")
+            forget_connection()
+            attempt = Result(
+                result.execution_id,
+                "failed",
+                result.started_ago,
+                result.finished_ago,
+                "could not record the result of this run",
+            )
+
+
+def _close_stale_connection() -> None:
+    try:
+        close_old_connections()
+    except Exception:
+        forget_connection()

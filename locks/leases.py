@@ -138,12 +138,17 @@ class Lease:
         Raises LockLost if the lease was no longer this holder's: the lock was taken
         over or force released (nothing is changed), or it had expired (the lock is
         released all the same, since nobody else took it, but the protected work ran
-        for a while without the lock).
+        for a while without the lock). Releasing twice is harmless, so a release whose
+        answer was lost with the connection can simply be retried.
         """
         with transaction.atomic(), connection.cursor() as cursor:
             params = {"name": self.name, "token": self.token, "at_least": self.at_least}
             cursor.execute(SELECT_FOR_RELEASE, params)
             row = cursor.fetchone()
+            if row is not None and row[0] == self.token and row[1] == "":
+                # Released already with this token: only a release leaves the token as it
+                # was, so this is a repeat (a retry after the answer to the first was lost).
+                return
             if row is None or row[0] != self.token or row[1] != self.holder:
                 raise LockLost(self._lost_message("release"))
             _, _, still_valid, locked_until = row

@@ -5,6 +5,8 @@ Every "now" here is PostgreSQL's, so a node with a wrong clock is judged like an
 
 from __future__ import annotations
 
+import time
+
 from django.db import connection
 
 REGISTER_NODE = """
@@ -80,3 +82,41 @@ def mark_dead_nodes(by_node_id: str, timeout_seconds: float) -> list[str]:
     with connection.cursor() as cursor:
         cursor.execute(MARK_DEAD_NODES, [by_node_id, timeout_seconds, by_node_id])
         return [row[0] for row in cursor.fetchall()]
+
+
+class LivenessLease:
+    """How long this process may act as a live owner of its work, on its own clock.
+
+    Another node declares this one dead once its ``last_heartbeat`` is ``timeout``
+    seconds old in database time. ``renew`` takes the monotonic time at which the
+    successful heartbeat was *sent*: the row's ``now()`` is no earlier than that, so until
+    ``sent + timeout`` nobody can have declared this node dead. The lease stops short of
+    that by ``margin``, for clocks that run at slightly different rates and for the
+    moment between checking the lease and acting on it. A process that was paused or cut
+    off past the lease must ask the database (a heartbeat) before it starts anything.
+    The monotonic clock keeps running while a process is stopped, and no wall-clock step
+    moves it.
+    """
+
+    def __init__(self, timeout: float, margin: float):
+        if margin >= timeout:
+            raise ValueError("the liveness margin must be shorter than the timeout")
+        self.length = timeout - margin
+        self.valid_until = float("-inf")
+
+    def renew(self, sent_at: float) -> None:
+        self.valid_until = max(self.valid_until, sent_at + self.length)
+
+    def expire(self) -> None:
+        self.valid_until = float("-inf")
+
+    def fresh(self) -> bool:
+        return time.monotonic() < self.valid_until
+
+    def remaining(self) -> float:
+        return self.valid_until - time.monotonic()
+
+
+def liveness_margin(timeout: float, heartbeat_interval: float) -> float:
+    """The safety margin of a lease: two heartbeats, but at most a third of the timeout."""
+    return min(2 * heartbeat_interval, timeout / 3)

@@ -1,0 +1,186 @@
+"""Writing run results: one thread, batched statements, retried until they land.
+
+Run threads put a Result on the queue and move on. The recorder writes whatever has
+queued up in one transaction (claims.record_results), which also releases the job locks
+whose own release failed with the connection, so such a lock never outlives its
+recorded run. Times are written as "so long ago" and computed by PostgreSQL.
+
+A lost connection keeps the batch and tries again on a new connection, for as long as
+it takes (the writes are idempotent: guarded by state and node). Any other error is
+logged and counted, and the batch is written one result at a time, so that one bad
+result cannot hold back the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from django.db import transaction
+
+from jobs import claims, metrics
+from jobs.claims import Result
+from jobs.reconnect import CONNECTION_ERRORS, forget_connection
+from locks.leases import LockLost
+
+log = logging.getLogger("jobs.recorder")
+
+# Longest wait for more results before writing what has queued (also the timeout tick).
+TICK = 0.05
+# Wait after a lost connection before the batch is tried again.
+RECONNECT_WAIT = 0.2
+MAX_BATCH = 1000
+
+
+def aged(result: Result, waited: float) -> Result:
+    """``result`` as written ``waited`` seconds after it was made: its times are "so long
+    ago" at the moment of writing."""
+    return replace(
+        result,
+        started_ago=None if result.started_ago is None else result.started_ago + waited,
+        finished_ago=None if result.finished_ago is None else result.finished_ago + waited,
+    )
+
+
+def write_results(owner: str, batch: list[Result]) -> set[int]:
+    """Record results (and release the job locks they carry) in one transaction.
+
+    ``owner`` is the node or worker the runs belong to; returns the ids that took effect.
+    """
+    with transaction.atomic():
+        applied = claims.record_results(owner, batch)
+        for result in batch:
+            if result.release is not None:
+                try:
+                    result.release.release()
+                except LockLost:
+                    pass  # expired and taken over, or force released: nothing left to free
+    return applied
+
+
+class Recorder(threading.Thread):
+    """Writes run results in batches; ``stop`` flushes what is left."""
+
+    def __init__(
+        self,
+        node_id: str,
+        tick: Callable[[], list[Result]],
+        written: Callable[[list[Result], set[int]], None],
+    ):
+        super().__init__(name="recorder", daemon=True)
+        self.node_id = node_id
+        #: Called every TICK: results it returns are recorded too (the runs' timeouts).
+        self.tick = tick
+        #: Called after each successful write with the batch and the ids that took effect.
+        self.written = written
+        self.queue: queue.SimpleQueue[Result | None] = queue.SimpleQueue()
+        #: Results not yet written, by execution id, with when each was queued.
+        self.pending: dict[int, tuple[Result, float]] = {}
+        self.stopping = False
+        self.give_up = threading.Event()
+
+    def put(self, result: Result) -> None:
+        self.queue.put(result)
+
+    def stop(self, timeout: float) -> list[int]:
+        """Write what is queued, waiting at most ``timeout``; returns the ids left unwritten."""
+        self.queue.put(None)
+        self.join(timeout)
+        self.give_up.set()
+        self.join(1.0)
+        return list(self.pending)
+
+    def run(self) -> None:
+        while not (self.stopping and not self.pending) and not self.give_up.is_set():
+            try:
+                self._collect()
+                for result in self.tick():
+                    self.pending[result.execution_id] = (result, time.monotonic())
+                if self.pending:
+                    self._flush()
+            except BaseException:
+                # A bug here would silently stop every result from being written: log it,
+                # count it, and keep going.
+                log.exception("recorder: unexpected error")
+                metrics.record_internal_error("recorder")
+                self.give_up.wait(RECONNECT_WAIT)
+        forget_connection()
+
+    def _collect(self) -> None:
+        try:
+            items = [self.queue.get(timeout=TICK)]
+        except queue.Empty:
+            return
+        while len(items) < MAX_BATCH:
+            try:
+                items.append(self.queue.get_nowait())
+            except queue.Empty:
+                break
+        now = time.monotonic()
+        for item in items:
+            if item is None:
+                self.stopping = True
+            elif item.execution_id not in self.pending:
+                # The first final result wins: a timed-out run's late result changes nothing.
+                self.pending[item.execution_id] = (item, now)
+
+    def _flush(self) -> None:
+        batch = self._aged(self.pending.values())
+        try:
+            try:
+                applied = self._write(batch)
+            except CONNECTION_ERRORS:
+                raise
+            except Exception:
+                log.exception("recording %s result(s) failed; writing them one by one",
+                              len(batch))  # fmt: skip
+                metrics.record_internal_error("recorder")
+                forget_connection()
+                applied = self._write_one_by_one(batch)
+        except CONNECTION_ERRORS as e:
+            # The writes are guarded by state and node, so the whole batch is retried.
+            log.warning("could not record %s result(s) (%s); will retry", len(batch), e)
+            forget_connection()
+            self.give_up.wait(RECONNECT_WAIT)
+            return
+        self.pending = {}
+        self.written(batch, applied)
+
+    def _aged(self, pending) -> list[Result]:
+        now = time.monotonic()
+        return [aged(result, now - queued_at) for result, queued_at in pending]
+
+    def _write(self, batch: list[Result]) -> set[int]:
+        return write_results(self.node_id, batch)
+
+    def _write_one_by_one(self, batch: list[Result]) -> set[int]:
+        """After an unexpected error: write each result alone, so one cannot block the rest.
+
+        A result that still fails is written as a bare failure naming the problem; if even
+        that fails it is dropped with an error in the log (the run stays recorded as
+        running until its node stops or is declared dead). A lost connection is raised.
+        """
+        applied: set[int] = set()
+        for result in batch:
+            bare = Result(
+                result.execution_id,
+                "failed",
+                result.started_ago,
+                result.finished_ago,
+                "could not record the result of this run",
+            )
+            for attempt in (result, bare):
+                try:
+                    applied |= self._write([attempt])
+                    break
+                except CONNECTION_ERRORS:
+                    raise
+                except Exception:
+                    log.exception("execution #%s: recording its result failed",
+                                  result.execution_id)  # fmt: skip
+                    forget_connection()
+        return applied
