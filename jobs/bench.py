@@ -35,8 +35,15 @@ from psycopg import sql
 from jobs import claims
 
 MAINTENANCE_DB = "postgres"
-TARGETS = {"ratio": 0.7, "e2e_per_s": 5000.0, "lag_p99_ms": 20.0, "idle_qps": 1.0}
-SECTIONS = ("claim", "raw", "e2e", "lag", "idle", "celery")
+TARGETS = {
+    "ratio": 0.7,
+    "e2e_per_s": 5000.0,
+    "lag_p99_ms": 20.0,
+    "idle_qps": 1.0,
+    "mixed_start_lag_p99_ms": 50.0,
+    "mixed_max_share": 2.0,
+}
+SECTIONS = ("claim", "raw", "e2e", "lag", "idle", "mixed", "celery")
 # Seconds an idle node is left alone before its queries are counted. It settles within
 # a second or two; the rest is for pg_stat_database: a backend flushes its counters at
 # most once a second, and an idle one at the latest PGSTAT_IDLE_INTERVAL (10 s) later,
@@ -70,6 +77,12 @@ class Sizes:
     celery_concurrency: int = 2
     #: Seconds a Celery combination may run; the rate is then taken over what finished.
     celery_cap: float = 30.0
+    #: The mixed section: nodes, seconds of firing, every-second triggers, how many of
+    #: them run MIXED_SLOW_SECONDS (the others return at once).
+    mixed_nodes: int = 4
+    mixed_seconds: float = 60.0
+    mixed_triggers: int = 40
+    mixed_slow: int = 4
 
 
 QUICK = Sizes(
@@ -83,6 +96,10 @@ QUICK = Sizes(
     idle_window=10.0,
     celery_triggers=300,
     celery_cap=15.0,
+    mixed_nodes=2,
+    mixed_seconds=5.0,
+    mixed_triggers=10,
+    mixed_slow=1,
 )
 
 
@@ -404,6 +421,8 @@ def purge_queue(app: Celery, queue: str, delete: bool = False) -> int:
 # database), so they carry the models' defaults whatever columns are added later; the
 # backlogs are then cloned from the template in SQL, which is fast.
 INLINE_JOB = "bench: noop"
+# How long the slow job of the mixed section sleeps (its kwargs in SETUP_SCRIPT).
+MIXED_SLOW_SECONDS = 1.5
 # Its queue is set by the Celery section (bench_queue).
 CELERY_JOB = "bench: celery noop"
 SETUP_SCRIPT = """
@@ -412,11 +431,21 @@ from jobs.models import Job, Trigger
 job = Job.objects.create(name="bench: noop", target="demo.noop")
 Trigger.objects.create(job=job, kind="once", run_at=datetime(2000, 1, 1, tzinfo=UTC))
 Job.objects.create(name="bench: celery noop", target="demo.noop", executor="celery")
+Job.objects.create(name="bench: slow", target="demo.sleep", kwargs={"seconds": 1.5})
 """
 
 TEMPLATE = """
 CREATE TABLE bench_trigger_template AS SELECT * FROM jobs_trigger;
 DELETE FROM jobs_trigger;
+"""
+
+# Every-second triggers of the mixed section, made paused by the ORM (cron fields and all).
+MIXED_SCRIPT = """
+from jobs.models import Job, Trigger
+for name, count in (("bench: noop", {fast}), ("bench: slow", {slow})):
+    job = Job.objects.get(name=name)
+    for _ in range(count):
+        Trigger.objects.create(job=job, kind="cron", cron="* * * * * *", paused=True)
 """
 
 # One-off triggers a minute overdue, a microsecond apart (so ORDER BY next_fire_at has
@@ -501,6 +530,7 @@ class Results:
     celery: dict[int, EndToEnd] = field(default_factory=dict)
     #: The inline figure the Celery figures are printed beside.
     celery_inline: EndToEnd | None = None
+    mixed: dict | None = None
 
     def as_json(self) -> dict:
         ratio = None
@@ -527,6 +557,7 @@ class Results:
             **_end_to_end("e2e", self.e2e),
             **_prefixed("lag", self.lag, ("triggers", "p50_ms", "p99_ms", "max_ms")),
             **_prefixed("idle", self.idle, ("window_s", "transactions", "qps")),
+            **_prefixed("mixed", self.mixed, MIXED_KEYS),
             **self._celery_json(),
             "targets": TARGETS,
         }
@@ -546,6 +577,12 @@ class Results:
         figures["celery_inline_triggers"] = inline.triggers if inline else None
         figures["celery_inline_per_s"] = round(inline.per_s, 1) if inline else None
         return figures
+
+
+MIXED_KEYS = (
+    "nodes", "seconds", "runs", "start_lag_p50_ms", "start_lag_p99_ms", "start_lag_max_ms",
+    "node_shares", "max_share",
+)  # fmt: skip
 
 
 def _end_to_end(prefix: str, run: EndToEnd | None) -> dict:
@@ -601,6 +638,8 @@ class Bench:
                 self.section_e2e()
             if "idle" in sections or "lag" in sections:
                 self.section_idle_and_lag(sections)
+            if "mixed" in sections:
+                self.section_mixed()
             # Last: its worker processes are gone before anything else is measured.
             if "celery" in sections:
                 self.section_celery()
@@ -845,6 +884,76 @@ class Bench:
             f" {inline.per_s:>11.0f}  (inline executor, one node: {source}{note})"
         )
 
+    def section_mixed(self) -> None:
+        """Fast and slow every-second triggers on several nodes: how soon runs start, and
+        how the runs spread over the nodes (each node claims only what it can start)."""
+        s = self.sizes
+        self.progress(f"mixed: {s.mixed_nodes} nodes, {s.mixed_triggers} every-second triggers "
+                      f"({s.mixed_slow} slow), {s.mixed_seconds:g} s")  # fmt: skip
+        self.reset(0)
+        self.db.manage(
+            "shell",
+            "-c",
+            MIXED_SCRIPT.format(fast=s.mixed_triggers - s.mixed_slow, slow=s.mixed_slow),
+        )
+        conn = self.conn
+        with Nodes(self.db, s.mixed_nodes, None, self.log_dir, "mixed") as procs:
+            procs.wait_listening(conn)
+            start = conn.execute(
+                "UPDATE jobs_trigger SET paused = false,"
+                "  next_fire_at = date_trunc('second', now()) + interval '2 seconds'"
+                " RETURNING next_fire_at"
+            ).fetchone()[0]
+            deadline = time.monotonic() + 2 + s.mixed_seconds
+            while time.monotonic() < deadline:
+                time.sleep(0.5)
+                procs.check_alive()
+            conn.execute("UPDATE jobs_trigger SET paused = true")
+            drain_until = time.monotonic() + MIXED_SLOW_SECONDS + 30
+            while conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM jobs_execution"
+                " WHERE state IN ('pending', 'dispatched', 'running'))"
+            ).fetchone()[0]:
+                if time.monotonic() > drain_until:
+                    raise BenchError(f"mixed: runs did not finish\n{procs.logs()}")
+                time.sleep(0.2)
+        runs, p50, p99, worst = conn.execute(
+            "SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY lag),"
+            "       percentile_cont(0.99) WITHIN GROUP (ORDER BY lag), max(lag)"
+            " FROM (SELECT extract(epoch FROM started_at - scheduled_for) * 1000 AS lag"
+            "       FROM jobs_execution WHERE scheduled_for >= %s AND started_at IS NOT NULL) l",
+            [start],
+        ).fetchone()
+        per_node = dict(conn.execute(
+            "SELECT node, count(*) FROM jobs_execution WHERE scheduled_for >= %s"
+            " AND started_at IS NOT NULL GROUP BY node ORDER BY node", [start],
+        ).fetchall())  # fmt: skip
+        shares = {node: round(count / runs, 4) for node, count in per_node.items()}
+        max_share = max(shares.values()) * s.mixed_nodes if shares else 0.0
+        self.results.mixed = {
+            "nodes": s.mixed_nodes,
+            "seconds": s.mixed_seconds,
+            "runs": runs,
+            "start_lag_p50_ms": round(float(p50), 2),
+            "start_lag_p99_ms": round(float(p99), 2),
+            "start_lag_max_ms": round(float(worst), 2),
+            "node_shares": shares,
+            "max_share": round(max_share, 2),
+        }
+        self.out(f"\nMixed load: {s.mixed_nodes} nodes, {s.mixed_triggers} every-second triggers"
+                 f" for {s.mixed_seconds:g} s, {s.mixed_slow} of them sleeping"
+                 f" {MIXED_SLOW_SECONDS:g} s")  # fmt: skip
+        self.out("   start lag = started_at (the run's confirmed start) - scheduled_for")
+        self.out(f"   runs                   {runs:>9}")
+        self.out(f"   start lag p50 ms       {float(p50):>9.2f}")
+        self.out(f"   start lag p99 ms       {float(p99):>9.2f}"
+                 f"   target <= {TARGETS['mixed_start_lag_p99_ms']:g}")  # fmt: skip
+        self.out(f"   start lag max ms       {float(worst):>9.2f}")
+        self.out(f"   largest node share     {max_share:>9.2f}x fair"
+                 f"   target <= {TARGETS['mixed_max_share']:g}x")  # fmt: skip
+        for node, share in shares.items():
+            self.out(f"     {node:<28} {share:>7.1%}")
+
     def section_idle_and_lag(self, sections: tuple[str, ...]) -> None:
         """One node, started on an empty database: measured idle, then (already running
         and idle) given triggers spread over time."""
@@ -948,6 +1057,8 @@ def sizes_from_options(
     idle_seconds: float | None,
     celery_triggers: int | None = None,
     worker_concurrency: int | None = None,
+    mixed_seconds: float | None = None,
+    mixed_nodes: int | None = None,
 ) -> Sizes:
     sizes = QUICK if quick else Sizes()
     overrides = {
@@ -958,5 +1069,7 @@ def sizes_from_options(
         "idle_window": idle_seconds,
         "celery_triggers": celery_triggers,
         "celery_concurrency": worker_concurrency,
+        "mixed_seconds": mixed_seconds,
+        "mixed_nodes": mixed_nodes,
     }
     return replace(sizes, **{k: v for k, v in overrides.items() if v is not None})

@@ -40,6 +40,13 @@ LIMIT %s
 FOR UPDATE OF t SKIP LOCKED
 """
 
+# The same for the triggers of celery jobs only: a node with no free thread still
+# publishes those. Walks the (few) celery jobs and their triggers through the job_id
+# index rather than every due trigger.
+SELECT_DUE_CELERY_TRIGGERS = SELECT_DUE_TRIGGERS.replace(
+    "WHERE t.next_fire_at <= now()", "WHERE j.executor = 'celery' AND t.next_fire_at <= now()"
+)
+
 # One row per fire time. The partial unique index one_execution_per_fire is the
 # idempotency key: whatever two nodes race on, a fire time is recorded at most once.
 # Fires this node will hand to a free thread at once are recorded already running (the
@@ -48,19 +55,21 @@ FOR UPDATE OF t SKIP LOCKED
 INSERT_FIRES = """
 INSERT INTO jobs_execution
     (job_id, trigger_id, scheduled_for, origin, state, attempt, args, kwargs, node,
-     created_at, run_after, dispatched_at, started_at, finished_at, error, traceback, note)
+     created_at, run_after, dispatched_at, started_at, finished_at, error, traceback, note,
+     fence)
 SELECT v.job_id, v.trigger_id, v.scheduled_for, 'schedule', v.state, 1, j.args, j.kwargs,
        CASE WHEN v.state = 'skipped' THEN '' ELSE %s END,
        now(), now(),
        CASE WHEN v.state <> 'skipped' THEN now() END,
        CASE WHEN v.state = 'running' THEN clock_timestamp() END,
        CASE WHEN v.state = 'skipped' THEN now() END,
-       '', '', v.note
+       '', '', v.note,
+       CASE WHEN v.state = 'running' THEN nextval('jobs_execution_fence_seq') END
 FROM unnest(%s::bigint[], %s::bigint[], %s::timestamptz[], %s::text[], %s::text[])
      AS v(job_id, trigger_id, scheduled_for, state, note)
 JOIN jobs_job j ON j.id = v.job_id
 ON CONFLICT (trigger_id, scheduled_for) WHERE origin = 'schedule' DO NOTHING
-RETURNING id, job_id, trigger_id, scheduled_for, state, attempt, args, kwargs
+RETURNING id, job_id, trigger_id, scheduled_for, state, attempt, args, kwargs, fence
 """
 
 ADVANCE_TRIGGERS = """
@@ -79,7 +88,7 @@ WHERE t.id = v.id
 SELECT_PENDING = """
 SELECT p.id, j.executor FROM jobs_execution p
 JOIN jobs_job j ON j.id = p.job_id
-WHERE p.state = 'pending' AND p.run_after <= now()
+WHERE p.state = 'pending' AND p.run_after <= now() AND (%s OR j.executor = 'celery')
 ORDER BY p.run_after
 LIMIT %s
 FOR UPDATE OF p SKIP LOCKED
@@ -91,9 +100,11 @@ TAKE_PENDING = """
 UPDATE jobs_execution e
 SET state = CASE WHEN e.id = ANY(%(start)s) THEN 'running' ELSE 'dispatched' END,
     node = %(node)s, dispatched_at = now(),
-    started_at = CASE WHEN e.id = ANY(%(start)s) THEN clock_timestamp() END
+    started_at = CASE WHEN e.id = ANY(%(start)s) THEN clock_timestamp() END,
+    fence = CASE WHEN e.id = ANY(%(start)s) THEN nextval('jobs_execution_fence_seq') END
 WHERE e.id = ANY(%(ids)s) AND e.state = 'pending'
-RETURNING e.id, e.job_id, e.trigger_id, e.scheduled_for, e.state, e.attempt, e.args, e.kwargs
+RETURNING e.id, e.job_id, e.trigger_id, e.scheduled_for, e.state, e.attempt, e.args, e.kwargs,
+          e.fence
 """
 
 # Ownership before a run starts: a node hands a claimed run to a thread only once this
@@ -105,9 +116,11 @@ RETURNING e.id, e.job_id, e.trigger_id, e.scheduled_for, e.state, e.attempt, e.a
 # re-checks them after a pause), and runs whose earlier confirmation committed without
 # the answer reaching the node. Uses the primary key.
 CONFIRM_START = """
-UPDATE jobs_execution SET state = 'running', started_at = clock_timestamp()
+UPDATE jobs_execution
+SET state = 'running', started_at = clock_timestamp(),
+    fence = nextval('jobs_execution_fence_seq')
 WHERE id = ANY(%s) AND node = %s AND state IN ('dispatched', 'running')
-RETURNING id
+RETURNING id, fence
 """
 
 JOB_SETTINGS = """
@@ -203,7 +216,8 @@ WHERE id = ANY(%s) AND state = 'dispatched'
 """
 
 OWN_UNPUBLISHED = """
-SELECT e.id, e.job_id, e.trigger_id, e.scheduled_for, e.state, e.attempt, e.args, e.kwargs
+SELECT e.id, e.job_id, e.trigger_id, e.scheduled_for, e.state, e.attempt, e.args, e.kwargs,
+       e.fence
 FROM jobs_execution e JOIN jobs_job j ON j.id = e.job_id
 WHERE e.node = %s AND e.state = 'dispatched' AND e.published_at IS NULL
   AND j.executor = 'celery'
@@ -244,13 +258,15 @@ ORDER BY e.published_at LIMIT 1000
 CLAIM_ON_WORKER = """
 UPDATE jobs_execution e
 SET state = 'running', node = %(worker)s, heartbeat_at = now(),
-    started_at = CASE WHEN e.state = 'dispatched' THEN clock_timestamp() ELSE e.started_at END
+    started_at = CASE WHEN e.state = 'dispatched' THEN clock_timestamp() ELSE e.started_at END,
+    fence = CASE WHEN e.state = 'dispatched' THEN nextval('jobs_execution_fence_seq')
+                 ELSE e.fence END
 FROM jobs_job j
 WHERE e.id = %(id)s AND j.id = e.job_id
   AND (e.state = 'dispatched' OR (%(adopt)s AND e.state = 'running' AND e.node = %(worker)s))
 RETURNING e.id, e.job_id, e.trigger_id, e.scheduled_for, e.attempt, e.args, e.kwargs,
           j.id, j.name, j.target, j.timeout, j.max_attempts, j.retry_backoff, j.recover,
-          j.concurrency_policy, j.executor, j.celery_task, j.queue
+          j.concurrency_policy, j.executor, j.celery_task, j.queue, e.fence
 """
 
 # Only the worker running it may heartbeat it, and only while it is running.
@@ -299,6 +315,8 @@ class Run:
     #: As claimed: "running" (the claim confirmed its start) or "dispatched" (claimed
     #: ahead of a free thread, or for Celery: confirm_start before running it).
     state: str = "dispatched"
+    #: The fencing token of this start (see Execution.fence); set once the start is confirmed.
+    fence: int | None = None
 
 
 @dataclass(frozen=True)
@@ -356,7 +374,7 @@ def decode_json(value):
 def _runs_from_rows(rows) -> list[Run]:
     return [
         Run(id=r[0], job_id=r[1], trigger_id=r[2], scheduled_for=r[3], attempt=r[5],
-            args=decode_json(r[6]), kwargs=decode_json(r[7]), state=r[4])
+            args=decode_json(r[6]), kwargs=decode_json(r[7]), state=r[4], fence=r[8])
         for r in rows
         if r[4] in ("dispatched", "running")
     ]  # fmt: skip
@@ -399,12 +417,14 @@ def claim_due_triggers(
 
     At most ``inline_room`` fires of inline jobs are taken (the node claims only what it
     can start soon), the first ``start_now`` of them recorded running; celery fires are
-    not limited by the node's threads. Due triggers beyond the room are left as they are
-    (their row locks go with the commit) for a node with free threads.
+    not limited by the node's threads. With no inline room, only celery jobs' triggers
+    are looked at. Due triggers beyond the room are left as they are (their row locks go
+    with the commit) for a node with free threads.
     """
     claimed = Claimed()
+    select = SELECT_DUE_TRIGGERS if inline_room > 0 else SELECT_DUE_CELERY_TRIGGERS
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(SELECT_DUE_TRIGGERS, [limit])
+        cursor.execute(select, [limit])
         rows = cursor.fetchall()
         if not rows:
             return claimed
@@ -467,7 +487,7 @@ def claim_on_worker(execution_id: int, worker: str, adopt: bool = False) -> Run 
         return None
     return Run(id=row[0], job_id=row[1], trigger_id=row[2], scheduled_for=row[3],
                attempt=row[4], args=decode_json(row[5]), kwargs=decode_json(row[6]),
-               job=JobSettings(*row[7:18]), state="running")  # fmt: skip
+               job=JobSettings(*row[7:18]), state="running", fence=row[18])  # fmt: skip
 
 
 def claim_pending_executions(
@@ -478,7 +498,7 @@ def claim_pending_executions(
     Returns the runs and how many runnable ones were left for lack of room.
     """
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(SELECT_PENDING, [limit])
+        cursor.execute(SELECT_PENDING, [inline_room > 0, limit])
         take, start, left = [], [], 0
         for execution_id, executor in cursor.fetchall():
             if executor == "celery":
@@ -506,13 +526,16 @@ def heartbeat_execution(execution_id: int, worker: str) -> bool:
         return cursor.rowcount == 1
 
 
-def confirm_start(node_id: str, execution_ids: list[int]) -> set[int]:
-    """Move claimed runs to running while this node still owns them; returns those it may start."""
+def confirm_start(node_id: str, execution_ids: list[int]) -> dict[int, int]:
+    """Move claimed runs to running while this node still owns them.
+
+    Returns the ones it may start, with their fencing tokens.
+    """
     if not execution_ids:
-        return set()
+        return {}
     with connection.cursor() as cursor:
         cursor.execute(CONFIRM_START, [execution_ids, node_id])
-        return {row[0] for row in cursor.fetchall()}
+        return dict(cursor.fetchall())
 
 
 @dataclass(frozen=True)

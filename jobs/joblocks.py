@@ -79,15 +79,20 @@ def release(held: HeldJobLock, execution_id: int) -> tuple[str, leases.Lease | N
     name = held.lease.name
     try:
         retry_on_disconnect(
-            held.lease.release, f"execution #{execution_id}: releasing lock {name}",
+            held.lease.release,
+            f"execution #{execution_id}: releasing lock {name}",
             attempts=RELEASE_ATTEMPTS,
-        )  # fmt: skip
+        )
     except leases.LockLost as e:
         log.warning("job lock of execution #%s was lost while it ran: %s", execution_id, e)
         return f"job lock lost while the run held it: {e}", None
     except CONNECTION_ERRORS as e:
-        log.warning("execution #%s: could not release lock %s (%s); it is released with "
-                    "the result", execution_id, name, e)  # fmt: skip
+        log.warning(
+            "execution #%s: could not release lock %s (%s); it is released with the result",
+            execution_id,
+            name,
+            e,
+        )
         return f"the job lock's release failed ({e}); released with this result", held.lease
     if held.keeper.lost is not None:
         return f"job lock lost while the run held it: {held.keeper.lost}", None

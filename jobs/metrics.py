@@ -102,6 +102,13 @@ INTERNAL_ERRORS = Counter(
     ["thread"],
     registry=REGISTRY,
 )
+START_CONFIRMATIONS = Histogram(
+    "scheduler_start_confirmation_size",
+    "Runs whose start one CONFIRM_START confirmed (runs claimed ahead of a free thread; "
+    "the threads starting runs at the same moment share one).",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+    registry=REGISTRY,
+)
 RUNS_DROPPED = Counter(
     "scheduler_runs_dropped",
     "Claimed runs this node did not start because it no longer owned them (it was "
@@ -200,3 +207,7 @@ def record_internal_error(thread: str) -> None:
 def record_dropped(count: int) -> None:
     if count:
         RUNS_DROPPED.inc(count)
+
+
+def record_start_confirmation(size: int) -> None:
+    START_CONFIRMATIONS.observe(size)

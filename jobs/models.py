@@ -346,6 +346,12 @@ class Execution(models.Model):
     heartbeat_at = models.DateTimeField(
         null=True, blank=True, help_text="The Celery worker running it last said it was alive."
     )
+    fence = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Fencing token: drawn from one sequence each time a node or worker starts "
+        "the run, so whoever holds the run now has a larger one than anyone before.",
+    )
 
     class Meta:
         permissions = [("rerun_execution", "Can rerun an execution")]

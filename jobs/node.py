@@ -1,19 +1,20 @@
 """The scheduler node: a loop of small steps, each callable from a test.
 
-heartbeat -> recover_dead -> start_ready -> claim_pending / claim_due -> sleep.
+heartbeat -> recover_dead -> claim_pending / claim_due -> sleep.
 
-Claimed runs go to a Runner (jobs/runner.py: threads that start a run only while the node
-owns it), their results to a Recorder (jobs/recorder.py: batched writes that survive a
-lost connection), and a listener thread wakes the loop on NOTIFY.
+Claimed runs are queued for a Runner (jobs/runner.py: threads that start a run only while
+the node owns it), their results go to a Recorder (jobs/recorder.py: batched writes that
+survive a lost connection), and a listener thread wakes the loop on NOTIFY.
 
-Ownership comes before action. The node claims only what it can start soon (its free
-threads, plus a short prefetch), and a claimed run starts only once the database has
-confirmed, in one batched UPDATE, that the node still owns it; the claim itself confirms
-the runs it hands straight to a free thread. Until its liveness lease (the time since
-its last successful heartbeat, on the monotonic clock) runs out, nobody can have declared
-it dead; past that it asks the database before it starts anything, and a node that finds
-it was declared dead drops whatever it had not started (the cluster has taken it back)
-before registering again. Every decision about time is made by PostgreSQL.
+Ownership comes before action. The node claims only what it can start soon: its free
+threads, plus a prefetch while its runs are quick, so that due fires go to nodes with
+free threads. A claimed run starts only once the database has confirmed that the node
+still owns it: the claim itself, for runs claimed for a free thread, or one UPDATE that
+the runner's threads share. Until its liveness lease (the time since its last successful
+heartbeat, on the monotonic clock) runs out, nobody can have declared the node dead; past
+that it asks the database before it starts anything, and a node that finds it was
+declared dead drops whatever it had not started (the cluster has taken it back) before
+registering again. Every decision about time is made by PostgreSQL.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import secrets
 import socket
 import threading
 import time
-from collections import deque
 
 from django.conf import settings
 from django.db import connection as django_connection
@@ -112,15 +112,21 @@ class Node:
         self.lease = liveness.LivenessLease(
             self.node_timeout, liveness.liveness_margin(self.node_timeout, self.heartbeat_interval)
         )
-        #: Claimed (dispatched to this node) inline runs waiting for a free thread.
-        self.ready: deque[Run] = deque()
+        # One heartbeat at a time: the loop's, or a runner thread's that found the lease out.
+        self.liveness_lock = threading.Lock()
         #: Every inline run this node claimed whose result is not written yet.
         self.inflight: dict[int, Run] = {}
         self.recorder = Recorder(self.node_id, tick=self._timeouts, written=self._written)
         self.runner = Runner(
-            self.node_id, self.threads, self.lease, results=self.recorder.put,
-            hand_back=self._hand_back, freed=self._thread_freed, stopping=self.stopping,
-        )  # fmt: skip
+            self.node_id,
+            self.threads,
+            self.lease,
+            results=self.recorder.put,
+            prove_alive=self.prove_alive,
+            dropped=self._dropped,
+            freed=self._thread_freed,
+            quick=self.prefetch_wait,
+        )
         self.next_heartbeat = 0.0
         # False only while the node knows nothing can be due (it slept short of the due
         # time, e.g. to heartbeat): an idle node then costs no claim queries.
@@ -161,6 +167,7 @@ class Node:
         self.connected_since = sent
         self.next_heartbeat = time.monotonic() + self.heartbeat_interval
         self.recorder.start()
+        self.runner.start()
         self.listener = Listener(self.wake, self.stopping)
         self.listener.start()
         log.info("node %s started (batch %s, threads %s)", self.node_id, self.batch, self.threads)
@@ -199,9 +206,9 @@ class Node:
                 self.adopt_orphans()
             if time.monotonic() >= self.next_heartbeat or not self.lease.fresh():
                 self.heartbeat()
-            found = self.start_ready() > 0
+            found = False
             if self.maybe_due:
-                found = self.claim_pending() + self.claim_due() > 0 or found
+                found = self.claim_pending() + self.claim_due() > 0
             if not found:
                 self.sleep()
             return found
@@ -224,15 +231,25 @@ class Node:
         self.next_heartbeat = time.monotonic() + self.heartbeat_interval
         if self.unpublished:
             self.publish(claims.own_unpublished(self.node_id))
-        sent = time.monotonic()
-        alive, others_overdue = liveness.heartbeat(self.node_id, self.node_timeout)
-        if alive:
-            self.lease.renew(sent)
-        else:
-            self.rejoin()
+        alive, others_overdue = self._beat()
         if self.leadership.refresh():
             self.maintain(others_overdue)
         return alive
+
+    def prove_alive(self) -> bool:
+        """Heartbeat now, for a runner thread whose lease ran out: whether the node was still
+        alive (if it had been declared dead, it has rejoined by the time this returns)."""
+        return self._beat()[0]
+
+    def _beat(self) -> tuple[bool, bool]:
+        with self.liveness_lock:
+            sent = time.monotonic()
+            alive, others_overdue = liveness.heartbeat(self.node_id, self.node_timeout)
+            if alive:
+                self.lease.renew(sent)
+            else:
+                self.rejoin()
+        return alive, others_overdue
 
     def rejoin(self) -> None:
         """Declared dead while alive: drop every run not yet started, then register again.
@@ -242,15 +259,14 @@ class Node:
         stopped), but their results will be refused.
         """
         self.lease.expire()
-        with self.lock:
-            dropped = list(self.ready)
-            self.ready.clear()
-            for run in dropped:
-                self.inflight.pop(run.id, None)
-        log.error("node %s was declared dead by another node (a long pause or a partition): "
-                  "dropping %s claimed run(s) it had not started; registering again",
-                  self.node_id, len(dropped))  # fmt: skip
-        metrics.record_dropped(len(dropped))
+        dropped = self.runner.take_waiting()
+        log.error(
+            "node %s was declared dead by another node (a long pause or a partition): "
+            "dropping %s claimed run(s) it had not started; registering again",
+            self.node_id,
+            len(dropped),
+        )
+        self._dropped(dropped, "the node had been declared dead")
         sent = time.monotonic()
         liveness.register_node(self.node_id, socket.gethostname(), os.getpid(), VERSION)
         self.lease.renew(sent)
@@ -296,8 +312,12 @@ class Node:
             # Its job locks would otherwise make the recovery runs of `forbid` jobs skip.
             maintenance.release_locks_of(dead, f"node:{self.node_id}", "holder node declared dead")
         metrics.record_recoveries(recovered)
-        log.warning("declared dead: %s; %s unstarted run(s) back to pending, %s recovery run(s) "
-                    "queued", ", ".join(dead), returned, recovered)  # fmt: skip
+        log.warning(
+            "declared dead: %s; %s unstarted run(s) back to pending, %s recovery run(s) queued",
+            ", ".join(dead),
+            returned,
+            recovered,
+        )
         return len(dead)
 
     def recover_silent_executions(self) -> int:
@@ -325,57 +345,39 @@ class Node:
 
     def prefetch(self) -> int:
         """Inline runs to claim beyond the free threads: as many as the node expects to
-        start within SCHEDULER_PREFETCH_WAIT, from the mean duration of its recent runs."""
+        start within SCHEDULER_PREFETCH_WAIT, judging by its recent runs; none while any
+        thread has been on a run for longer than that (it may be a slow one)."""
+        if not self.prefetch_max or self.runner.busy_for() > self.prefetch_wait:
+            return 0
         mean = self.runner.mean_run_seconds()
-        if not self.prefetch_max or mean is None:
+        if mean is None:
             return 0
         expected = self.threads * self.prefetch_wait / max(mean, 1e-6)
         return min(self.prefetch_max, int(expected))
 
     def room(self) -> tuple[int, int]:
-        """(inline runs that can start at once, inline runs the node may claim now)."""
-        with self.lock:
-            waiting = len(self.ready)
-        free = self.runner.free_threads()
-        return max(free - waiting, 0), max(free + self.prefetch() - waiting, 0)
+        """(inline runs that can start at once, inline runs the node may claim now).
 
-    def start_ready(self) -> int:
-        """Confirm and start claimed runs that have a free thread now; returns how many."""
-        if not self.ready or not self.runner.free_threads():
-            return 0
-        if not self.lease.fresh():
-            self.heartbeat()  # it drops every waiting run if the node was declared dead
-        with self.lock:
-            count = min(len(self.ready), self.runner.free_threads())
-            runs = [self.ready.popleft() for _ in range(count)]
-        if not runs:
-            return 0
-        try:
-            confirmed = claims.confirm_start(self.node_id, [run.id for run in runs])
-        except CONNECTION_ERRORS:
-            with self.lock:
-                self.ready.extendleft(reversed(runs))  # not started: they wait, in order
-            raise
-        lost = [run for run in runs if run.id not in confirmed]
-        if lost:
-            # Returned to pending (this node was declared dead), or ended by someone else.
-            with self.lock:
-                for run in lost:
-                    self.inflight.pop(run.id, None)
-            log.warning("not starting %s run(s) this node no longer owns: %s",
-                        len(lost), [run.id for run in lost])  # fmt: skip
-            metrics.record_dropped(len(lost))
-        self.runner.start([run for run in runs if run.id in confirmed])
-        return len(confirmed)
+        Free threads are always claimed for. With a prefetch, the node tops its queue up
+        only once it is half empty, so that quick runs are claimed in batches rather than
+        one per freed thread.
+        """
+        idle, waiting = self.runner.idle_threads(), self.runner.waiting()
+        prefetch = self.prefetch()
+        start_now = max(idle - waiting, 0)
+        queued = max(waiting - idle, 0)  # claimed runs that will wait for a thread
+        if not start_now and queued > prefetch // 2:
+            return 0, 0
+        return start_now, start_now + max(prefetch - queued, 0)
 
     def claim_due(self) -> int:
         """Claim due triggers and dispatch their fires; returns triggers claimed."""
         if self.stopping.is_set():
             return 0
         start_now, room = self.room()
-        # Celery runs only need publishing: with Celery jobs about, claim a whole batch
-        # and let claim_due_triggers keep the inline fires within the room.
-        limit = self.batch if self.celery_jobs else min(self.batch, room)
+        # With no room for inline runs, celery runs (which only need publishing) are
+        # still claimed, a whole batch of them.
+        limit = min(self.batch, room) if room else self.batch * self.celery_jobs
         if limit <= 0:
             self.wants_room = True
             return 0
@@ -404,7 +406,7 @@ class Node:
         if self.draining and now < self.next_pending_check:
             return 0
         start_now, room = self.room()
-        limit = self.batch if self.celery_jobs else min(self.batch, room)
+        limit = min(self.batch, room) if room else self.batch * self.celery_jobs
         if limit <= 0:
             return 0
         self.next_pending_check = now + PENDING_CHECK_WHILE_DRAINING
@@ -419,7 +421,7 @@ class Node:
         return len(runs)
 
     def dispatch(self, runs: list[Run]) -> None:
-        """Start inline runs claimed as running, queue the others, publish celery runs."""
+        """Queue inline runs for the runner's threads, and publish celery runs."""
         remote = [run for run in runs if run.job.executor == "celery"]
         if remote:
             self.publish(remote)
@@ -427,8 +429,7 @@ class Node:
         with self.lock:
             for run in local:
                 self.inflight[run.id] = run
-            self.ready.extend(run for run in local if run.state == "dispatched")
-        self.runner.start([run for run in local if run.state == "running"])
+        self.runner.queue(local)
 
     def publish(self, runs: list[Run]) -> int:
         """Publish celery runs (already committed as dispatched); returns how many went."""
@@ -440,8 +441,8 @@ class Node:
 
     def sleep(self) -> None:
         """Sleep until the next due time (asked of the database), a NOTIFY, or the poll."""
-        if not self.runner.free_threads() and not self.celery_jobs:
-            # Nothing can be claimed until a thread frees up, which wakes the loop.
+        if not self.room()[1] and not self.celery_jobs:
+            # Nothing can be claimed until threads free up, which wakes the loop.
             self.wants_room = True
             timeout = self.poll_interval
         else:
@@ -469,21 +470,27 @@ class Node:
         with self.lock:
             orphans = [i for i in ids if i not in self.inflight]
         if orphans:
-            log.warning("returning %s run(s) claimed before a lost connection to pending",
-                        len(orphans))  # fmt: skip
+            log.warning(
+                "returning %s run(s) claimed before a lost connection to pending", len(orphans)
+            )
             claims.return_to_pending(self.node_id, orphans)
         self.connection_lost = False
         self.connected_since = time.monotonic()
 
     # --- callbacks from the runner's and the recorder's threads -------------------------
 
-    def _hand_back(self, run: Run) -> None:
-        """A thread did not start ``run`` (the lease ran out): it is confirmed again first."""
+    def _dropped(self, runs: list[Run], reason: str) -> None:
+        """Claimed runs not started because the node no longer owns them."""
+        if not runs:
+            return
         with self.lock:
-            self.ready.appendleft(run)
+            for run in runs:
+                self.inflight.pop(run.id, None)
+        log.warning("not starting %s run(s): %s: %s", len(runs), reason, [r.id for r in runs])
+        metrics.record_dropped(len(runs))
 
     def _thread_freed(self) -> None:
-        if self.ready or self.wants_room:
+        if self.wants_room and self.room()[1]:
             self.wake.set()
 
     def _timeouts(self) -> list[Result]:
@@ -496,17 +503,21 @@ class Node:
                 self.inflight.pop(result.execution_id, None)
         refused = [r.execution_id for r in batch if r.execution_id not in applied]
         if refused:
-            log.warning("results refused for %s run(s) this node no longer owned (timed out, "
-                        "abandoned or cancelled meanwhile): %s", len(refused), refused)  # fmt: skip
+            log.warning(
+                "results refused for %s run(s) this node no longer owned (timed out, "
+                "abandoned or cancelled meanwhile): %s",
+                len(refused),
+                refused,
+            )
 
     # --- shutdown -----------------------------------------------------------------------
 
     def shutdown(self) -> None:
         """Stop claiming, hand back unstarted runs, let running ones finish, then stop."""
         log.info("node %s stopping", self.node_id)
+        self.runner.stop()
+        unstarted = [run.id for run in self.runner.take_waiting()]
         with self.lock:
-            unstarted = [run.id for run in self.ready]
-            self.ready.clear()
             for execution_id in unstarted:
                 self.inflight.pop(execution_id, None)
         clean = self._retry_db(lambda: claims.return_to_pending(self.node_id, unstarted))
@@ -518,8 +529,9 @@ class Node:
             time.sleep(0.05)
         unwritten = self.recorder.stop(RECORDER_STOP_TIMEOUT)
         if unwritten:
-            log.error("could not record %s result(s) before stopping: %s", len(unwritten),
-                      unwritten)  # fmt: skip
+            log.error(
+                "could not record %s result(s) before stopping: %s", len(unwritten), unwritten
+            )
         with self.lock:
             leftover = list(self.inflight)
         if leftover:
@@ -536,9 +548,11 @@ class Node:
         else:
             # Marked stopped, its unfinished runs would be nobody's: left active, the node
             # is declared dead once the database answers again, and they are recovered.
-            log.error("node %s leaves unfinished runs behind: the cluster will declare it "
-                      "dead and recover them", self.node_id)  # fmt: skip
-        self.runner.shutdown()
+            log.error(
+                "node %s leaves unfinished runs behind: the cluster will declare it dead "
+                "and recover them",
+                self.node_id,
+            )
         log.info("node %s stopped", self.node_id)
 
     def _retry_db(self, action, attempts: int = 5) -> bool:

@@ -136,8 +136,7 @@ class Recorder(threading.Thread):
             except CONNECTION_ERRORS:
                 raise
             except Exception:
-                log.exception("recording %s result(s) failed; writing them one by one",
-                              len(batch))  # fmt: skip
+                log.exception("recording %s result(s) failed; writing them one by one", len(batch))
                 metrics.record_internal_error("recorder")
                 forget_connection()
                 applied = self._write_one_by_one(batch)
@@ -180,7 +179,6 @@ class Recorder(threading.Thread):
                 except CONNECTION_ERRORS:
                     raise
                 except Exception:
-                    log.exception("execution #%s: recording its result failed",
-                                  result.execution_id)  # fmt: skip
+                    log.exception("execution #%s: recording its result failed", result.execution_id)
                     forget_connection()
         return applied

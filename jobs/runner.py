@@ -1,15 +1,19 @@
 """Running inline executions on a node's threads.
 
-The node hands a run to the runner only when a thread is free for it (it claims no more
-than it can start: see jobs/node.py) and only once the database has confirmed that the
-node owns it (claims.CONFIRM_START, or the claim itself). Right before the target is
-called, the thread checks the node's liveness lease: a node that was paused or cut off
-since the confirmation may have been declared dead meanwhile, and its run handed to
-another node, so it hands the run back to the node to be confirmed again instead.
+The node queues the runs it claimed; each of the runner's threads takes the next one,
+makes sure the node still owns it, runs it and hands its Result to the recorder.
 
-Every run handed to a thread ends in exactly one Result for the recorder: success,
-failure, a skip (forbid), or an error raised by this module itself, which is logged with
-the execution id and counted, never lost inside the thread pool.
+Ownership before action. A run the claim itself recorded as running (it was claimed for
+a thread that was free) starts at once. A run claimed ahead of a free thread is still
+``dispatched``: the thread confirms it first with claims.CONFIRM_START, and the threads
+that want to start runs at the same moment share one UPDATE (StartConfirmer). Either way
+the node's liveness lease must be fresh: a node that was paused or cut off may have been
+declared dead meanwhile, and then only a heartbeat can tell whether its runs are still
+its own.
+
+Every run a thread takes ends in exactly one Result: success, failure, a skip (forbid),
+or an error raised by this module itself, which is logged with the execution id and
+counted, never lost in a thread.
 """
 
 from __future__ import annotations
@@ -20,13 +24,13 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
-from django.db import close_old_connections
+from django.db import connection
 
-from jobs import context, joblocks, metrics, registry
+from jobs import claims, context, joblocks, metrics, registry
 from jobs.claims import Result, Run
-from jobs.reconnect import CONNECTION_ERRORS, forget_connection
+from jobs.reconnect import CONNECTION_ERRORS, forget_connection, retry_on_disconnect
 from jobs.retry import retry_delay
 from locks import leases
 from locks.liveness import LivenessLease
@@ -35,10 +39,12 @@ log = logging.getLogger("jobs.runner")
 
 # How many recent run durations the prefetch estimate averages.
 DURATION_WINDOW = 64
+# Most runs a thread takes from the queue at once (when runs are quick).
+MAX_TAKE = 16
 
 
 class Runner:
-    """A pool of threads that run inline executions the node owns."""
+    """A fixed set of threads that run the inline executions the node queues."""
 
     def __init__(
         self,
@@ -46,46 +52,82 @@ class Runner:
         threads: int,
         lease: LivenessLease,
         results: Callable[[Result], None],
-        hand_back: Callable[[Run], None],
+        prove_alive: Callable[[], bool],
+        dropped: Callable[[list[Run], str], None],
         freed: Callable[[], None],
-        stopping: threading.Event,
+        quick: float,
     ):
         self.node_id = node_id
         self.threads = threads
         self.lease = lease
         #: Where every run's Result goes (the recorder's queue).
         self.results = results
-        #: Called with a run the thread did not start: the node must confirm it again.
-        self.hand_back = hand_back
+        #: Heartbeat now; False if the node had been declared dead (it then rejoins).
+        self.prove_alive = prove_alive
+        #: Called with runs not started because the node no longer owns them.
+        self.dropped = dropped
         #: Called whenever a thread becomes free.
         self.freed = freed
-        self.stopping = stopping
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="run")
+        #: Seconds under which runs count as quick (SCHEDULER_PREFETCH_WAIT).
+        self.quick = quick
+        self.stopping = threading.Event()
+        self.confirmer = StartConfirmer(node_id, self.stopping)
         self.lock = threading.Lock()
-        #: Runs handed to a thread that has not returned yet (by execution id).
+        self.has_work = threading.Condition(self.lock)
+        #: Claimed runs waiting for a thread, oldest first.
+        self.ready: deque[Run] = deque()
+        #: Runs a thread is running (by execution id).
         self.active: dict[int, Run] = {}
+        #: Threads busy with runs, and runs threads have taken but not started yet.
+        self.busy = 0
+        self.held = 0
         #: Monotonic time each active run's target was called.
         self.started: dict[int, float] = {}
         self.timed_out: set[int] = set()
         #: Job locks held by runs of `forbid` jobs, by execution id.
         self.job_locks: dict[int, joblocks.HeldJobLock] = {}
         self.durations: deque[float] = deque(maxlen=DURATION_WINDOW)
+        #: Each job's typical run duration (a moving average), by job id.
+        self.job_seconds: dict[int, float] = {}
+        self.workers = [
+            threading.Thread(target=self._work, name=f"run-{i}", daemon=True)
+            for i in range(threads)
+        ]
 
     # --- the node's side ---------------------------------------------------------------
 
-    def free_threads(self) -> int:
-        with self.lock:
-            return self.threads - len(self.active)
+    def start(self) -> None:
+        for worker in self.workers:
+            worker.start()
 
-    def start(self, runs: list[Run]) -> None:
-        """Hand confirmed runs to free threads (the caller made sure there are enough)."""
+    def queue(self, runs: list[Run]) -> None:
+        """Queue claimed runs; those claimed as running go first (free threads await them)."""
         with self.lock:
-            if len(runs) > self.threads - len(self.active):
-                raise RuntimeError("more runs than free threads")
-            for run in runs:
-                self.active[run.id] = run
-        for run in runs:
-            self.pool.submit(self._thread, run)
+            self.ready.extendleft(reversed([r for r in runs if r.state == "running"]))
+            self.ready.extend(r for r in runs if r.state != "running")
+            self.has_work.notify(len(runs))
+
+    def idle_threads(self) -> int:
+        with self.lock:
+            return self.threads - self.busy
+
+    def waiting(self) -> int:
+        """Claimed runs not started yet: queued, or taken by a thread that will run them."""
+        with self.lock:
+            return len(self.ready) + self.held
+
+    def take_waiting(self) -> list[Run]:
+        """Take back every run no thread has started (the node gives them away)."""
+        with self.lock:
+            runs = list(self.ready)
+            self.ready.clear()
+        return runs
+
+    def busy_for(self) -> float:
+        """How long the longest-running target has been running (0 if none)."""
+        with self.lock:
+            oldest = min(self.started.values(), default=None)
+        return 0.0 if oldest is None else time.monotonic() - oldest
 
     def mean_run_seconds(self) -> float | None:
         """Mean duration of the last runs' targets, or None before the first has finished."""
@@ -114,8 +156,14 @@ class Runner:
         for run, ran_for in late:
             note, release = self._release_job_lock(run.id)
             error = f"timed out after {run.job.timeout}s"
-            results.append(self._failure(run, "timed_out", ran_for, error, "", note, release))
+            results.append(_failure(run, "timed_out", ran_for, error, "", note, release))
         return results
+
+    def stop(self) -> None:
+        """Let each thread finish its current run and exit (queued runs stay queued)."""
+        with self.lock:
+            self.stopping.set()
+            self.has_work.notify_all()
 
     def release_all_job_locks(self) -> None:
         """At shutdown: let go of the job locks of runs still going after the grace."""
@@ -124,26 +172,112 @@ class Runner:
         for execution_id in held:
             self._release_job_lock(execution_id)
 
-    def shutdown(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+    # --- a runner thread ---------------------------------------------------------------
 
-    # --- a pool thread -----------------------------------------------------------------
+    def _work(self) -> None:
+        try:
+            self._take_and_run()
+        finally:
+            forget_connection()
 
-    def _thread(self, run: Run) -> None:
+    def _take_and_run(self) -> None:
+        while True:
+            with self.lock:
+                while not self.ready and not self.stopping.is_set():
+                    self.has_work.wait()
+                if self.stopping.is_set():
+                    return
+                runs = self._take()
+                generation = self.lease.generation
+                self.busy += 1
+                self.held += len(runs)
+            try:
+                self._run_all(runs, generation)
+            finally:
+                with self.lock:
+                    self.busy -= 1
+                self.freed()
+
+    def _take(self) -> list[Run]:
+        """The next queued run, and after it the runs this thread expects to start within
+        PREFETCH_WAIT (jobs known to be quick), up to its fair share of the queue: they
+        are confirmed together. Call with the lock held and the queue not empty."""
+        fair = min(MAX_TAKE, -(-len(self.ready) // self.threads))
+        runs = [self.ready.popleft()]
+        spent = self.job_seconds.get(runs[0].job_id, self.quick)
+        while self.ready and len(runs) < fair:
+            expected = self.job_seconds.get(self.ready[0].job_id)
+            if expected is None or spent + expected > self.quick:
+                break
+            runs.append(self.ready.popleft())
+            spent += expected
+        return runs
+
+    def _run_all(self, runs: list[Run], generation: int) -> None:
+        """Run what this thread took, one after the other, each only while still owned.
+
+        ``generation`` is the lease's when the runs were taken: if the node was declared
+        dead and rejoined since, what was confirmed before must be confirmed again.
+        """
+        queue = deque(self._owned(runs))
+        while queue:
+            if not self.lease.fresh() or self.lease.generation != generation:
+                generation = self.lease.generation
+                for run in queue:
+                    run.state = "dispatched"
+                queue = deque(self._owned(list(queue)))
+                continue
+            self._run_one(queue.popleft())
+
+    def _owned(self, runs: list[Run]) -> list[Run]:
+        """The runs this thread may start: the node is alive (its lease is fresh, or a
+        heartbeat says so) and each run is confirmed as this node's."""
+        if not self.lease.fresh():
+            # Paused or cut off for long enough that the node may have been declared dead
+            # and its runs given away: ask the database before starting anything.
+            if not self.prove_alive():
+                self._forget(runs, "the node had been declared dead")
+                return []
+            for run in runs:
+                run.state = "dispatched"  # confirm it again, whatever the claim said
+        unconfirmed = [run.id for run in runs if run.state != "running"]
+        if not unconfirmed:
+            return runs  # the claim recorded them running, for free threads
+        try:
+            fences = self.confirmer.confirm(unconfirmed)
+        except CONNECTION_ERRORS:
+            # Only while stopping: the node gives back whatever is still queued.
+            with self.lock:
+                self.ready.extendleft(reversed(runs))
+                self.held -= len(runs)
+            return []
+        lost = [run for run in runs if run.state != "running" and run.id not in fences]
+        self._forget(lost, "it was no longer this node's")
+        for run in runs:
+            if run.id in fences:
+                run.fence, run.state = fences[run.id], "running"
+        return [run for run in runs if run.state == "running"]
+
+    def _forget(self, runs: list[Run], reason: str) -> None:
+        if runs:
+            with self.lock:
+                self.held -= len(runs)
+            self.dropped(runs, reason)
+
+    def _run_one(self, run: Run) -> None:
+        with self.lock:
+            self.held -= 1
+            self.active[run.id] = run
         result = None
         try:
             result = self._run(run)
-        except CONNECTION_ERRORS as e:
-            # Only while stopping: until then the lock steps retry until the database answers.
-            log.error("execution #%s: database unavailable around the run: %s", run.id, e)
-            result = self._failure(run, "failed", 0.0, f"database unavailable: {e}", "")
         except BaseException as e:
-            # Nothing raised here may vanish into the pool: log it with the execution and
-            # still record how the run ended.
+            # Nothing raised here may vanish with the thread: log it with the execution
+            # and still record how the run ended.
             log.exception("execution #%s: unexpected error in the runner", run.id)
             metrics.record_internal_error("runner")
             error = f"internal error: {type(e).__name__}: {e}"
-            result = self._failure(run, "failed", 0.0, error, traceback.format_exc())
+            result = _failure(run, "failed", 0.0, error, traceback.format_exc())
         finally:
             if result is not None:
                 self.results(result)
@@ -151,16 +285,8 @@ class Runner:
                 self.active.pop(run.id, None)
                 self.started.pop(run.id, None)
                 self.timed_out.discard(run.id)
-            self.freed()
 
-    def _run(self, run: Run) -> Result | None:
-        if not self.lease.fresh():
-            # Paused or cut off for long enough that the node may have been declared dead
-            # and this run given to another node: only the database can tell.
-            log.warning("execution #%s: liveness lease ran out before it started; "
-                        "confirming ownership again", run.id)  # fmt: skip
-            self.hand_back(run)
-            return None
+    def _run(self, run: Run) -> Result:
         job = run.job
         if job.concurrency_policy == "forbid":
             skipped = self._take_job_lock(run)
@@ -169,9 +295,17 @@ class Runner:
         started = time.monotonic()
         with self.lock:
             self.started[run.id] = started
+            held = self.job_locks.get(run.id)
         state, error, tb = "succeeded", "", ""
         token = context.running_as(
-            context.ExecutionContext(run.id, job.name, run.scheduled_for, run.attempt)
+            context.ExecutionContext(
+                run.id,
+                job.name,
+                run.scheduled_for,
+                run.attempt,
+                run.fence,
+                held.lease.token if held else None,
+            )
         )
         try:
             registry.get_target(job.target).func(*run.args, **run.kwargs)
@@ -181,27 +315,20 @@ class Runner:
             context.finished(token)
             ran_for = time.monotonic() - started
             note, release = self._release_job_lock(run.id)
-            _close_job_connections()
+            _tidy_connection()
         with self.lock:
             self.durations.append(ran_for)
+            mean = self.job_seconds.get(job.id)
+            self.job_seconds[job.id] = ran_for if mean is None else 0.8 * mean + 0.2 * ran_for
         if state == "succeeded":
             return Result(run.id, state, ran_for, 0.0, note=note, release=release)
-        return self._failure(run, state, ran_for, error, tb, note, release)
-
-    def _failure(
-        self, run: Run, state: str, ran_for: float, error: str, tb: str,
-        note: str = "", release: leases.Lease | None = None,
-    ) -> Result:  # fmt: skip
-        job = run.job
-        delay = retry_delay(run.attempt, job.max_attempts, job.retry_backoff)
-        return Result(run.id, state, ran_for, 0.0, error, tb, delay, job.max_attempts, note,
-                      release)  # fmt: skip
+        return _failure(run, state, ran_for, error, tb, note, release)
 
     # --- job locks of `forbid` jobs -----------------------------------------------------
 
     def _take_job_lock(self, run: Run) -> Result | None:
         """Hold the job's lock for a `forbid` run; returns a skipped Result if it is held."""
-        held, note = joblocks.take(run.job, self.node_id, run.id, self.stopping)
+        held, note = joblocks.take(run.job, self.node_id, run.id)
         if held is None:
             return Result(run.id, "skipped", None, 0.0, note=note)
         with self.lock:
@@ -217,10 +344,105 @@ class Runner:
         return joblocks.release(held, execution_id)
 
 
-def _close_job_connections() -> None:
-    # Job code may have used the ORM from this thread, and the lock steps did: close what
-    # is broken or past its age, and tolerate a connection that is already gone.
-    try:
-        close_old_connections()
-    except Exception:
+@dataclass
+class _Slot:
+    """One thread's request in StartConfirmer."""
+
+    done: threading.Event
+    ids: set[int]
+    fences: dict[int, int] = field(default_factory=dict)
+    error: BaseException | None = None
+    #: Set when the thread is handed the job of sending the next confirmation.
+    lead: bool = False
+
+    def outcome(self) -> dict[int, int]:
+        if self.error is not None:
+            raise self.error
+        return self.fences
+
+
+class StartConfirmer:
+    """Confirms the starts of many threads' runs with one CONFIRM_START.
+
+    A thread that finds no confirmation in flight sends one for every run waiting by
+    then; threads that ask meanwhile wait, and the first of them sends the next one for
+    all that have gathered. One thread idle costs one round trip; eight threads turning
+    quick runs over share theirs. No thread waits longer than two round trips.
+    """
+
+    def __init__(self, node_id: str, stopping: threading.Event):
+        self.node_id = node_id
+        self.stopping = stopping
+        self.lock = threading.Lock()
+        self.waiting: list[_Slot] = []
+        self.busy = False
+
+    def confirm(self, execution_ids: list[int]) -> dict[int, int]:
+        """Those of the runs confirmed as this node's, with their fencing tokens.
+
+        Retries while the connection is lost; raises the connection error only once the
+        node is stopping (the runs may or may not be confirmed then: confirming again is
+        harmless, and the node gives unstarted runs back either way).
+        """
+        slot = _Slot(threading.Event(), set(execution_ids))
+        with self.lock:
+            self.waiting.append(slot)
+            lead = not self.busy
+            self.busy = True
+        if not lead:
+            slot.done.wait()
+            if not slot.lead:
+                return slot.outcome()
+        with self.lock:
+            batch, self.waiting = self.waiting, []
+        ids = sorted(set().union(*(waiting.ids for waiting in batch)))
+        confirmed: dict[int, int] = {}
+        error = None
+        try:
+            confirmed = retry_on_disconnect(
+                lambda: claims.confirm_start(self.node_id, ids),
+                "confirming run starts",
+                stopping=self.stopping,
+            )
+        except CONNECTION_ERRORS as e:
+            error = e
+        with self.lock:
+            for waiting in batch:
+                waiting.fences = {i: confirmed[i] for i in waiting.ids if i in confirmed}
+                waiting.error = error
+                if waiting is not slot:
+                    waiting.done.set()
+            if self.waiting:
+                self.waiting[0].lead = True
+                self.waiting[0].done.set()
+            else:
+                self.busy = False
+        metrics.record_start_confirmation(len(ids))
+        return slot.outcome()
+
+
+def _failure(
+    run: Run,
+    state: str,
+    ran_for: float,
+    error: str,
+    tb: str,
+    note: str = "",
+    release: leases.Lease | None = None,
+) -> Result:
+    job = run.job
+    delay = retry_delay(run.attempt, job.max_attempts, job.retry_backoff)
+    return Result(run.id, state, ran_for, 0.0, error, tb, delay, job.max_attempts, note, release)
+
+
+def _tidy_connection() -> None:
+    """After a run: drop this thread's connection if anything went wrong on it.
+
+    Job code may have used the ORM from this thread, and the job lock steps did. A healthy
+    connection is kept for the thread's next start confirmation (CONN_MAX_AGE, meant for
+    web requests, would otherwise open a new connection for every run).
+    """
+    if connection.connection is not None and (
+        connection.errors_occurred or connection.in_atomic_block
+    ):
         forget_connection()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 
-from jobs.context import current_execution
+from jobs.context import current, current_execution
 from jobs.registry import register
 
 
@@ -75,3 +77,28 @@ def hang_once(path: str, seconds: float = 60.0, **kwargs):
         return
     marker.write_text("hung\n")
     time.sleep(float(seconds))
+
+
+@register("demo.trace", "Append a JSON line to `path` when the run starts and when it ends")
+def trace(path: str, seconds: float = 0.0, **kwargs):
+    # For fault tests: what ran, where, when (wall clock) and with which fencing token,
+    # counted from the job's own side effects rather than from the database.
+    execution = current()
+
+    def write(event: str) -> None:
+        line = json.dumps(
+            {
+                "event": event,
+                "execution": execution.execution_id,
+                "pid": os.getpid(),
+                "fence": execution.fencing_token,
+                "time": time.time(),
+            }
+        )
+        with Path(path).open("a") as f:
+            f.write(line + "\n")
+
+    write("start")
+    if seconds:
+        time.sleep(float(seconds))
+    write("end")

@@ -80,12 +80,16 @@ class _Heartbeat(threading.Thread):
                         continue
                     self.lost = True
                     self.lease.expire()
-                    log.warning("execution #%s is no longer this worker's (abandoned or "
-                                "cancelled while it ran)", self.execution_id)  # fmt: skip
+                    log.warning(
+                        "execution #%s is no longer this worker's (abandoned or "
+                        "cancelled while it ran)",
+                        self.execution_id,
+                    )
                     return
                 except Exception:  # a database hiccup: the next beat may succeed
-                    log.warning("heartbeat of execution #%s failed", self.execution_id,
-                                exc_info=True)  # fmt: skip
+                    log.warning(
+                        "heartbeat of execution #%s failed", self.execution_id, exc_info=True
+                    )
                     forget_connection()
         finally:
             connection.close()
@@ -134,8 +138,9 @@ def _claim(execution_id: int, worker: str) -> Run | None:
     try:
         return claims.claim_on_worker(execution_id, worker)
     except CONNECTION_ERRORS as e:
-        log.warning("execution #%s: connection lost while claiming it (%s); retrying",
-                    execution_id, e)  # fmt: skip
+        log.warning(
+            "execution #%s: connection lost while claiming it (%s); retrying", execution_id, e
+        )
         forget_connection()
     with _running_lock:
         adopt = execution_id not in _running_here
@@ -157,8 +162,9 @@ def _run(run: Run, worker: str, lease: LivenessLease) -> Result | None:
             f"execution #{run.id}: confirming ownership",
         )
         if not still_ours:
-            log.warning("execution #%s was taken from this worker before it started; not "
-                        "running it", run.id)  # fmt: skip
+            log.warning(
+                "execution #%s was taken from this worker before it started; not running it", run.id
+            )
             metrics.record_dropped(1)
             return None
         lease.renew(sent)
@@ -171,7 +177,14 @@ def _run(run: Run, worker: str, lease: LivenessLease) -> Result | None:
     started = time.monotonic()
     state, error, tb = "succeeded", "", ""
     token = context.running_as(
-        context.ExecutionContext(run.id, job.name, run.scheduled_for, run.attempt)
+        context.ExecutionContext(
+            run.id,
+            job.name,
+            run.scheduled_for,
+            run.attempt,
+            run.fence,
+            held.lease.token if held else None,
+        )
     )
     try:
         _call_target(run)
@@ -188,8 +201,9 @@ def _run(run: Run, worker: str, lease: LivenessLease) -> Result | None:
     return _failure(run, state, ran_for, error, tb, note, release)
 
 
-def _failure(run: Run, state: str, ran_for: float, error: str, tb: str, note: str = "",
-             release=None) -> Result:  # fmt: skip
+def _failure(
+    run: Run, state: str, ran_for: float, error: str, tb: str, note: str = "", release=None
+) -> Result:
     job = run.job
     delay = retry_delay(run.attempt, job.max_attempts, job.retry_backoff)
     return Result(run.id, state, ran_for, 0.0, error, tb, delay, job.max_attempts, note, release)
@@ -220,23 +234,29 @@ def _record(worker: str, result: Result) -> None:
         try:
             applied = write_results(worker, [aged(attempt, time.monotonic() - made)])
             if result.execution_id not in applied:
-                log.warning("execution #%s: result refused, the run is no longer this "
-                            "worker's", result.execution_id)  # fmt: skip
+                log.warning(
+                    "execution #%s: result refused, the run is no longer this worker's",
+                    result.execution_id,
+                )
             return
         except CONNECTION_ERRORS as e:
-            log.warning("execution #%s: could not record the result (%s); retrying",
-                        result.execution_id, e)  # fmt: skip
+            log.warning(
+                "execution #%s: could not record the result (%s); retrying", result.execution_id, e
+            )
             forget_connection()
             time.sleep(min(0.2 + (time.monotonic() - made) / 10, 2.0))
         except SoftTimeLimitExceeded:
             continue  # the job's time limit struck after the job: the write goes on
         except Exception:
             if attempt is not result:
-                log.exception("execution #%s: could not record even a bare failure",
-                              result.execution_id)  # fmt: skip
+                log.exception(
+                    "execution #%s: could not record even a bare failure", result.execution_id
+                )
                 return
-            log.exception("execution #%s: recording its result failed; recording a bare "
-                          "failure", result.execution_id)  # fmt: skip
+            log.exception(
+                "execution #%s: recording its result failed; recording a bare failure",
+                result.execution_id,
+            )
             metrics.record_internal_error("worker")
             forget_connection()
             attempt = Result(

@@ -103,12 +103,17 @@ class LivenessLease:
             raise ValueError("the liveness margin must be shorter than the timeout")
         self.length = timeout - margin
         self.valid_until = float("-inf")
+        #: Counts the times the lease was lost (the process was declared dead): whatever
+        #: was confirmed under an earlier generation must be confirmed again.
+        self.generation = 0
 
     def renew(self, sent_at: float) -> None:
         self.valid_until = max(self.valid_until, sent_at + self.length)
 
     def expire(self) -> None:
+        """The process was declared dead: nothing it confirmed before still holds."""
         self.valid_until = float("-inf")
+        self.generation += 1
 
     def fresh(self) -> bool:
         return time.monotonic() < self.valid_until

@@ -32,6 +32,10 @@ JSON_NUMBERS = [
     "lag_triggers",
     "lag_p50_ms",
     "lag_p99_ms",
+    "mixed_runs",
+    "mixed_start_lag_p50_ms",
+    "mixed_start_lag_p99_ms",
+    "mixed_max_share",
     "lag_max_ms",
     "idle_window_s",
     "idle_transactions",
@@ -98,6 +102,7 @@ def test_it_prints_a_table_and_a_json_line_of_positive_figures_in_its_own_databa
         "Raw-SQL claim limit",
         "End to end",
         "Fire lag",
+        "Mixed load",
         "Celery end to end",
     ):
         assert heading in text
@@ -110,7 +115,17 @@ def test_it_prints_a_table_and_a_json_line_of_positive_figures_in_its_own_databa
     assert combos == {(1, 10), (1, 100), (2, 10), (2, 100)}
     for combo in figures["claim"]:
         assert combo["fires"] > 0 and combo["seconds"] > 0 and combo["fires_per_s"] > 0
-    assert set(figures["targets"]) == {"ratio", "e2e_per_s", "lag_p99_ms", "idle_qps"}
+    assert set(figures["targets"]) == {
+        "ratio",
+        "e2e_per_s",
+        "lag_p99_ms",
+        "idle_qps",
+        "mixed_start_lag_p99_ms",
+        "mixed_max_share",
+    }
+    # Every node of the mixed section ran a share of its runs.
+    assert len(figures["mixed_node_shares"]) == figures["mixed_nodes"] == 2
+    assert abs(sum(figures["mixed_node_shares"].values()) - 1) < 0.01
     # The e2e section ran, so the Celery figures are printed beside its figure.
     assert figures["celery_inline_per_s"] == figures["e2e_per_s"]
     assert figures["celery_triggers"] == 300 and figures["celery_worker_concurrency"] == 2

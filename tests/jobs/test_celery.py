@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from celery import Celery
+from django.db import connection
 
 from jobs.models import Execution, Trigger, database_now, queue_manual_run
 from locks.models import Lock, SchedulerNode
+from tests import faults
 from tests.conftest import ROOT, test_database_url, wait_for
 from tests.jobs.factories import make_job
 from tests.jobs.test_concurrency import runs_never_overlap
@@ -36,7 +42,12 @@ class WorkerProcess:
     def __init__(self, name: str, queue: str, log_dir, concurrency: int = 2):
         self.log_path = log_dir / f"worker-{name}.log"
         self._log = self.log_path.open("w")
-        env = {**os.environ, **CELERY_ENV, "DATABASE_URL": test_database_url()}
+        env = {
+            **os.environ,
+            **CELERY_ENV,
+            "DATABASE_URL": test_database_url(),
+            "APP_NAME": f"worker:{name}",
+        }
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "controlplane", "worker", "-Q", queue,
              "-c", str(concurrency), "-n", f"{name}@%h", "--without-gossip",
@@ -53,6 +64,12 @@ class WorkerProcess:
         # The whole worker: its main process and the pool process running the job.
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+
+    def pause(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -286,3 +303,160 @@ def test_a_message_the_broker_lost_is_published_again_and_runs_once(
     start_node("republisher", extra_env={**CELERY_ENV, "SCHEDULER_REPUBLISH_AFTER": "5"})
     wait_for(lambda: Execution.objects.get(pk=lost.pk).state == "succeeded", timeout=30)
     assert lines(run_file) == [str(lost.pk)]
+
+
+def traced(path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def fault_triggers(transactional_db):
+    """The fault triggers of tests/faults.py in the test database; returns the marker folder."""
+    marker_dir = Path(tempfile.mkdtemp(prefix="faults-", dir="/var/tmp"))
+    marker_dir.chmod(0o777)  # the database server writes the markers
+
+    def execute(sql, params):
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+
+    faults.install(execute, marker_dir)
+    yield marker_dir
+    execute(faults.uninstall_sql(), None)
+    shutil.rmtree(marker_dir, ignore_errors=True)
+
+
+def arm(step: str, kind: str) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE SEQUENCE test_fault_{step}_{kind}")
+
+
+def fired(step: str) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT is_called FROM test_fault_{step}_kill")
+        return cursor.fetchone()[0]
+
+
+def test_a_worker_paused_after_its_claim_never_runs_what_was_taken_from_it(
+    celery_node, start_worker, tmp_path, queue, fault_triggers
+):
+    trace_path = tmp_path / "trace.jsonl"
+    job = celery_job(
+        "paused at claim", "demo.trace", kwargs={"path": str(trace_path)}, queue=queue, recover=True
+    )
+    celery_node()
+    worker = start_worker("w1")
+    # The worker's claim is held in the database for two seconds: the worker is paused
+    # while it waits for the answer, and stays paused past the execution timeout.
+    arm("worker_claim", "hold")
+    taken = queue_manual_run(job)
+    wait_for(lambda: faults.stalled(fault_triggers, "worker_claim"), timeout=30)
+    worker.pause()
+    try:
+        wait_for(
+            lambda: Execution.objects.get(pk=taken.pk).state == "abandoned",
+            timeout=30,
+            message="the silent worker's run to be abandoned",
+        )
+    finally:
+        worker.resume()
+    recovery = wait_for(
+        lambda: Execution.objects.filter(rerun_of=taken, state="succeeded").first(),
+        timeout=30,
+        message=f"the recovery to run\n{worker.log()}",
+    )
+    # Celery logs the task's end once the resumed worker has dealt with the held claim.
+    wait_for(lambda: f"jobs.run_execution[{taken.pk}] succeeded" in worker.log(), timeout=20)
+    starts = [line for line in traced(trace_path) if line["event"] == "start"]
+    # The body ran once, for the recovery: never for the run taken from the paused worker.
+    assert [line["execution"] for line in starts] == [recovery.pk]
+    assert Execution.objects.get(pk=taken.pk).state == "abandoned"
+    assert "was taken from this worker before it started" in worker.log()
+
+
+def test_a_worker_paused_mid_run_records_nothing_it_no_longer_owns(
+    celery_node, start_worker, tmp_path, queue
+):
+    trace_path = tmp_path / "trace.jsonl"
+    job = celery_job(
+        "paused mid-run",
+        "demo.trace",
+        queue=queue,
+        recover=True,
+        kwargs={"path": str(trace_path), "seconds": 2},
+        max_attempts=3,
+        concurrency_policy="forbid",
+    )
+    celery_node()
+    first = start_worker("w1")
+    run = queue_manual_run(job)
+    wait_for(lambda: traced(trace_path), timeout=30, message="the run to start")
+    first.pause()
+    try:
+        second = start_worker("w2")
+        recovery = wait_for(
+            lambda: Execution.objects.filter(rerun_of=run, state="succeeded").first(),
+            timeout=30,
+            message="the abandoned run to be recovered on the other worker",
+        )
+    finally:
+        first.resume()
+    # The paused body was really in progress: it runs to its end, and then finds out.
+    wait_for(
+        lambda: f"jobs.run_execution[{run.pk}] succeeded" in first.log(),
+        timeout=20,
+        message=first.log(),
+    )
+    run.refresh_from_db()
+    assert run.state == "abandoned" and "stopped heartbeating" in run.error
+    assert recovery.node.startswith("worker:w2@")
+    # Nothing it wrote after losing the run took effect: no result, no retry, no lock.
+    assert Execution.objects.filter(job=job).count() == 2
+    assert not Lock.objects.filter(name=job.lock_name).exclude(holder="").exists()
+    starts = [line for line in traced(trace_path) if line["event"] == "start"]
+    assert [line["execution"] for line in starts] == [run.pk, recovery.pk]
+    assert starts[0]["fence"] < starts[1]["fence"]
+    second.stop()
+
+
+def test_a_lost_connection_at_each_step_on_a_worker_ends_recorded(
+    celery_node, start_worker, tmp_path, queue, fault_triggers
+):
+    trace_path = tmp_path / "trace.jsonl"
+    job = celery_job(
+        "faulted",
+        "demo.trace",
+        queue=queue,
+        concurrency_policy="forbid",
+        kwargs={"path": str(trace_path), "seconds": 1},
+    )
+    celery_node()
+    worker = start_worker("w1")
+    for step in ["worker_claim", "take_lock", "mid-run", "release_lock", "record"]:
+        if step != "mid-run":
+            arm(step, "kill")
+        run = queue_manual_run(job)
+        if step == "mid-run":
+            wait_for(
+                lambda run=run: any(line["execution"] == run.pk for line in traced(trace_path)),
+                timeout=30,
+            )
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE application_name LIKE 'worker:%%'"
+                )
+        else:
+            wait_for(lambda step=step: fired(step), timeout=30, message=f"the fault at {step}")
+        wait_for(
+            lambda run=run: Execution.objects.get(pk=run.pk).state == "succeeded",
+            timeout=30,
+            message=f"the run faulted at {step} to succeed\n{worker.log()}",
+        )
+    runs = Execution.objects.filter(job=job)
+    assert {e.state for e in runs} == {"succeeded"}
+    starts = [line["execution"] for line in traced(trace_path) if line["event"] == "start"]
+    ends = [line["execution"] for line in traced(trace_path) if line["event"] == "end"]
+    assert sorted(starts) == sorted(ends) == sorted(e.pk for e in runs)
+    assert not Lock.objects.filter(name=job.lock_name).exclude(holder="").exists()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -12,7 +14,7 @@ from datetime import timedelta
 import pytest
 from django.db import connection
 
-from jobs.models import Execution, Job, Trigger, database_now
+from jobs.models import Execution, Job, Trigger, database_now, queue_manual_run
 from tests.conftest import wait_for
 from tests.jobs.factories import due_triggers, make_job
 
@@ -224,3 +226,127 @@ def test_a_sleeping_node_is_woken_by_notify_for_manual_runs_and_sooner_triggers(
         message="the edited trigger to wake the node and fire",
     )
     assert node.terminate() == 0, node.log()
+
+
+def traced(path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_node_paused_past_its_timeout_never_starts_runs_taken_from_it(start_node, tmp_path):
+    trace_path = tmp_path / "trace.jsonl"
+    job = make_job("traced", "demo.trace", kwargs={"path": str(trace_path), "seconds": 3},
+                   recover=True)  # fmt: skip
+    # Two threads, and up to four runs claimed ahead of them once the node knows how long
+    # its runs take (a long prefetch wait makes it prefetch even for 3-second runs).
+    paused = start_node(
+        "paused",
+        args=["--threads", "2"],
+        extra_env={"SCHEDULER_PREFETCH": "4", "SCHEDULER_PREFETCH_WAIT": "3600"},
+    )
+    warm_up = queue_manual_run(make_job("warm-up", "demo.noop"))
+    wait_for(lambda: Execution.objects.get(pk=warm_up.pk).state == "succeeded")
+    triggers = due_triggers(job, 6)
+    wait_for(
+        lambda: (
+            Execution.objects.filter(job=job, node="paused").count() == 6
+            and len(traced(trace_path)) == 2
+        ),
+        message="the node to start two runs and hold four more",
+    )
+    assert Execution.objects.filter(job=job, state="dispatched").count() == 4
+    survivor = start_node("survivor")
+    paused.proc.send_signal(signal.SIGSTOP)
+    try:
+        from locks.models import SchedulerNode
+
+        wait_for(
+            lambda: SchedulerNode.objects.get(pk="paused").state == "dead",
+            timeout=30,
+            message="the paused node to be declared dead",
+        )
+        wait_for(
+            lambda: all(
+                Execution.objects.filter(trigger=t, state="succeeded").exists() for t in triggers
+            ),
+            timeout=30,
+            message=f"every fire time to run on the survivor\n{survivor.log()}",
+        )
+    finally:
+        paused.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: "declared dead by another node" in paused.log(), timeout=20)
+    # The two bodies the paused node had started run to their end.
+    wait_for(lambda: sum(1 for line in traced(trace_path) if line["event"] == "end") == 8)
+    Trigger.objects.update(paused=True)
+    wait_for(lambda: not Execution.objects.filter(state__in=["pending", "dispatched", "running"]))
+    assert paused.terminate() == 0, paused.log()
+    assert survivor.terminate() == 0, survivor.log()
+
+    lines = traced(trace_path)
+    starts = [line for line in lines if line["event"] == "start"]
+    paused_starts = [line for line in starts if line["pid"] == paused.proc.pid]
+    # The paused node started only the two runs it had begun before the pause.
+    assert len(paused_starts) == 2
+    assert max(line["time"] for line in paused_starts) < min(
+        e.finished_at.timestamp() for e in Execution.objects.filter(state="abandoned")
+    )
+    assert Counter(line["execution"] for line in starts).most_common(1)[0][1] == 1
+    for trigger in triggers:
+        runs = list(Execution.objects.filter(trigger=trigger).order_by("id"))
+        bodies = [line for line in starts if line["execution"] in {e.pk for e in runs}]
+        if runs[0].state == "abandoned":
+            # Really in progress when the node was declared dead: run again as a recovery,
+            # and the history says why; the recovery holds a larger fencing token.
+            assert "runner node died" in runs[0].error
+            assert [(e.origin, e.state, e.rerun_of_id) for e in runs[1:]] == [
+                ("recovery", "succeeded", runs[0].pk)
+            ]
+            assert len(bodies) == 2 and bodies[0]["fence"] < bodies[1]["fence"]
+        else:
+            # Claimed but not started: given back and run once, by the survivor.
+            assert [(e.state, e.node) for e in runs] == [("succeeded", "survivor")]
+            assert len(bodies) == 1 and bodies[0]["pid"] != paused.proc.pid
+    assert Execution.objects.filter(job=job, state="abandoned").count() == 2
+
+
+def test_fast_runs_never_wait_behind_slow_ones_while_other_nodes_have_free_threads(
+    start_node, tmp_path
+):
+    trace_path = tmp_path / "trace.jsonl"
+    kwargs = {"path": str(trace_path)}
+    slow = make_job("slow", "demo.trace", kwargs={**kwargs, "seconds": 1.5})
+    fast = make_job("fast", "demo.trace", kwargs=kwargs)
+    Trigger.objects.create(job=slow, kind="interval", interval=1, paused=True)
+    for _ in range(5):
+        Trigger.objects.create(job=fast, kind="interval", interval=1, paused=True)
+    nodes = [start_node(f"m{i}", args=["--threads", "1"]) for i in range(3)]
+    wait_for(lambda: all("started" in node.log() for node in nodes))
+    # Every second the slow job comes due just before five fast ones.
+    due = database_now() + timedelta(seconds=1)
+    Trigger.objects.filter(job=slow).update(next_fire_at=due, paused=False)
+    Trigger.objects.filter(job=fast).update(
+        next_fire_at=due + timedelta(seconds=0.05), paused=False
+    )
+    wait_for(
+        lambda: Execution.objects.filter(job=slow, state="succeeded").count() >= 10, timeout=40
+    )
+    Trigger.objects.update(paused=True)
+    wait_for(lambda: not Execution.objects.filter(state__in=["pending", "dispatched", "running"]))
+    for node in nodes:
+        assert node.terminate() == 0, node.log()
+
+    started = {
+        line["execution"]: line["time"] for line in traced(trace_path) if line["event"] == "start"
+    }
+    fast_runs = Execution.objects.filter(job=fast)
+    lags = [started[e.pk] - e.scheduled_for.timestamp() for e in fast_runs]
+    assert len(lags) >= 50
+    # A fast run claimed by a node whose only thread runs a 1.5 s job would wait for it.
+    assert max(lags) < 0.75, sorted(
+        (round(lag, 3), str(e.scheduled_for), e.node)
+        for lag, e in zip(lags, fast_runs, strict=True)
+    )[-12:]
+    shares = Counter(Execution.objects.values_list("node", flat=True))
+    fair = sum(shares.values()) / len(nodes)
+    assert all(shares[node.node_id] >= fair / 3 for node in nodes), shares

@@ -117,7 +117,6 @@ def test_fire_all_policy_runs_every_missed_fire(node):
     assert trigger.next_fire_at == fired[-1].scheduled_for + timedelta(seconds=60)
 
     def caught_up():
-        node.start_ready()
         node.claim_due()
         return Execution.objects.filter(trigger=trigger, state="succeeded").count() == 11
 
@@ -179,19 +178,35 @@ def test_a_run_past_its_timeout_is_marked_timed_out(node):
     assert execution.state == "timed_out"
 
 
-def test_shutdown_hands_unstarted_runs_back_and_marks_the_node_stopped(transactional_db, settings):
+def test_shutdown_hands_unstarted_runs_back_and_marks_the_node_stopped(
+    transactional_db, settings, tmp_path
+):
     settings.SCHEDULER_SHUTDOWN_GRACE = 5
+    # One thread, and three runs claimed ahead of it once the node has seen how long its
+    # runs take (a generous prefetch wait makes it prefetch for half-second runs too).
+    settings.SCHEDULER_PREFETCH = 3
+    settings.SCHEDULER_PREFETCH_WAIT = 60
     node = Node(node_id="draining", batch=10, threads=1)
     node.start()
-    job = make_job("queue", "demo.sleep", kwargs={"seconds": 0.5})
-    executions = [queue_manual_run(job) for _ in range(4)]
+    warm_up = queue_manual_run(make_job("warm-up", "demo.noop"))
     node.claim_pending()
-    wait_for(lambda: Execution.objects.filter(state="running").count() == 1)
+    wait_for(lambda: Execution.objects.get(pk=warm_up.pk).state == "succeeded")
+    trace = tmp_path / "trace.jsonl"
+    job = make_job("queue", "demo.trace", kwargs={"path": str(trace), "seconds": 0.5})
+    executions = [queue_manual_run(job) for _ in range(4)]
+    assert node.claim_pending() == 4
+    assert Counter(Execution.objects.filter(job=job).values_list("state", flat=True)) == {
+        "running": 1,
+        "dispatched": 3,
+    }
+    wait_for(lambda: trace.exists())  # the first run's body has started
     node.stop()
     node.shutdown()
-    states = Counter(Execution.objects.filter(pk__in=[e.pk for e in executions]).values_list(
-        "state", flat=True))  # fmt: skip
+    states = Counter(
+        Execution.objects.filter(pk__in=[e.pk for e in executions]).values_list("state", flat=True)
+    )
     assert states == {"succeeded": 1, "pending": 3}
+    assert not Execution.objects.filter(job=job, state="pending").exclude(node="").exists()
     assert SchedulerNode.objects.get(pk="draining").state == "stopped"
 
 

@@ -40,6 +40,14 @@ The last line of output is one JSON object (null for a section not run):
   idle_window_s, idle_transactions, idle_qps
                           transactions of an idle node per second, from pg_stat_database
                           (target < 1)
+  mixed_nodes, mixed_seconds, mixed_runs
+                          the mixed section: nodes (default 4), seconds of firing (default
+                          60) of 40 every-second triggers, 4 of them sleeping 1.5 s
+  mixed_start_lag_p50_ms, mixed_start_lag_p99_ms, mixed_start_lag_max_ms
+                          started_at - scheduled_for of those runs (target p99 <= 50 ms)
+  mixed_node_shares, mixed_max_share
+                          each node's fraction of the runs, and the largest as a multiple
+                          of the fair share (target <= 2)
   celery_triggers         backlog size of the celery section (default 5000)
   celery_worker_concurrency
                           prefork processes per Celery worker (--worker-concurrency)
@@ -99,8 +107,9 @@ class Command(BaseCommand):
     help = (
         "Benchmark the scheduler: claim throughput of 1..N node processes and batch sizes, "
         "the raw-SQL claim limit, end-to-end runs per second, fire lag, the idle "
-        "node's queries per second, and end-to-end runs per second through 1 and 2 "
-        "Celery workers. Prints a table, then one JSON line."
+        "node's queries per second, start lag and node shares under a mix of fast and slow "
+        "jobs, and end-to-end runs per second through 1 and 2 Celery workers. Prints a "
+        "table, then one JSON line."
     )
 
     def create_parser(self, prog_name, subcommand, **kwargs):
@@ -140,6 +149,14 @@ class Command(BaseCommand):
             help="Prefork processes per Celery worker (default 2).",
         )
         parser.add_argument(
+            "--mixed-seconds",
+            type=float,
+            help="Seconds of firing in the mixed section (default 60).",
+        )
+        parser.add_argument(
+            "--mixed-nodes", type=_positive_int, help="Nodes of the mixed section (default 4)."
+        )
+        parser.add_argument(
             "--broker",
             help="Broker URL of the celery section (default: CELERY_BROKER_URL, on Redis "
             f"database {BENCH_REDIS_DB}); used as given.",
@@ -161,6 +178,8 @@ class Command(BaseCommand):
             options["idle_seconds"],
             options["celery_triggers"],
             options["worker_concurrency"],
+            options["mixed_seconds"],
+            options["mixed_nodes"],
         )
         db = BenchDatabase(connection.settings_dict)
         broker = options["broker"] or bench_broker_url(settings.CELERY_BROKER_URL)
