@@ -1,8 +1,10 @@
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
 from django.urls import include, path
 from django_prometheus.exports import ExportToDjangoView
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.routers import DefaultRouter
 
 from controlplane import metrics
@@ -14,6 +16,12 @@ from locks import views as locks
 
 # /metrics serves django-prometheus's registry; the cluster gauges join it here, once.
 metrics.register_cluster_collector()
+
+# Swagger UI with its start-up script served as a file: no inline script (CSP). A page for
+# people: without API_DOCS_PUBLIC, the login page first (the schema itself answers 401).
+api_docs = SpectacularSwaggerSplitView.as_view(url_name="api-schema")
+if not settings.API_DOCS_PUBLIC:
+    api_docs = login_required(api_docs)
 
 # The REST API: each app registers its own viewsets.
 router = DefaultRouter()
@@ -46,7 +54,7 @@ urlpatterns = [
     path("nodes/", locks.node_list, name="node-list"),
     path("api/v1/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/docs/", api_docs, name="api-docs"),
     path("admin/", admin.site.urls),
 ]
 

@@ -113,7 +113,9 @@ def audit_log(request):
     form = AuditFilterForm(request.GET, actions=actions, object_types=object_types)
     if form.is_valid():
         data = form.cleaned_data
-        page = dashboard.audit_page(data, before=data["before"], after=data["after"])
+        page = dashboard.audit_page(
+            data, before=data["before"], after=data["after"], user=request.user
+        )
     else:
         # The errors show beside the filters; status 200 so htmx swaps them in too.
         page = None

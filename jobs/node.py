@@ -24,6 +24,7 @@ from django.db import connection as django_connection
 from jobs import celery_executor, claims, context, history, metrics, registry
 from jobs.claims import Result, Run
 from jobs.retry import retry_delay
+from jobs.secrets import resolve_secrets
 from locks import leases, liveness, maintenance
 from locks.leader import Leadership
 
@@ -390,7 +391,8 @@ class Node:
             context.ExecutionContext(run.id, run.job.name, run.scheduled_for, run.attempt)
         )
         try:
-            registry.get_target(run.job.target).func(*run.args, **run.kwargs)
+            args, kwargs = resolve_secrets(run.args, run.kwargs)
+            registry.get_target(run.job.target).func(*args, **kwargs)
         except Exception as e:
             state, error, tb = "failed", f"{type(e).__name__}: {e}", traceback.format_exc()
         finally:

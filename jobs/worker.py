@@ -25,6 +25,7 @@ from django.db import close_old_connections, connection
 from jobs import claims, context, registry
 from jobs.claims import Result, Run
 from jobs.retry import retry_delay
+from jobs.secrets import resolve_secrets
 from locks import leases
 
 log = logging.getLogger("jobs.worker")
@@ -114,6 +115,7 @@ def run_execution(execution_id: int, hostname: str | None = None) -> str:
 
 
 def _call_target(run: Run) -> None:
+    args, kwargs = resolve_secrets(run.args, run.kwargs)
     if run.job.celery_task:
         # A task the workers know, by name: run here, in this worker, under this
         # execution's bookkeeping (one retry model: Celery's own retries are not used).
@@ -122,9 +124,9 @@ def _call_target(run: Run) -> None:
         task = app.tasks.get(run.job.celery_task)
         if task is None:
             raise LookupError(f"this worker knows no Celery task {run.job.celery_task!r}")
-        task.apply(args=run.args, kwargs=run.kwargs, throw=True)
+        task.apply(args=args, kwargs=kwargs, throw=True)
     else:
-        registry.get_target(run.job.target).func(*run.args, **run.kwargs)
+        registry.get_target(run.job.target).func(*args, **kwargs)
 
 
 def _record(worker: str, result: Result) -> None:

@@ -14,6 +14,13 @@ from django.db import connection
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The tests run the demo targets (jobs/demo_targets.py), which only SCHEDULER_DEMO_TARGETS=1
+# registers. `make test` sets it before Django starts; a bare `pytest` gets it here, for
+# this process (pytest-django set Django up already, so the module is imported by hand)
+# and for every node, worker and server process the tests start.
+os.environ["SCHEDULER_DEMO_TARGETS"] = "1"
+import jobs.demo_targets  # noqa: E402, F401
+
 # Scheduler nodes in tests heartbeat often and are declared dead quickly.
 FAST_NODE_ENV = {
     "SCHEDULER_HEARTBEAT_INTERVAL": "0.5",
@@ -162,3 +169,13 @@ def client_for(role_users):
 def _fast_password_hashing(settings):
     # The default hasher costs ~0.2 s per user; tests create a few users each.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttles():
+    # API throttles count in the cache (per process here): each test starts from zero.
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
