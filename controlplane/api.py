@@ -75,11 +75,12 @@ class RequestTooLarge(exceptions.APIException):
 
 
 class BoundedJSONParser(parsers.JSONParser):
-    """JSON bodies up to DATA_UPLOAD_MAX_MEMORY_SIZE bytes and API_JSON_MAX_DEPTH levels,
-    with no NUL anywhere: every other body is a 400 (413 when too large), never a 500.
+    """JSON bodies up to DATA_UPLOAD_MAX_MEMORY_SIZE bytes and API_JSON_MAX_DEPTH levels:
+    every other body is a 400 (413 when too large), never a 500.
 
     Django checks the size only when the body is read through ``request.body``; DRF
-    streams it, so the limit is applied here as the body is read.
+    streams it, so the limit is applied here as the body is read. A "\u0000" inside a
+    string is left to the serializers, whose 400 names the field that holds it.
     """
 
     def parse(self, stream, media_type=None, parser_context=None):
@@ -88,7 +89,7 @@ class BoundedJSONParser(parsers.JSONParser):
         if len(body) > limit:
             raise RequestTooLarge()
         try:
-            return limits.loads(body, settings.API_JSON_MAX_DEPTH)
+            return limits.loads(body, settings.API_JSON_MAX_DEPTH, refuse_nul=False)
         except limits.InputError as e:
             raise exceptions.ParseError(f"JSON parse error - {e}") from None
 

@@ -15,7 +15,7 @@ class InputError(ValueError):
     """Input outside the bounds; the message says which, for the client."""
 
 
-def check_json(value, max_depth: int) -> None:
+def check_json(value, max_depth: int, refuse_nul: bool = True) -> None:
     """Refuse a decoded JSON value nested deeper than ``max_depth`` or holding U+0000.
 
     Depth counts containers: ``[]`` and ``{}`` are 1 deep, ``[[1]]`` is 2.
@@ -24,7 +24,7 @@ def check_json(value, max_depth: int) -> None:
     while stack:
         item, depth = stack.pop()
         if isinstance(item, str):
-            if NUL in item:
+            if refuse_nul and NUL in item:
                 raise InputError("Text must not contain U+0000 (NUL).")
         elif isinstance(item, dict | list):
             depth += 1
@@ -42,7 +42,7 @@ def json_size(value) -> int:
     return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
 
 
-def loads(text: str | bytes, max_depth: int):
+def loads(text: str | bytes, max_depth: int, refuse_nul: bool = True):
     """json.loads, then check_json; every failure is an InputError with a clear message.
 
     The C decoder recurses: input nested a few thousand levels deep raises RecursionError
@@ -56,7 +56,7 @@ def loads(text: str | bytes, max_depth: int):
         raise InputError(f"Nested deeper than {max_depth} levels.") from None
     except UnicodeDecodeError:
         raise InputError("Not valid UTF-8.") from None
-    check_json(value, max_depth)
+    check_json(value, max_depth, refuse_nul)
     return value
 
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from urllib.parse import unquote_to_bytes
+from urllib.parse import parse_qsl
 
 from django.contrib.auth.middleware import LoginRequiredMiddleware as DjangoLoginRequired
 from django.http import HttpResponseBadRequest, JsonResponse
@@ -35,21 +35,42 @@ class RejectNulMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        if self._has_nul(request):
-            if request.path_info.startswith("/api/"):
-                return JsonResponse({"detail": NUL_MESSAGE}, status=400)
-            return HttpResponseBadRequest(NUL_MESSAGE, content_type="text/plain")
-        return self.get_response(request)
+        where = self._nul_in(request)
+        if where is None:
+            return self.get_response(request)
+        if request.path_info.startswith("/api/"):
+            # Like every API error, a JSON body naming the field when there is one.
+            body = {where: [NUL_MESSAGE]} if where != "detail" else {"detail": NUL_MESSAGE}
+            return JsonResponse(body, status=400)
+        field = "" if where == "detail" else f" ({where})"
+        return HttpResponseBadRequest(NUL_MESSAGE + field, content_type="text/plain")
 
-    @staticmethod
-    def _has_nul(request) -> bool:
+    @classmethod
+    def _nul_in(cls, request) -> str | None:
+        """Where a NUL is: a parameter's name, "detail" for the path, or None."""
         if "\x00" in request.path_info:
-            return True
-        if b"\x00" in unquote_to_bytes(request.META.get("QUERY_STRING", "")):
-            return True
-        if request.method == "POST" and request.content_type in FORM_TYPES:
+            return "detail"
+        query = parse_qsl(request.META.get("QUERY_STRING", ""), keep_blank_values=True)
+        found = cls._first_with_nul(query)
+        if found is not None:
+            return found
+        # The API reads JSON only (a form body gets 415 there): only pages read forms.
+        if (
+            request.method == "POST"
+            and request.content_type in FORM_TYPES
+            and not request.path_info.startswith("/api/")
+        ):
             # Reading POST here is what CsrfViewMiddleware does next anyway; an oversize
             # body raises RequestDataTooBig, answered as Django answers it (400).
-            return any("\x00" in key or any("\x00" in v for v in values)
-                       for key, values in request.POST.lists())  # fmt: skip
-        return False
+            return cls._first_with_nul(
+                (key, value) for key, values in request.POST.lists() for value in values
+            )
+        return None
+
+    @staticmethod
+    def _first_with_nul(pairs) -> str | None:
+        for key, value in pairs:
+            if "\x00" in key or "\x00" in value:
+                # The name as text a client can read; a NUL in it shown as an escape.
+                return key.replace("\x00", "\\x00")[:100] or "detail"
+        return None

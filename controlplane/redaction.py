@@ -55,6 +55,11 @@ def audit_values(value, user):
     return {k: redact(v) if k in ARGUMENT_KEYS else v for k, v in value.items()}
 
 
+def audit_text(value, user) -> str:
+    """An audit entry's before or after as compact JSON for ``user``; empty for None."""
+    return "" if value is None else json.dumps(audit_values(value, user), default=str)
+
+
 def json_text(value, user) -> str:
     """Compact JSON for display, redacted for ``user``; empty for None."""
     return "" if value is None else json.dumps(for_user(value, user), default=str)
@@ -71,7 +76,5 @@ class RedactingFilter(logging.Filter):
         if isinstance(record.args, dict):
             record.args = redact(record.args)
         elif isinstance(record.args, tuple):
-            record.args = tuple(
-                redact(a) if isinstance(a, dict | list) else a for a in record.args
-            )
+            record.args = tuple(redact(a) if isinstance(a, dict | list) else a for a in record.args)
         return True

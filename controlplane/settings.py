@@ -310,6 +310,8 @@ LOGGING = {
         "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]}
     },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    # django-axes logs every successful login at INFO; lockouts come as warnings.
+    "loggers": {"axes": {"level": "WARNING"}},
 }
 
 # --- Scheduler nodes -------------------------------------------------------------------

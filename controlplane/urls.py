@@ -1,14 +1,12 @@
-from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.contrib.auth.decorators import login_required
 from django.urls import include, path
 from django_prometheus.exports import ExportToDjangoView
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.routers import DefaultRouter
 
-from controlplane import metrics
+from controlplane import api_tokens, metrics
 from controlplane import views as cp
+from controlplane.api_docs import SchemaView, docs_view
 from jobs import api as jobs_api
 from jobs import views as jobs
 from locks import api as locks_api
@@ -17,16 +15,11 @@ from locks import views as locks
 # /metrics serves django-prometheus's registry; the cluster gauges join it here, once.
 metrics.register_cluster_collector()
 
-# Swagger UI with its start-up script served as a file: no inline script (CSP). A page for
-# people: without API_DOCS_PUBLIC, the login page first (the schema itself answers 401).
-api_docs = SpectacularSwaggerSplitView.as_view(url_name="api-schema")
-if not settings.API_DOCS_PUBLIC:
-    api_docs = login_required(api_docs)
-
 # The REST API: each app registers its own viewsets.
 router = DefaultRouter()
 jobs_api.register(router)
 locks_api.register(router)
+api_tokens.register(router)
 
 urlpatterns = [
     path("", cp.overview, name="overview"),
@@ -36,6 +29,8 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("audit/", cp.audit_log, name="audit-log"),
+    path("tokens/", cp.token_list, name="token-list"),
+    path("tokens/<int:token_id>/revoke/", cp.token_revoke, name="token-revoke"),
     # Jobs, triggers and executions (jobs/views.py).
     path("jobs/", jobs.job_list, name="job-list"),
     path("jobs/<int:job_id>/", jobs.job_detail, name="job-detail"),
@@ -53,8 +48,8 @@ urlpatterns = [
     path("locks/release/<path:name>", locks.lock_release, name="lock-release"),
     path("nodes/", locks.node_list, name="node-list"),
     path("api/v1/", include(router.urls)),
-    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", api_docs, name="api-docs"),
+    path("api/schema/", SchemaView.as_view(), name="api-schema"),
+    path("api/docs/", docs_view(), name="api-docs"),
     path("admin/", admin.site.urls),
 ]
 

@@ -12,7 +12,8 @@ from django.contrib import admin, messages
 from django.utils.html import format_html, format_html_join
 
 from controlplane import audit
-from controlplane.admin import ReadOnlyAdmin
+from controlplane.admin import ReadOnlyAdmin, redacted_field
+from controlplane.roles import is_schedule_editor, sees_tracebacks
 from jobs import schedule
 from jobs.actions import run_now, set_job_paused, set_trigger_paused
 from jobs.describe import describe_schedule, local_text, observes_dst, utc_text
@@ -178,7 +179,12 @@ class JobAdmin(_PauseActions, admin.ModelAdmin):
     actions = ["pause_selected", "resume_selected", "run_selected_now"]
 
     def get_fieldsets(self, request, obj=None):
-        return _editable_fieldsets(self, request, obj, list(JOB_FIELDS), [])
+        fields = list(JOB_FIELDS)
+        if not is_schedule_editor(request.user):
+            # Read only for this user: the arguments as the dashboard shows them to them.
+            user = request.user
+            fields = [redacted_field(f, user) if f in ("args", "kwargs") else f for f in fields]
+        return _editable_fieldsets(self, request, obj, fields, [])
 
     def has_run_permission(self, request) -> bool:
         return request.user.has_perm("jobs.run_job")
@@ -278,6 +284,23 @@ class TriggerAdmin(ScheduleDisplayMixin, _PauseActions, admin.ModelAdmin):
 
 @admin.register(Execution)
 class ExecutionAdmin(ReadOnlyAdmin):
+    def get_fields(self, request, obj=None):
+        # Built per request: arguments redacted below the admin role, and the traceback
+        # only for roles that may see it (as on the dashboard).
+        user = request.user
+        names = []
+        for field in Execution._meta.fields:
+            if field.name in ("args", "kwargs"):
+                names.append(redacted_field(field.name, user))
+            elif field.name == "traceback" and not sees_tracebacks(user):
+                continue
+            elif field.name != "id":
+                names.append(field.name)
+        return names
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.get_fields(request, obj)
+
     list_display = [
         "id", "job", "origin", "state", "scheduled_for", "attempt", "node", "started_at",
         "finished_at",

@@ -165,6 +165,18 @@ def client_for(role_users):
     return make
 
 
+def make_api_key(user, name: str | None = None, expires_in_days: int | None = None) -> str:
+    """A new API token of ``user``; returns its key (stored only as a hash). Not audited
+    (controlplane.tokens.create_token is), so tests can count their own audit entries."""
+    from datetime import timedelta
+
+    from controlplane.models import ApiToken
+
+    expiry = None if expires_in_days is None else timedelta(days=expires_in_days)
+    name = name or f"test-{ApiToken.objects.filter(user=user).count() + 1}"
+    return ApiToken.objects.create(user, expiry=expiry, name=name)[1]
+
+
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings):
     # The default hasher costs ~0.2 s per user; tests create a few users each.
