@@ -324,4 +324,4 @@ def _object_url(entry: AuditEntry, trigger_jobs: dict[int, int]) -> str | None:
 def _compact_json(value) -> str:
     if value is None:
         return ""
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str, ensure_ascii=False)

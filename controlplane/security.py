@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.db.models import Q
 
 from controlplane import audit
+from controlplane.dashboard import DbNow
+from controlplane.models import AuditEntry
 
 LOCKOUT_ACTOR = "login protection"
 
@@ -25,9 +28,19 @@ def client_ip(request) -> str:
 
 
 def audit_lockout(sender, request=None, username=None, ip_address=None, **kwargs) -> None:
-    """Receiver of axes' user_locked_out: one audit entry per lockout."""
+    """Receiver of axes' user_locked_out: one audit entry per lockout.
+
+    axes signals every attempt refused during a lockout too; an attacker hammering a
+    locked account must not fill the audit log, so a lockout of the same username or
+    address within the cool-off is recorded once.
+    """
     # The username is whatever was typed: keep it to the audit log's column size.
     name = (username or "")[:255]
+    recent = AuditEntry.objects.filter(
+        action="login.lockout", created_at__gte=DbNow() - settings.AXES_COOLOFF_TIME
+    )
+    if recent.filter(Q(object_id=name) | Q(after__ip_address=ip_address)).exists():
+        return
     audit.record(
         LOCKOUT_ACTOR,
         "login.lockout",

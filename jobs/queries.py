@@ -118,7 +118,7 @@ def changes(before, after) -> list[tuple[str, str, str]] | None:
 
 def json_text(value) -> str:
     """Compact JSON for display; empty for None (nothing recorded)."""
-    return "" if value is None else json.dumps(value, default=str)
+    return "" if value is None else json.dumps(value, default=str, ensure_ascii=False)
 
 
 # --- executions ---------------------------------------------------------------------
