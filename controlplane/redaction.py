@@ -57,12 +57,18 @@ def audit_values(value, user):
 
 def audit_text(value, user) -> str:
     """An audit entry's before or after as compact JSON for ``user``; empty for None."""
-    return "" if value is None else json.dumps(audit_values(value, user), default=str, ensure_ascii=False)
+    return (
+        ""
+        if value is None
+        else json.dumps(audit_values(value, user), default=str, ensure_ascii=False)
+    )
 
 
 def json_text(value, user) -> str:
     """Compact JSON for display, redacted for ``user``; empty for None."""
-    return "" if value is None else json.dumps(for_user(value, user), default=str, ensure_ascii=False)
+    return (
+        "" if value is None else json.dumps(for_user(value, user), default=str, ensure_ascii=False)
+    )
 
 
 class RedactingFilter(logging.Filter):
