@@ -43,12 +43,12 @@ class TokenPagination(CursorPagination):
     max_page_size = 500
 
 
-class _ErrorSerializer(serializers.Serializer):
+class TokenApiErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()
 
 
 def _error(text: str) -> OpenApiResponse:
-    return OpenApiResponse(_ErrorSerializer, text)
+    return OpenApiResponse(TokenApiErrorSerializer, text)
 
 
 @extend_schema_view(
