@@ -9,6 +9,7 @@ resume and run-now actions call jobs.actions, which audit themselves.
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.utils.html import format_html, format_html_join
 
 from controlplane import audit
@@ -192,7 +193,13 @@ class JobAdmin(_PauseActions, admin.ModelAdmin):
     @admin.action(description="Run the selected jobs now", permissions=["run"])
     def run_selected_now(self, request, queryset):
         for job in queryset:
-            execution = run_now(job, request.user)
+            try:
+                execution = run_now(job, request.user)
+            except ValidationError as e:
+                # Its arguments no longer fit its target (or the target is gone).
+                text = "; ".join(m for msgs in e.message_dict.values() for m in msgs)
+                self.message_user(request, f"Not run: {job.name}: {text}", messages.ERROR)
+                continue
             self.message_user(
                 request,
                 f"Queued a run of {job.name} (execution #{execution.pk}).",

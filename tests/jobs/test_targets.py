@@ -251,3 +251,16 @@ def test_a_rerun_is_checked_against_the_targets_signature_now(client_for):
     assert response.status_code == 409
     assert "gone: demo.sleep has no such parameter." in response.json()["detail"]
     assert Execution.objects.count() == 1
+
+
+def test_the_admins_run_now_action_reports_a_job_that_cannot_run(client_for, role_users):
+    bad = make_job("bad", target="demo.sleep", kwargs={"seconds": "soon"})
+    good = make_job("good", target="demo.sleep", kwargs={"seconds": 1})
+    response = client_for("operator").post(
+        "/admin/jobs/job/",
+        {"action": "run_selected_now", "_selected_action": [bad.pk, good.pk]},
+        follow=True,
+    )
+    html = response.content.decode()
+    assert "Not run: bad: seconds: expected float, got str." in html
+    assert list(Execution.objects.values_list("job__name", flat=True)) == ["good"]
