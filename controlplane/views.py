@@ -144,6 +144,20 @@ def page_not_found(request, exception=None):
     return defaults.page_not_found(request, exception)
 
 
+def bad_request(request, exception=None):
+    """400s Django raises before a view answers (e.g. a body over the size limit)."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "Bad request."}, status=400)
+    return defaults.bad_request(request, exception)
+
+
+def server_error(request):
+    """500s: JSON under /api/ too, with nothing about the failure (that goes to the log)."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "Server error."}, status=500)
+    return defaults.server_error(request)
+
+
 # --- API tokens (each user's own) -------------------------------------------------------
 
 

@@ -389,3 +389,13 @@ def test_a_nul_byte_in_a_form_is_400_on_every_page(client_for, role):
     assert client.get("/audit/", {"actor": "\x00"}).status_code == 400
     job.refresh_from_db()
     assert not job.paused
+
+
+def test_api_errors_raised_outside_a_view_are_json_too(rf):
+    from controlplane import views
+
+    for handler, status in [(views.bad_request, 400), (views.server_error, 500)]:
+        response = handler(rf.get("/api/v1/jobs/"))
+        assert response.status_code == status
+        assert response["Content-Type"] == "application/json"
+        assert handler(rf.get("/jobs/")).status_code == status
