@@ -14,14 +14,22 @@ FROM python:3.11-slim-bookworm
 # The code runs from /app, where templates/ and manage.py sit beside the packages
 # (settings.BASE_DIR is their parent), so /app is on the path rather than the project
 # installed into site-packages. WEB_CONCURRENCY is gunicorn's own variable: its number
-# of worker processes.
+# of worker processes. The web is meant to sit behind a proxy that terminates TLS and sets
+# X-Forwarded-Proto: HTTPS only (redirect, HSTS for a year, secure cookies). The demo
+# targets (SCHEDULER_DEMO_TARGETS) stay off.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONPATH=/app \
     DEBUG=0 \
-    WEB_CONCURRENCY=2
+    WEB_CONCURRENCY=2 \
+    SECURE_SSL_REDIRECT=1 \
+    SECURE_HSTS_SECONDS=31536000 \
+    SECURE_HSTS_INCLUDE_SUBDOMAINS=1 \
+    SESSION_COOKIE_SECURE=1 \
+    CSRF_COOKIE_SECURE=1 \
+    SECURE_PROXY_SSL_HEADER=X-Forwarded-Proto
 
 RUN useradd --system --no-create-home --shell /usr/sbin/nologin --uid 10001 app
 

@@ -36,7 +36,7 @@ run: venv
 
 test: venv test-tools
 	$(BIN)/ruff check .
-	PRIVATE_PG_FAST=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	PRIVATE_PG_FAST=1 SCHEDULER_DEMO_TARGETS=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Debian packages the tests need: faketime (clock-skew tests), chromium (browser tests,
 # driven by Playwright through executable_path; no browser is ever downloaded) and

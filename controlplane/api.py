@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from django.conf import settings
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
-from rest_framework import exceptions, permissions
+from rest_framework import exceptions, parsers, permissions
 
+from controlplane import limits
 from locks.leases import LockError
 from locks.maintenance import LockNotHeld, UnknownLock
 
@@ -53,7 +57,41 @@ def exception_handler(exc, context):
         exc = Conflict({"detail": str(exc)})
     elif isinstance(exc, Http404):
         exc = exceptions.NotFound()
+    elif isinstance(exc, RequestDataTooBig):
+        exc = RequestTooLarge()
+    elif isinstance(exc, DjangoPermissionDenied) and exc.args:
+        # A refusal that says why (e.g. an override the role may not make), as JSON.
+        exc = exceptions.PermissionDenied(exc.args[0])
     return drf_exception_handler(exc, context)
+
+
+class RequestTooLarge(exceptions.APIException):
+    status_code = 413
+    default_code = "too_large"
+
+    def __init__(self):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        super().__init__(f"The request body is larger than {limit} bytes.")
+
+
+class BoundedJSONParser(parsers.JSONParser):
+    """JSON bodies up to DATA_UPLOAD_MAX_MEMORY_SIZE bytes and API_JSON_MAX_DEPTH levels:
+    every other body is a 400 (413 when too large), never a 500.
+
+    Django checks the size only when the body is read through ``request.body``; DRF
+    streams it, so the limit is applied here as the body is read. A "\u0000" inside a
+    string is left to the serializers, whose 400 names the field that holds it.
+    """
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        body = stream.read(limit + 1) if stream is not None else b""
+        if len(body) > limit:
+            raise RequestTooLarge()
+        try:
+            return limits.loads(body, settings.API_JSON_MAX_DEPTH, refuse_nul=False)
+        except limits.InputError as e:
+            raise exceptions.ParseError(f"JSON parse error - {e}") from None
 
 
 class Conflict(exceptions.APIException):

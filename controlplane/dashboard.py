@@ -18,6 +18,7 @@ from django.db import connection
 from django.db.models import Count, DateTimeField, F, Func, Q
 from django.urls import reverse
 
+from controlplane import redaction
 from controlplane.models import AuditEntry
 from jobs.models import Execution, Trigger
 from locks.maintenance import stale_locks
@@ -248,6 +249,7 @@ def audit_page(
     before: tuple[datetime, int] | None = None,
     after: tuple[datetime, int] | None = None,
     size: int = AUDIT_PAGE_SIZE,
+    user=None,
 ) -> AuditPage:
     """One page of the audit log, newest first, by keyset on (created_at, id).
 
@@ -283,7 +285,7 @@ def audit_page(
         has_more = len(rows) > size
         rows = rows[:size]
         newer_exists, older_exists = before is not None, has_more
-    describe_audit_entries(rows)
+    describe_audit_entries(rows, user)
     return AuditPage(
         entries=rows,
         newer=encode_cursor(rows[0]) if rows and newer_exists else None,
@@ -291,16 +293,17 @@ def audit_page(
     )
 
 
-def describe_audit_entries(entries: list[AuditEntry]) -> None:
-    """Attach ``object_url`` and compact ``before_json``/``after_json`` to each entry."""
+def describe_audit_entries(entries: list[AuditEntry], user) -> None:
+    """Attach ``object_url`` and compact ``before_json``/``after_json`` to each entry, the
+    arguments in them redacted for ``user`` (controlplane.redaction)."""
     trigger_ids = [
         int(e.object_id) for e in entries if e.object_type == "trigger" and e.object_id.isdigit()
     ]
     trigger_jobs = dict(Trigger.objects.filter(id__in=trigger_ids).values_list("id", "job_id"))
     for entry in entries:
         entry.object_url = _object_url(entry, trigger_jobs)
-        entry.before_json = _compact_json(entry.before)
-        entry.after_json = _compact_json(entry.after)
+        entry.before_json = _compact_json(redaction.audit_values(entry.before, user))
+        entry.after_json = _compact_json(redaction.audit_values(entry.after, user))
 
 
 def _object_url(entry: AuditEntry, trigger_jobs: dict[int, int]) -> str | None:
@@ -321,4 +324,4 @@ def _object_url(entry: AuditEntry, trigger_jobs: dict[int, int]) -> str | None:
 def _compact_json(value) -> str:
     if value is None:
         return ""
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str, ensure_ascii=False)

@@ -203,6 +203,8 @@ def _banner(database: str, setup_output: str, children: list[str]) -> str:
 def main(setup: list[list[str]] = SETUP, children: dict[str, list[str]] = CHILDREN) -> int:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
+    # The demo jobs (load_demo) run the demo targets, which production never registers.
+    env.setdefault("SCHEDULER_DEMO_TARGETS", "1")
     try:
         database = _database(env)
         output = ""

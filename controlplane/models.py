@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 from django.db.models.functions import Now
+from django.utils import timezone
+from knox.models import AbstractAuthToken
 
 
 class AuditEntry(models.Model):
@@ -30,3 +32,31 @@ class AuditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.actor} {self.action} {self.object_type}:{self.object_id}"
+
+
+class ApiToken(AbstractAuthToken):
+    """A named REST API token of one user; only its hash is stored (django-rest-knox).
+
+    The key is shown once, when it is made. ``token_key`` holds its first characters: how
+    knox finds the row to compare hashes with, and how people tell their tokens apart.
+    """
+
+    # An id to address the row by (knox's primary key is the digest, not for URLs).
+    id = models.BigAutoField(primary_key=True)
+    digest = models.CharField(max_length=128, unique=True)
+    name = models.CharField(max_length=100)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        verbose_name = "API token"
+        constraints = [
+            models.UniqueConstraint(fields=["user", "name"], name="one_token_name_per_user"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.user}, {self.token_key[:8]}…)"
+
+    @property
+    def expired(self) -> bool:
+        return self.expiry is not None and self.expiry <= timezone.now()

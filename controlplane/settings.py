@@ -5,12 +5,15 @@ Every setting is an environment variable; README.md lists them with their defaul
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
-from controlplane.env import env_bool, env_float, env_int, env_str
+from controlplane.env import env_bool, env_float, env_int, env_list, env_rate, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -31,7 +34,11 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    # Hashed API tokens: knox's hashing and authentication, with our token model
+    # (controlplane.ApiToken: named, with last use). Its own AuthToken is swapped out.
+    "knox",
+    "axes",
+    "csp",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_htmx",
@@ -45,6 +52,9 @@ MIDDLEWARE = [
     # First and last, so the request metrics (/metrics) time and count everything between.
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # A NUL byte in the path, the query or a form body is a 400 before any view reads it.
+    "controlplane.middleware.RejectNulMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -55,7 +65,15 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last before the metrics: turns a login refused for a lockout into the lockout page.
+    "axes.middleware.AxesMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+AUTHENTICATION_BACKENDS = [
+    # First: refuses any login attempt while its user or address is locked out.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 if not DEBUG:
@@ -77,6 +95,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "csp.context_processors.nonce",
             ],
         },
     },
@@ -99,18 +118,63 @@ DATABASES["default"]["OPTIONS"].setdefault("application_name", env_str("APP_NAME
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# --- The REST API ----------------------------------------------------------------------
+# Requests per client per period (DRF's "N/s", "N/min", "N/hour" or "N/day").
+API_THROTTLE_ANON = env_rate("API_THROTTLE_ANON", "60/min")
+API_THROTTLE_USER = env_rate("API_THROTTLE_USER", "1200/min")
+# Failed token authentications per client address: past it, 429 until the period ends.
+API_THROTTLE_AUTH_FAILURES = env_rate("API_THROTTLE_AUTH_FAILURES", "10/min")
+# Proxies in front of the web that append to X-Forwarded-For; 0: use the peer address.
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0, minimum=0)
+
 REST_FRAMEWORK = {
     # Token first, so an anonymous request gets 401 with WWW-Authenticate: Token.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "controlplane.tokens.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["controlplane.api.RolePermission"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "controlplane.api.exception_handler",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["controlplane.api.BoundedJSONParser"],
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": API_THROTTLE_ANON,
+        "user": API_THROTTLE_USER,
+        "auth_failures": API_THROTTLE_AUTH_FAILURES,
+    },
+    "NUM_PROXIES": TRUSTED_PROXY_COUNT,
 }
+
+KNOX_TOKEN_MODEL = "controlplane.ApiToken"
+REST_KNOX = {
+    "TOKEN_MODEL": KNOX_TOKEN_MODEL,
+    # Expiry is chosen per token (or none); knox's default of 10 hours does not apply.
+    "TOKEN_TTL": None,
+    "AUTH_HEADER_PREFIX": "Token",
+}
+# knox's own token table would never be used: its model is swapped for ApiToken.
+MIGRATION_MODULES = {"knox": None}
+
+# Throttle counters and the like. Without CACHE_REDIS_URL each web process counts on its
+# own (so N processes allow N times the rates); with it, all share one count.
+CACHE_REDIS_URL = env_str("CACHE_REDIS_URL")
+if CACHE_REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": CACHE_REDIS_URL,
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# /api/schema/ and /api/docs/ answer anonymous users too (default: a login is needed).
+API_DOCS_PUBLIC = env_bool("API_DOCS_PUBLIC", False)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Clustered scheduler API",
@@ -118,6 +182,12 @@ SPECTACULAR_SETTINGS = {
     "operators take on them. Authenticate with `Authorization: Token <key>`.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema and the docs need a login unless API_DOCS_PUBLIC.
+    "SERVE_PERMISSIONS": [
+        "rest_framework.permissions.AllowAny"
+        if API_DOCS_PUBLIC
+        else "rest_framework.permissions.IsAuthenticated"
+    ],
     # Swagger UI from the drf-spectacular-sidecar package's static files: no CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
@@ -140,6 +210,91 @@ STATIC_URL = "static/"
 # /app/staticfiles, collected at build).
 STATIC_ROOT = Path(env_str("STATIC_ROOT") or BASE_DIR / "staticfiles")
 
+# --- Request bounds ----------------------------------------------------------------------
+# Largest request body (bytes) a view reads; the API answers 413 past it.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 1_048_576, minimum=65_536)
+# A job's args and kwargs, each: bytes as compact JSON, and nesting depth.
+SCHEDULER_ARGS_MAX_BYTES = env_int("SCHEDULER_ARGS_MAX_BYTES", 65_536, minimum=64)
+SCHEDULER_ARGS_MAX_DEPTH = env_int("SCHEDULER_ARGS_MAX_DEPTH", 20, minimum=1)
+# Any JSON body to the API: deeper nesting is refused before a serializer sees it.
+API_JSON_MAX_DEPTH = max(100, SCHEDULER_ARGS_MAX_DEPTH + 5)
+
+# --- Job targets and secrets -------------------------------------------------------------
+# The demo targets (jobs/demo_targets.py; one of them writes files): for `make run` and
+# the tests, never for production. The Docker image leaves this off.
+SCHEDULER_DEMO_TARGETS = env_bool("SCHEDULER_DEMO_TARGETS", False)
+# {"$secret": "NAME"} in a job's arguments reads the environment variable PREFIX + NAME
+# of the node or worker that runs it; the prefix keeps jobs away from the process's own
+# settings (SECRET_KEY, DATABASE_URL).
+SCHEDULER_SECRET_ENV_PREFIX = env_str("SCHEDULER_SECRET_ENV_PREFIX", "SCHEDULER_SECRET_")
+if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", SCHEDULER_SECRET_ENV_PREFIX):
+    raise ImproperlyConfigured(
+        "SCHEDULER_SECRET_ENV_PREFIX must be a non-empty environment variable name prefix"
+    )
+# Argument values under keys matching this (case-insensitive, anywhere in the key) show
+# as •••• to every role below admin: pages, API, audit log, logs.
+SCHEDULER_REDACT_KEYS = env_str(
+    "SCHEDULER_REDACT_KEYS", "password|secret|token|api_key|credential|private"
+)
+try:
+    re.compile(SCHEDULER_REDACT_KEYS)
+except re.error as e:
+    raise ImproperlyConfigured(f"SCHEDULER_REDACT_KEYS is not a regular expression: {e}") from None
+
+# --- Login protection (django-axes) ------------------------------------------------------
+# After LOGIN_FAILURE_LIMIT failed logins for one username, or from one address, further
+# attempts are refused (429) for LOGIN_COOLOFF_MINUTES; each lockout is audited.
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("LOGIN_COOLOFF_MINUTES", 15.0, minimum=0.1))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_CLIENT_IP_CALLABLE = "controlplane.security.client_ip"
+AXES_VERBOSE = False
+
+# --- HTTPS and security headers ----------------------------------------------------------
+# Off by default for development over plain HTTP; the Docker image turns them on.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+# Probes and Prometheus ask over plain HTTP inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
+# Behind a TLS-terminating proxy: the header it sets to "https", e.g. X-Forwarded-Proto.
+# Only when the proxy always sets it and nothing reaches the web around the proxy.
+_PROXY_SSL_HEADER = env_str("SECURE_PROXY_SSL_HEADER")
+if _PROXY_SSL_HEADER:
+    if not re.fullmatch(r"[A-Za-z0-9-]+", _PROXY_SSL_HEADER):
+        raise ImproperlyConfigured(f"SECURE_PROXY_SSL_HEADER={_PROXY_SSL_HEADER!r} is not a header")
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _PROXY_SSL_HEADER.upper().replace("-", "_"), "https")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# Preloading binds the whole registered domain and its subdomains: a decision for the
+# domain's owner, not a default of this image. Without it Django warns (W021).
+if not SECURE_HSTS_PRELOAD:
+    SILENCED_SYSTEM_CHECKS = ["security.W021"]
+# Only the site's own scripts, styles and images (data: for the icons of Swagger UI's
+# stylesheet): no inline code, no other origin. Every page works under it; the browser
+# tests check that no page violates it.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/login/"
@@ -148,8 +303,15 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Secret-looking values in dict and list log arguments are masked (the redaction of
+    # the dashboard and the API).
+    "filters": {"redact": {"()": "controlplane.redaction.RedactingFilter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]}
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    # django-axes logs every successful login at INFO; lockouts come as warnings.
+    "loggers": {"axes": {"level": "WARNING"}},
 }
 
 # --- Scheduler nodes -------------------------------------------------------------------

@@ -2,11 +2,11 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from django_prometheus.exports import ExportToDjangoView
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
-from controlplane import metrics
+from controlplane import api_tokens, metrics
 from controlplane import views as cp
+from controlplane.api_docs import SchemaView, docs_view
 from jobs import api as jobs_api
 from jobs import views as jobs
 from locks import api as locks_api
@@ -19,6 +19,7 @@ metrics.register_cluster_collector()
 router = DefaultRouter()
 jobs_api.register(router)
 locks_api.register(router)
+api_tokens.register(router)
 
 urlpatterns = [
     path("", cp.overview, name="overview"),
@@ -28,6 +29,8 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("audit/", cp.audit_log, name="audit-log"),
+    path("tokens/", cp.token_list, name="token-list"),
+    path("tokens/<int:token_id>/revoke/", cp.token_revoke, name="token-revoke"),
     # Jobs, triggers and executions (jobs/views.py).
     path("jobs/", jobs.job_list, name="job-list"),
     path("jobs/<int:job_id>/", jobs.job_detail, name="job-detail"),
@@ -45,9 +48,11 @@ urlpatterns = [
     path("locks/release/<path:name>", locks.lock_release, name="lock-release"),
     path("nodes/", locks.node_list, name="node-list"),
     path("api/v1/", include(router.urls)),
-    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/schema/", SchemaView.as_view(), name="api-schema"),
+    path("api/docs/", docs_view(), name="api-docs"),
     path("admin/", admin.site.urls),
 ]
 
+handler400 = "controlplane.views.bad_request"
 handler404 = "controlplane.views.page_not_found"
+handler500 = "controlplane.views.server_error"

@@ -3,16 +3,19 @@ from __future__ import annotations
 import logging
 
 from django import forms
+from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required, permission_required
 from django.db import DatabaseError, connection
 from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpResponse, JsonResponse
-from django.shortcuts import render
-from django.utils.cache import patch_vary_headers
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.cache import add_never_cache_headers, patch_vary_headers
 from django.views import defaults
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from controlplane import dashboard
+from controlplane.models import ApiToken
+from controlplane.tokens import MAX_EXPIRY_DAYS, TokenNameTaken, create_token, revoke_token
 
 log = logging.getLogger("controlplane.views")
 
@@ -113,7 +116,9 @@ def audit_log(request):
     form = AuditFilterForm(request.GET, actions=actions, object_types=object_types)
     if form.is_valid():
         data = form.cleaned_data
-        page = dashboard.audit_page(data, before=data["before"], after=data["after"])
+        page = dashboard.audit_page(
+            data, before=data["before"], after=data["after"], user=request.user
+        )
     else:
         # The errors show beside the filters; status 200 so htmx swaps them in too.
         page = None
@@ -137,3 +142,64 @@ def page_not_found(request, exception=None):
     if request.path.startswith("/api/"):
         return JsonResponse({"detail": "Not found."}, status=404)
     return defaults.page_not_found(request, exception)
+
+
+def bad_request(request, exception=None):
+    """400s Django raises before a view answers (e.g. a body over the size limit)."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "Bad request."}, status=400)
+    return defaults.bad_request(request, exception)
+
+
+def server_error(request):
+    """500s: JSON under /api/ too, with nothing about the failure (that goes to the log)."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "Server error."}, status=500)
+    return defaults.server_error(request)
+
+
+# --- API tokens (each user's own) -------------------------------------------------------
+
+
+class TokenForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="What it is for, e.g. ci-deploy.")
+    expires_in_days = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=MAX_EXPIRY_DAYS,
+        label="Expires in (days)",
+        help_text="Empty: never.",
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def token_list(request):
+    """Your API tokens; POST makes one and shows its key, this once."""
+    form = TokenForm(request.POST if request.method == "POST" else None)
+    new_key = None
+    if form.is_valid():
+        data = form.cleaned_data
+        try:
+            token, new_key = create_token(
+                request.user, data["name"], data["expires_in_days"], request.user
+            )
+        except TokenNameTaken as e:
+            form.add_error("name", str(e))
+        else:
+            messages.success(request, f"Made the token {token.name}. Copy its key now.")
+            form = TokenForm()
+    tokens = ApiToken.objects.filter(user=request.user)
+    context = {"tokens": tokens, "form": form, "new_key": new_key}
+    response = render(request, "controlplane/tokens.html", context)
+    if new_key:
+        # The key is in this page only: no cache may keep it.
+        add_never_cache_headers(response)
+    return response
+
+
+@require_POST
+def token_revoke(request, token_id: int):
+    token = get_object_or_404(ApiToken, pk=token_id, user=request.user)
+    revoke_token(token, request.user, "revoked by its owner")
+    messages.success(request, f"Revoked the token {token.name}: its key no longer works.")
+    return redirect("token-list")

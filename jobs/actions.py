@@ -6,16 +6,35 @@ schedule (next_fire_at), so a manual run or a rerun never disturbs it.
 
 from __future__ import annotations
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 
 from controlplane import audit
-from jobs.models import Execution, Job, Trigger, queue_manual_run, validate_args, validate_kwargs
+from controlplane.roles import is_schedule_editor
+from jobs import registry, secrets
+from jobs.models import (
+    Execution,
+    Job,
+    Trigger,
+    check_target_call,
+    queue_manual_run,
+    validate_args,
+    validate_kwargs,
+)
+
+
+class OverrideNotAllowed(PermissionDenied):
+    """A run-time override the user's role may not make; the message says which."""
 
 
 @transaction.atomic
 def run_now(job: Job, by, args=None, kwargs=None, reason: str = "") -> Execution:
-    """Queue a manual run of ``job``, optionally with other arguments."""
+    """Queue a manual run of ``job``, optionally with other arguments.
+
+    Given args or kwargs replace the job's own. They must fit the target's signature, and
+    below the admin role they may change only the parameters the target declares
+    overridable, and carry no secret reference (OverrideNotAllowed otherwise).
+    """
     errors = {}
     checks = (("args", args, validate_args), ("kwargs", kwargs, validate_kwargs))
     for name, value, validate in checks:
@@ -26,6 +45,14 @@ def run_now(job: Job, by, args=None, kwargs=None, reason: str = "") -> Execution
                 errors[name] = e.messages
     if errors:
         raise ValidationError(errors)
+    run_args = job.args if args is None else args
+    run_kwargs = job.kwargs if kwargs is None else kwargs
+    if job.target:
+        if not registry.is_registered(job.target):
+            raise ValidationError({"target": f"{job.target!r} is not a registered job target."})
+        check_target_call(job.target, run_args, run_kwargs)
+    if (args is not None or kwargs is not None) and not _may_override_anything(by):
+        _check_override(job, run_args, run_kwargs)
     execution = queue_manual_run(job, user=_user(by), args=args, kwargs=kwargs)
     audit.record(
         by, "job.run_now", "job", job.pk, reason,
@@ -39,6 +66,9 @@ def rerun(original: Execution, by, reason: str = "") -> Execution:
     """Run an execution again: a new row with its arguments and fire time, linked to it."""
     if original.state in (Execution.State.PENDING, Execution.State.DISPATCHED):
         raise ValidationError({"execution": f"#{original.pk} has not run yet ({original.state})."})
+    if original.job.target:
+        # Its arguments were checked when it was queued; the target may have changed since.
+        check_target_call(original.job.target, original.args, original.kwargs)
     execution = Execution.objects.create(
         job=original.job,
         trigger=original.trigger,
@@ -79,3 +109,32 @@ def _set_paused(model, obj, paused: bool, by, reason: str, kind: str) -> bool:
 
 def _user(by):
     return None if by is None or isinstance(by, str) else by
+
+
+def _may_override_anything(by) -> bool:
+    # A process or a command (a string, or None) acts with the code's own authority.
+    return by is None or isinstance(by, str) or is_schedule_editor(by)
+
+
+def _check_override(job: Job, args: list, kwargs: dict) -> None:
+    """Refuse what an operator may not change: parameters the target does not declare
+    overridable (every parameter, for a Celery task job), and secret references."""
+    if not job.target:
+        if args != job.args or kwargs != job.kwargs:
+            raise OverrideNotAllowed(
+                f"Only a schedule editor (admin) may override the arguments of {job.name}, "
+                "a Celery task job."
+            )
+        return
+    target = registry.get_target(job.target)
+    changed = registry.overridden(target, (job.args, job.kwargs), (args, kwargs))
+    refused = sorted(changed - target.overridable)
+    if refused:
+        may = ", ".join(sorted(target.overridable)) or "nothing"
+        raise OverrideNotAllowed(
+            f"Only a schedule editor (admin) may override {', '.join(refused)} of {job.name}; "
+            f"an operator may override: {may}."
+        )
+    values, _errors = registry.bind(target, args, kwargs)
+    if any(True for _ in secrets.references([values[name] for name in changed])):
+        raise OverrideNotAllowed("Only a schedule editor (admin) may pass secret references.")

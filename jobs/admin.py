@@ -9,10 +9,12 @@ resume and run-now actions call jobs.actions, which audit themselves.
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.utils.html import format_html, format_html_join
 
 from controlplane import audit
-from controlplane.admin import ReadOnlyAdmin
+from controlplane.admin import ReadOnlyAdmin, redacted_field
+from controlplane.roles import is_schedule_editor, sees_tracebacks
 from jobs import schedule
 from jobs.actions import run_now, set_job_paused, set_trigger_paused
 from jobs.describe import describe_schedule, local_text, observes_dst, utc_text
@@ -178,7 +180,12 @@ class JobAdmin(_PauseActions, admin.ModelAdmin):
     actions = ["pause_selected", "resume_selected", "run_selected_now"]
 
     def get_fieldsets(self, request, obj=None):
-        return _editable_fieldsets(self, request, obj, list(JOB_FIELDS), [])
+        fields = list(JOB_FIELDS)
+        if not is_schedule_editor(request.user):
+            # Read only for this user: the arguments as the dashboard shows them to them.
+            user = request.user
+            fields = [redacted_field(f, user) if f in ("args", "kwargs") else f for f in fields]
+        return _editable_fieldsets(self, request, obj, fields, [])
 
     def has_run_permission(self, request) -> bool:
         return request.user.has_perm("jobs.run_job")
@@ -186,7 +193,13 @@ class JobAdmin(_PauseActions, admin.ModelAdmin):
     @admin.action(description="Run the selected jobs now", permissions=["run"])
     def run_selected_now(self, request, queryset):
         for job in queryset:
-            execution = run_now(job, request.user)
+            try:
+                execution = run_now(job, request.user)
+            except ValidationError as e:
+                # Its arguments no longer fit its target (or the target is gone).
+                text = "; ".join(m for msgs in e.message_dict.values() for m in msgs)
+                self.message_user(request, f"Not run: {job.name}: {text}", messages.ERROR)
+                continue
             self.message_user(
                 request,
                 f"Queued a run of {job.name} (execution #{execution.pk}).",
@@ -278,6 +291,23 @@ class TriggerAdmin(ScheduleDisplayMixin, _PauseActions, admin.ModelAdmin):
 
 @admin.register(Execution)
 class ExecutionAdmin(ReadOnlyAdmin):
+    def get_fields(self, request, obj=None):
+        # Built per request: arguments redacted below the admin role, and the traceback
+        # only for roles that may see it (as on the dashboard).
+        user = request.user
+        names = []
+        for field in Execution._meta.fields:
+            if field.name in ("args", "kwargs"):
+                names.append(redacted_field(field.name, user))
+            elif field.name == "traceback" and not sees_tracebacks(user):
+                continue
+            elif field.name != "id":
+                names.append(field.name)
+        return names
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.get_fields(request, obj)
+
     list_display = [
         "id", "job", "origin", "state", "scheduled_for", "attempt", "node", "started_at",
         "finished_at",

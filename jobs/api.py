@@ -22,12 +22,11 @@ from drf_spectacular.utils import (
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import CursorPagination
-from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 
 from controlplane import audit
-from controlplane.api import Conflict
+from controlplane.api import BoundedJSONParser, Conflict
 from jobs import actions, queries
 from jobs.edits import (
     JOB_FIELDS,
@@ -140,17 +139,18 @@ def _reason(data) -> str:
     return body.validated_data["reason"]
 
 
-def _execution_response(execution: Execution, code=status.HTTP_200_OK) -> Response:
+def _execution_response(request, execution: Execution, code=status.HTTP_200_OK) -> Response:
     # Read back: the row has database-computed times (scheduled_for=now(), created_at).
     execution = Execution.objects.select_related("job", "requested_by").get(pk=execution.pk)
     queries.with_timings([execution])
-    return Response(ExecutionDetailSerializer(execution).data, status=code)
+    data = ExecutionDetailSerializer(execution, context={"request": request}).data
+    return Response(data, status=code)
 
 
 class _ScheduleViewSet(viewsets.ModelViewSet):
     """Create, update and delete audited like the admin's edits, each under a row lock."""
 
-    parser_classes = [JSONParser]
+    parser_classes = [BoundedJSONParser]
     lookup_value_regex = ANY_ID
     audit_kind = ""  # "job" or "trigger"
     audit_fields: list[str] = []
@@ -244,7 +244,10 @@ class JobViewSet(_ScheduleViewSet):
     @extend_schema(
         summary="Run a job now (operator)",
         description="Queues a manual run, outside the schedule, with the job's arguments "
-        "or the ones given.",
+        "or the ones given (they replace the job's). They must fit the target's parameters "
+        "(400 naming the parameter). Below the admin role, only the parameters the target "
+        "declares overridable may differ from the job's own, and no secret reference may "
+        "be passed (403 saying which).",
         request=RunNowSerializer,
         responses={201: ExecutionDetailSerializer, **errors(400, 401, 403, 404, 415)},
     )
@@ -254,7 +257,7 @@ class JobViewSet(_ScheduleViewSet):
         body = RunNowSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         execution = actions.run_now(job, request.user, **body.validated_data)
-        return _execution_response(execution, status.HTTP_201_CREATED)
+        return _execution_response(request, execution, status.HTTP_201_CREATED)
 
     @extend_schema(
         summary="Pause a job (operator)",
@@ -411,7 +414,7 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = Execution.objects.select_related("job", "requested_by")
     serializer_class = ExecutionDetailSerializer
     pagination_class = ExecutionPagination
-    parser_classes = [JSONParser]
+    parser_classes = [BoundedJSONParser]
     lookup_value_regex = ANY_ID
     action_permissions = {"rerun": "jobs.rerun_execution"}
 
@@ -445,4 +448,4 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
             execution = actions.rerun(original, request.user, reason)
         except DjangoValidationError as e:
             raise Conflict(" ".join(e.messages)) from None
-        return _execution_response(execution, status.HTTP_201_CREATED)
+        return _execution_response(request, execution, status.HTTP_201_CREATED)

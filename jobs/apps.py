@@ -6,7 +6,11 @@ class JobsConfig(AppConfig):
     verbose_name = "Jobs and schedules"
 
     def ready(self):
+        from django.conf import settings
         from django.utils.module_loading import autodiscover_modules
 
         # Every installed app may declare job targets in a `targets` module.
         autodiscover_modules("targets")
+        if settings.SCHEDULER_DEMO_TARGETS:
+            # Only on request: some demo targets write files wherever their path says.
+            from jobs import demo_targets  # noqa: F401

@@ -209,6 +209,8 @@ def node_env(url: str, app_name: str) -> dict[str, str]:
         "LOG_LEVEL": "WARNING",
         # A stopped benchmark node has only no-ops in flight.
         "SCHEDULER_SHUTDOWN_GRACE": "5",
+        # The bench's jobs run demo targets, in the bench's own database and processes.
+        "SCHEDULER_DEMO_TARGETS": "1",
     }
 
 

@@ -11,7 +11,8 @@ from django.db import connection, models
 from django.db.models import Q
 from django.db.models.functions import Now
 
-from jobs import registry, schedule
+from controlplane import limits
+from jobs import registry, schedule, secrets
 
 
 def validate_target(value: str) -> None:
@@ -37,22 +38,25 @@ def validate_cron(value: str) -> None:
         raise ValidationError(str(e), code="invalid_cron") from None
 
 
-def _has_nul(value) -> bool:
-    # PostgreSQL's jsonb cannot store U+0000: refuse it here rather than fail on save.
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
+def _check_arguments(value, code: str) -> None:
+    """Bounds every stored args/kwargs value: nesting, NUL (PostgreSQL's jsonb cannot
+    store U+0000), size (SCHEDULER_ARGS_MAX_BYTES) and well-formed secret references."""
+    try:
+        limits.check_json(value, settings.SCHEDULER_ARGS_MAX_DEPTH)
+    except limits.InputError as e:
+        raise ValidationError(str(e), code=code) from None
+    size, limit = limits.json_size(value), settings.SCHEDULER_ARGS_MAX_BYTES
+    if size > limit:
+        raise ValidationError(f"Too large: {size} bytes as JSON, at most {limit}.", code=code)
+    problems = secrets.reference_errors(value)
+    if problems:
+        raise ValidationError(problems, code=code)
 
 
 def validate_args(value) -> None:
     if not isinstance(value, list):
         raise ValidationError('args must be a JSON list, e.g. [1, "two"]', code="invalid_args")
-    if _has_nul(value):
-        raise ValidationError("JSON strings must not contain U+0000.", code="invalid_args")
+    _check_arguments(value, "invalid_args")
 
 
 def validate_kwargs(value) -> None:
@@ -60,8 +64,18 @@ def validate_kwargs(value) -> None:
         raise ValidationError(
             'kwargs must be a JSON object, e.g. {"seconds": 5}', code="invalid_kwargs"
         )
-    if _has_nul(value):
-        raise ValidationError("JSON strings must not contain U+0000.", code="invalid_kwargs")
+    _check_arguments(value, "invalid_kwargs")
+
+
+def check_target_call(target: str, args, kwargs) -> None:
+    """ValidationError keyed "args"/"kwargs" (each message naming the parameter) unless
+    the arguments fit the registered target's signature. Arguments that are not even a
+    list and an object are left to validate_args/validate_kwargs."""
+    if not registry.is_registered(target) or not isinstance(args, list):
+        return
+    if not isinstance(kwargs, dict):
+        return
+    registry.check_call(registry.get_target(target), args, kwargs)
 
 
 def validate_celery_task_name(value: str) -> None:
@@ -175,6 +189,17 @@ class Job(models.Model):
             errors["retry_backoff"] = "Must not be negative."
         if self.timeout is not None and self.timeout < 1:
             errors["timeout"] = "At least 1 second, or empty for no timeout."
+        if self.target and not errors:
+            try:
+                validate_args(self.args)
+                validate_kwargs(self.kwargs)
+            except ValidationError:
+                pass  # reported on its field by the field's own validator
+            else:
+                try:
+                    check_target_call(self.target, self.args, self.kwargs)
+                except ValidationError as e:
+                    errors.update(e.message_dict)
         if errors:
             raise ValidationError(errors)
 

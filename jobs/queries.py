@@ -17,6 +17,7 @@ from cron_descriptor import ExpressionDescriptor, Options
 from django.db.models import BooleanField, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.db.models.expressions import RawSQL
 
+from controlplane import redaction
 from controlplane.models import AuditEntry
 from jobs.models import Execution, Job, Trigger
 
@@ -86,13 +87,16 @@ def recent_executions(job: Job, limit: int = RECENT_EXECUTIONS) -> list[Executio
     return with_timings(rows)
 
 
-def schedule_history(job: Job, trigger_ids: list[int], limit: int = SCHEDULE_HISTORY):
-    """Audit entries about the job and its triggers, newest first, each with ``changes``."""
+def schedule_history(job: Job, trigger_ids: list[int], user, limit: int = SCHEDULE_HISTORY):
+    """Audit entries about the job and its triggers, newest first, each with ``changes``;
+    arguments in them are redacted for ``user`` (controlplane.redaction)."""
     about = Q(object_type="job", object_id=str(job.pk))
     if trigger_ids:
         about |= Q(object_type="trigger", object_id__in=[str(t) for t in trigger_ids])
     entries = list(AuditEntry.objects.filter(about)[:limit])
     for entry in entries:
+        entry.before = redaction.audit_values(entry.before, user)
+        entry.after = redaction.audit_values(entry.after, user)
         entry.changes = changes(entry.before, entry.after)
         entry.before_json = json_text(entry.before)
         entry.after_json = json_text(entry.after)
@@ -114,7 +118,7 @@ def changes(before, after) -> list[tuple[str, str, str]] | None:
 
 def json_text(value) -> str:
     """Compact JSON for display; empty for None (nothing recorded)."""
-    return "" if value is None else json.dumps(value, default=str)
+    return "" if value is None else json.dumps(value, default=str, ensure_ascii=False)
 
 
 # --- executions ---------------------------------------------------------------------

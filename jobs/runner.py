@@ -32,6 +32,7 @@ from jobs import claims, context, joblocks, metrics, registry
 from jobs.claims import Result, Run
 from jobs.reconnect import CONNECTION_ERRORS, forget_connection, retry_on_disconnect
 from jobs.retry import retry_delay
+from jobs.secrets import resolve_secrets
 from locks import leases
 from locks.liveness import LivenessLease
 
@@ -308,7 +309,9 @@ class Runner:
             )
         )
         try:
-            registry.get_target(job.target).func(*run.args, **run.kwargs)
+            # Secret references become values here, in this thread, and nowhere else.
+            args, kwargs = resolve_secrets(run.args, run.kwargs)
+            registry.get_target(job.target).func(*args, **kwargs)
         except BaseException as e:  # the job's own failure, SystemExit included
             state, error, tb = "failed", f"{type(e).__name__}: {e}", traceback.format_exc()
         finally:

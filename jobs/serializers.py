@@ -16,9 +16,18 @@ from django.db import models
 from rest_framework import serializers
 from rest_framework.settings import api_settings
 
+from controlplane import redaction
+from controlplane.roles import sees_tracebacks
 from jobs import registry
 from jobs.describe import describe_schedule
-from jobs.models import Execution, Job, Trigger, validate_timezone
+from jobs.models import (
+    Execution,
+    Job,
+    Trigger,
+    validate_args,
+    validate_kwargs,
+    validate_timezone,
+)
 
 REASON_MAX = 500
 
@@ -88,28 +97,31 @@ def full_clean(instance) -> None:
         ) from None
 
 
-def reject_nul(value) -> None:
-    """PostgreSQL's jsonb cannot store U+0000; say so instead of failing on insert."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise serializers.ValidationError("JSON strings must not contain U+0000.")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            reject_nul(key)
-            reject_nul(item)
-    elif isinstance(value, list):
-        for item in value:
-            reject_nul(item)
+def _model_validator(validate):
+    """A model field validator (jobs.models.validate_args, ...) as a DRF validator."""
+
+    def check(value) -> None:
+        try:
+            validate(value)
+        except DjangoValidationError as e:
+            raise serializers.ValidationError(e.messages) from None
+
+    return check
 
 
-_NO_NUL = "No string in it may contain U+0000."
+_BOUNDS = (
+    "No string in it may contain U+0000; at most 64 KB as JSON and 20 levels deep (the "
+    'settings SCHEDULER_ARGS_MAX_BYTES, SCHEDULER_ARGS_MAX_DEPTH). {"$secret": "NAME"} '
+    "stands for a secret the running node reads from its environment. Values under keys "
+    "that look secret (password, token, ...) read as •••• below the admin role."
+)
 
 
 def args_field(**kwargs) -> serializers.ListField:
     return serializers.ListField(
         child=serializers.JSONField(allow_null=True),
-        validators=[reject_nul],
-        help_text='Positional arguments, a JSON list, e.g. [1, "two"]. ' + _NO_NUL,
+        validators=[_model_validator(validate_args)],
+        help_text='Positional arguments, a JSON list, e.g. [1, "two"]. ' + _BOUNDS,
         **kwargs,
     )
 
@@ -117,10 +129,23 @@ def args_field(**kwargs) -> serializers.ListField:
 def kwargs_field(**kwargs) -> serializers.DictField:
     return serializers.DictField(
         child=serializers.JSONField(allow_null=True),
-        validators=[reject_nul],
-        help_text='Keyword arguments, a JSON object, e.g. {"seconds": 5}. ' + _NO_NUL,
+        validators=[_model_validator(validate_kwargs)],
+        help_text='Keyword arguments, a JSON object, e.g. {"seconds": 5}. ' + _BOUNDS,
         **kwargs,
     )
+
+
+class RedactedArgumentsMixin:
+    """args and kwargs as the requesting user may see them (controlplane.redaction)."""
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        request = self.context.get("request")
+        user = getattr(request, "user", None)
+        for name in ("args", "kwargs"):
+            if name in data:
+                data[name] = redaction.for_user(data[name], user)
+        return data
 
 
 class _ModelCleanMixin:
@@ -153,7 +178,7 @@ class TriggerSummarySerializer(serializers.ModelSerializer):
         return describe_schedule(trigger)
 
 
-class JobSerializer(_ModelCleanMixin, _StrictModelSerializer):
+class JobSerializer(RedactedArgumentsMixin, _ModelCleanMixin, _StrictModelSerializer):
     """A job: what runs (a registered target with its arguments) and how."""
 
     # A choice among registered targets: a dotted path sent by a client is never imported.
@@ -317,15 +342,27 @@ class ExecutionSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class ExecutionDetailSerializer(ExecutionSerializer):
+class ExecutionDetailSerializer(RedactedArgumentsMixin, ExecutionSerializer):
     """An execution with its arguments, error, traceback and notes."""
 
     args = args_field(read_only=True)
     kwargs = kwargs_field(read_only=True)
+    traceback = serializers.CharField(
+        read_only=True,
+        allow_null=True,
+        help_text="null for the viewer role, which sees the error line only.",
+    )
 
     class Meta(ExecutionSerializer.Meta):
         fields = [*ExecutionSerializer.Meta.fields, "args", "kwargs", "error", "traceback", "note"]
         read_only_fields = fields
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        request = self.context.get("request")
+        if not sees_tracebacks(getattr(request, "user", None)):
+            data["traceback"] = None
+        return data
 
 
 class ExecutionFilterSerializer(serializers.Serializer):

@@ -8,10 +8,10 @@ that changed.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import ValidationError
@@ -23,6 +23,8 @@ from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseClientRedirect
 
+from controlplane import limits
+from controlplane.roles import sees_tracebacks
 from jobs import actions, queries
 from jobs.models import Execution, Job, Trigger, database_now
 from jobs.schedule import next_fire_times
@@ -42,17 +44,22 @@ class JSONTextField(forms.CharField):
         if not value:
             return None
         try:
-            return json.loads(value)
-        except json.JSONDecodeError as e:
-            raise ValidationError(
-                f"Not valid JSON: {e.msg} (line {e.lineno} column {e.colno})."
-            ) from None
+            return limits.loads(value, settings.SCHEDULER_ARGS_MAX_DEPTH)
+        except limits.InputError as e:
+            raise ValidationError(str(e)) from None
+
+
+def _json_text_field() -> JSONTextField:
+    # Four bytes of text per stored byte at most (escapes), so the stored bound decides.
+    return JSONTextField(
+        required=False, strip=True, max_length=4 * settings.SCHEDULER_ARGS_MAX_BYTES
+    )
 
 
 class RunNowForm(forms.Form):
     # The types (list, object) are checked by actions.run_now, the one place that knows.
-    args = JSONTextField(required=False, strip=True)
-    kwargs = JSONTextField(required=False, strip=True)
+    args = _json_text_field()
+    kwargs = _json_text_field()
     reason = forms.CharField(required=False, max_length=REASON_MAX)
 
 
@@ -119,7 +126,7 @@ def job_list(request):
 def job_detail(request, job_id: int):
     job = get_object_or_404(Job, pk=job_id)
     context = {
-        **_job_schedule_context(job),
+        **_job_schedule_context(job, request.user),
         "executions": queries.recent_executions(job),
         "back": request.get_full_path(),
     }
@@ -137,7 +144,9 @@ def job_run(request, job_id: int):
             execution = actions.run_now(job, request.user, data["args"], data["kwargs"],
                                         reason=data["reason"])  # fmt: skip
         except ValidationError as e:
-            form.add_error(None, e)  # the errors name their fields: args, kwargs
+            _add_errors(form, e)  # the errors name their fields: args, kwargs
+        except actions.OverrideNotAllowed as e:
+            form.add_error(None, str(e))
         else:
             messages.success(request, f"Queued a run of {job.name}: execution #{execution.pk}.")
             if _htmx_target(request) == f"run-{job.pk}":
@@ -149,12 +158,21 @@ def job_run(request, job_id: int):
         context = {"job": job, "form": form, "back": _back(request, job)}
         return render(request, "jobs/_run_form.html", context)
     context = {
-        **_job_schedule_context(job),
+        **_job_schedule_context(job, request.user),
         "executions": queries.recent_executions(job),
         "run_form": form,
         "back": _back(request, job),
     }
     return render(request, "jobs/job_detail.html", context, status=400)
+
+
+def _add_errors(form, error: ValidationError) -> None:
+    """Errors on the form's own fields beside them; any other (target) above the form."""
+    if not hasattr(error, "error_dict"):
+        form.add_error(None, error)
+        return
+    for field, messages_ in error.message_dict.items():
+        form.add_error(field if field in form.fields else None, messages_)
 
 
 @require_POST
@@ -216,7 +234,7 @@ def _job_changed(request, job: Job):
         context = {"job": row, "back": _back(request, job)}
         return _fragment(request, "jobs/_job.html", context)
     if target == "job-schedule":
-        context = {**_job_schedule_context(job), "back": _back(request, job)}
+        context = {**_job_schedule_context(job, request.user), "back": _back(request, job)}
         return _fragment(request, "jobs/_job_schedule.html", context)
     if request.htmx:
         return HttpResponseClientRedirect(_back(request, job))
@@ -230,7 +248,7 @@ def _reason_too_long(request, job: Job):
     return redirect(_back(request, job))
 
 
-def _job_schedule_context(job: Job) -> dict:
+def _job_schedule_context(job: Job, user) -> dict:
     """The job, its triggers with their next fire times, and its schedule history."""
     triggers = list(job.triggers.order_by("id"))
     now = database_now()
@@ -243,9 +261,7 @@ def _job_schedule_context(job: Job) -> dict:
     return {
         "job": job,
         "triggers": triggers,
-        "args_json": queries.json_text(job.args),
-        "kwargs_json": queries.json_text(job.kwargs),
-        "history": queries.schedule_history(job, [t.pk for t in triggers]),
+        "history": queries.schedule_history(job, [t.pk for t in triggers], user),
         "history_limit": queries.SCHEDULE_HISTORY,
     }
 
@@ -278,7 +294,11 @@ def execution_list(request):
 @vary_on_headers("HX-Request")
 def execution_detail(request, execution_id: int):
     execution = _get_execution(execution_id)
-    context = {"execution": execution, "back": request.get_full_path()}
+    context = {
+        "execution": execution,
+        "back": request.get_full_path(),
+        "show_traceback": sees_tracebacks(request.user),
+    }
     if _htmx_target(request) == "execution-status":
         return render(request, "jobs/_execution_status.html", context)
     context["chain"] = queries.execution_chain(execution)
@@ -310,8 +330,6 @@ def _get_execution(execution_id: int) -> Execution:
         pk=execution_id,
     )
     queries.with_timings([execution])
-    execution.args_json = queries.json_text(execution.args)
-    execution.kwargs_json = queries.json_text(execution.kwargs)
     return execution
 
 

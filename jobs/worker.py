@@ -35,6 +35,7 @@ from jobs.claims import Result, Run
 from jobs.reconnect import CONNECTION_ERRORS, forget_connection, retry_on_disconnect
 from jobs.recorder import aged, write_results
 from jobs.retry import retry_delay
+from jobs.secrets import resolve_secrets
 from locks.liveness import LivenessLease, liveness_margin
 
 log = logging.getLogger("jobs.worker")
@@ -210,6 +211,7 @@ def _failure(
 
 
 def _call_target(run: Run) -> None:
+    args, kwargs = resolve_secrets(run.args, run.kwargs)
     if run.job.celery_task:
         # A task the workers know, by name: run here, in this worker, under this
         # execution's bookkeeping (one retry model: Celery's own retries are not used).
@@ -218,9 +220,9 @@ def _call_target(run: Run) -> None:
         task = app.tasks.get(run.job.celery_task)
         if task is None:
             raise LookupError(f"this worker knows no Celery task {run.job.celery_task!r}")
-        task.apply(args=run.args, kwargs=run.kwargs, throw=True)
+        task.apply(args=args, kwargs=kwargs, throw=True)
     else:
-        registry.get_target(run.job.target).func(*run.args, **run.kwargs)
+        registry.get_target(run.job.target).func(*args, **kwargs)
 
 
 def _record(worker: str, result: Result) -> None:

@@ -21,11 +21,12 @@ from rest_framework import mixins, serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import CursorPagination
-from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 
+from controlplane.api import BoundedJSONParser
 from controlplane.dashboard import DbNow, nodes_with_age, running_counts
 from locks import maintenance
+from locks.leases import InvalidLockName, validate_lock_name
 from locks.models import Lock, SchedulerNode
 from locks.serializers import (
     DEFAULT_CLEANUP_REASON,
@@ -41,9 +42,10 @@ from locks.serializers import (
 )
 from locks.views import HELD
 
-# Lock names may hold any character, ':' and '/' included (a client percent-encodes the
-# rest, and the server decodes the path before matching). The router tries the detail
-# route before the detail actions, so a name must not swallow "/force_release/".
+# Any path reaches the view, which answers 400 for a name outside the lock name rules
+# (locks.leases.validate_lock_name): letters, digits, - _ . : @ + = and "/" between
+# parts, none of them "." or "..". The router tries the detail route before the detail
+# actions, so a name must not swallow "/force_release/".
 LOCK_NAME_REGEX = r"(?:(?!/force_release/$)[\s\S])+"
 # Node ids are host:pid:random (or whatever --node-id said).
 NODE_ID_REGEX = r"[\s\S]+"
@@ -61,8 +63,9 @@ LOCK_NAME = OpenApiParameter(
     "name",
     OpenApiTypes.STR,
     OpenApiParameter.PATH,
-    description="The lock's name. ':' and '/' may be sent as they are; percent-encode "
-    "other reserved characters.",
+    description="The lock's name: letters, digits, - _ . : @ + = and / between parts (no "
+    'part empty, "." or ".."), at most 200 characters. Percent-encode "/" as %2F: an HTTP '
+    "client may rewrite a path otherwise.",
 )
 
 
@@ -124,6 +127,7 @@ def _can_exist(key: str) -> bool:
         parameters=[LOCK_NAME],
         responses={
             200: LockSerializer,
+            400: _error("Not a lock name (the body names `name`)."),
             401: UNAUTHENTICATED,
             403: FORBIDDEN,
             404: _error("There is no lock of that name (the body names `name`)."),
@@ -136,7 +140,7 @@ class LockViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
     serializer_class = LockSerializer
     pagination_class = NamePagination
     # JSON bodies only: a multipart body with no parts reads as {} and would slip through.
-    parser_classes = [JSONParser]
+    parser_classes = [BoundedJSONParser]
     lookup_field = "name"
     lookup_value_regex = LOCK_NAME_REGEX
     action_permissions = {
@@ -164,8 +168,8 @@ class LockViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
     def get_object(self):
-        name = self.kwargs["name"]
-        lock = self.get_queryset().filter(name=name).first() if _can_exist(name) else None
+        name = _lock_name(self.kwargs["name"])
+        lock = self.get_queryset().filter(name=name).first()
         if lock is None:
             raise maintenance.UnknownLock(f"there is no lock named {name!r}")
         self.check_object_permissions(self.request, lock)
@@ -180,7 +184,10 @@ class LockViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         request=ForceReleaseSerializer,
         responses={
             200: ForceReleaseResultSerializer,
-            400: _error("No reason (the body names `reason`), or a malformed body."),
+            400: _error(
+                "No reason (the body names `reason`), not a lock name (`name`), or a "
+                "malformed body."
+            ),
             401: UNAUTHENTICATED,
             403: FORBIDDEN,
             404: _error("There is no lock of that name (the body names `name`)."),
@@ -190,10 +197,9 @@ class LockViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
     )
     @action(detail=True, methods=["post"])
     def force_release(self, request, name: str):
+        name = _lock_name(name)
         body = ForceReleaseSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        if not _can_exist(name):
-            raise maintenance.UnknownLock(f"there is no lock named {name!r}")
         result = maintenance.force_release(name, request.user, body.validated_data["reason"])
         return Response(ForceReleaseResultSerializer({"name": name, **result}).data)
 
@@ -217,6 +223,15 @@ class LockViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         reason = body.validated_data.get("reason", "").strip() or DEFAULT_CLEANUP_REASON
         released = maintenance.cleanup_stale_locks(request.user, reason)
         return Response(CleanupResultSerializer({"released": released}).data)
+
+
+def _lock_name(name: str) -> str:
+    """The name from the path, or a 400 naming `name` (nothing is looked up or changed)."""
+    try:
+        validate_lock_name(name)
+    except InvalidLockName as e:
+        raise ValidationError({"name": [str(e)]}) from None
+    return name
 
 
 def _attach_stale_reasons(locks: list[Lock]) -> None:

@@ -23,6 +23,7 @@ import functools
 import logging
 import math
 import os
+import re
 import socket
 import threading
 import time
@@ -92,6 +93,36 @@ SELECT extract(epoch FROM locked_until - clock_timestamp()) FROM locks_lock WHER
 
 class LockError(Exception):
     """Base class of lock errors."""
+
+
+# Lock names: segments of letters, digits and - _ . : @ + = joined by "/", at most
+# LOCK_NAME_MAX characters, no segment empty, "." or "..". Browsers and HTTP clients
+# remove dot segments from URL paths, so a name with one could address another lock.
+LOCK_NAME_MAX = 200
+_SEGMENT = re.compile(r"[A-Za-z0-9_.:@+=-]+")
+
+
+class InvalidLockName(ValueError):
+    """A lock name outside the documented character set or form."""
+
+
+def validate_lock_name(name) -> None:
+    """Raise InvalidLockName (a ValueError) saying what is wrong with ``name``."""
+    if not isinstance(name, str) or not name:
+        raise InvalidLockName("a lock needs a name")
+    if len(name) > LOCK_NAME_MAX:
+        raise InvalidLockName(f"a lock name has at most {LOCK_NAME_MAX} characters")
+    for segment in name.split("/"):
+        if segment in ("", ".", ".."):
+            raise InvalidLockName(
+                f"lock name {name[:LOCK_NAME_MAX]!r}: no part between slashes may be empty, "
+                '"." or ".."'
+            )
+        if not _SEGMENT.fullmatch(segment):
+            raise InvalidLockName(
+                f"lock name {name[:LOCK_NAME_MAX]!r}: use letters, digits and - _ . : @ + = "
+                "(and / between parts)"
+            )
 
 
 class LockLost(LockError):
@@ -184,8 +215,7 @@ def acquire(
     With ``wait``, block up to that many seconds for the lock to become free, woken by
     LISTEN/NOTIFY when it is released (or when its lease runs out).
     """
-    if not name:
-        raise ValueError("a lock needs a name")
+    validate_lock_name(name)
     if connection.in_atomic_block:
         # Inside a transaction the row would stay invisible to other holders (and to the
         # keepalive's own connection) until commit, and now() would be the transaction's

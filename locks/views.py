@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
@@ -23,6 +25,7 @@ from controlplane.dashboard import (
     running_counts,
 )
 from jobs.models import Execution
+from locks.leases import InvalidLockName, validate_lock_name
 from locks.maintenance import LockError, cleanup_stale_locks, force_release, stale_locks
 from locks.models import Lock, SchedulerNode
 
@@ -44,14 +47,26 @@ class ForceReleaseForm(forms.Form):
     )
 
 
+def lock_release_url(name: str) -> str:
+    """The force-release page of a lock, its whole name percent-encoded ("/" as %2F).
+
+    A browser removes "." and ".." segments from a URL path before asking: encoded as
+    one segment, a name is sent exactly as it is, whatever it holds.
+    """
+    return reverse("lock-release", args=["-"])[:-1] + quote(name, safe="")
+
+
 @require_GET
 @permission_required("locks.view_lock", raise_exception=True)
 def lock_list(request):
-    context = _get_locks(
-        show_all=request.GET.get("all") == "1",
-        name=request.GET.get("name", ""),
-        after=request.GET.get("after", ""),
-    )
+    name, after = request.GET.get("name", ""), request.GET.get("after", "")
+    show_all = request.GET.get("all") == "1"
+    try:
+        for given in filter(None, (name, after)):
+            validate_lock_name(given)
+    except InvalidLockName as e:
+        return _bad_name(request, show_all, e)
+    context = _get_locks(show_all=show_all, name=name, after=after)
     return _render(request, "locks/lock_list.html", "locks/_locks.html", context)
 
 
@@ -60,6 +75,10 @@ def lock_list(request):
 def lock_release(request, name):
     """GET: the confirmation with its required reason; POST: release, then the list."""
     show_all = request.POST.get("all", request.GET.get("all")) == "1"
+    try:
+        validate_lock_name(name)
+    except InvalidLockName as e:
+        return _bad_name(request, show_all, e)  # nothing is released
     form = ForceReleaseForm(request.POST if request.method == "POST" else None)
     if form.is_valid():
         try:
@@ -128,6 +147,7 @@ def _get_locks(show_all: bool = False, name: str = "", after: str = "") -> dict:
     holders = {lock.holder for lock in rows if lock.holder}
     node_states = dict(SchedulerNode.objects.filter(id__in=holders).values_list("id", "state"))
     for lock in rows:
+        lock.release_url = lock_release_url(lock.name)
         lock.stale_reason = stale.get(lock.name, "")
         lock.holder_state = node_states.get(lock.holder, "")
         lock.expires_text = expiry_text(lock.expires_in)
@@ -167,6 +187,15 @@ def _get_nodes() -> dict:
         node.running_count = counts.get(node.id, 0)
         node.running = links.get(node.id, [])
     return {"nodes": nodes, "more_down": more_down, "down_shown": DOWN_NODES_SHOWN}
+
+
+def _bad_name(request, show_all: bool, error: InvalidLockName):
+    """The lock list with the error: 400, or for htmx 200 (htmx 2 swaps only successes)."""
+    context = {**_get_locks(show_all=show_all), "name_error": str(error)}
+    if request.htmx:
+        response = render(request, "locks/_locks.html", context)
+        return reswap(retarget(response, "#locks"), "outerHTML")
+    return render(request, "locks/lock_list.html", context, status=400)
 
 
 def _list_url(show_all: bool) -> str:

@@ -14,6 +14,13 @@ from django.db import connection
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The tests run the demo targets (jobs/demo_targets.py), which only SCHEDULER_DEMO_TARGETS=1
+# registers. `make test` sets it before Django starts; a bare `pytest` gets it here, for
+# this process (pytest-django set Django up already, so the module is imported by hand)
+# and for every node, worker and server process the tests start.
+os.environ["SCHEDULER_DEMO_TARGETS"] = "1"
+import jobs.demo_targets  # noqa: E402, F401
+
 # Scheduler nodes in tests heartbeat often and are declared dead quickly.
 FAST_NODE_ENV = {
     "SCHEDULER_HEARTBEAT_INTERVAL": "0.5",
@@ -158,7 +165,29 @@ def client_for(role_users):
     return make
 
 
+def make_api_key(user, name: str | None = None, expires_in_days: int | None = None) -> str:
+    """A new API token of ``user``; returns its key (stored only as a hash). Not audited
+    (controlplane.tokens.create_token is), so tests can count their own audit entries."""
+    from datetime import timedelta
+
+    from controlplane.models import ApiToken
+
+    expiry = None if expires_in_days is None else timedelta(days=expires_in_days)
+    name = name or f"test-{ApiToken.objects.filter(user=user).count() + 1}"
+    return ApiToken.objects.create(user, expiry=expiry, name=name)[1]
+
+
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings):
     # The default hasher costs ~0.2 s per user; tests create a few users each.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttles():
+    # API throttles count in the cache (per process here): each test starts from zero.
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()

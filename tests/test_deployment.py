@@ -53,6 +53,8 @@ def test_env() -> dict[str, str]:
         "DEBUG": "0",
         "SECRET_KEY": "deployment-test-secret-key",
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        # The throttle counts (CACHE_REDIS_URL) go to the same local Redis database.
+        "CACHE_REDIS_URL": TEST_BROKER_URL,
     }
 
 
@@ -190,6 +192,12 @@ def test_every_app_service_runs_the_image_built_from_the_dockerfile():
 
     # One tag for all: built once, and never pulled from a registry under another's name.
     assert len(images) == 1 and None not in images
+
+
+def test_neither_the_image_nor_compose_registers_the_demo_targets():
+    assert "SCHEDULER_DEMO_TARGETS" not in image_env()
+    for name in APP_SERVICES:
+        assert "SCHEDULER_DEMO_TARGETS" not in service(name).get("environment", {}), name
 
 
 def test_every_app_service_has_the_environment_it_needs():
@@ -450,6 +458,11 @@ def test_the_web_serves_health_readiness_and_static_files_with_debug_off(start, 
     # A page: templates found, {% static %} resolved, with DEBUG off.
     status, _, body = get(f"{base}/login/")
     assert status == 200 and b"/static/controlplane/app.css" in body
+    # The API through the shared throttle cache (Redis), and its security headers.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{base}/api/v1/jobs/", timeout=5)
+    assert refused.value.code == 401
+    assert "script-src 'self'" in refused.value.headers["Content-Security-Policy"]
 
     for check in [image_healthcheck(), service("web")["healthcheck"]["test"]]:
         result = run_healthcheck(localized(check, {8000: port}), env)

@@ -32,15 +32,42 @@ def browser():
         browser.close()
 
 
+# Every page of every browser test reports Content-Security-Policy violations to the
+# console, where page_for collects them: a test that leaves one behind fails.
+REPORT_CSP_VIOLATIONS = """
+document.addEventListener("securitypolicyviolation", (e) => {
+  console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || "inline"}`
+                + ` at ${e.sourceFile}:${e.lineNumber}`);
+});
+"""
+
+
+def is_csp_message(text: str) -> bool:
+    return "CSP violation" in text or "Content Security Policy" in text
+
+
 @pytest.fixture
-def page_for(browser, live_server, role_users):
+def csp_violations():
+    """Console messages about CSP violations, from every page page_for opened."""
+    seen: list[str] = []
+    yield seen
+    assert seen == [], "pages violated the Content-Security-Policy:\n" + "\n".join(seen)
+
+
+@pytest.fixture
+def page_for(browser, live_server, role_users, csp_violations):
     """page_for("operator") -> a browser page logged in as that role."""
     contexts = []
 
     def open_page(role: str):
         context = browser.new_context(viewport={"width": 1400, "height": 900})
+        context.add_init_script(REPORT_CSP_VIOLATIONS)
         contexts.append(context)
         page = context.new_page()
+        page.on(
+            "console",
+            lambda m: csp_violations.append(m.text) if is_csp_message(m.text) else None,
+        )
         page.set_default_timeout(15_000)
         page.goto(f"{live_server.url}/login/")
         page.fill("#id_username", role_users[role].username)

@@ -44,7 +44,7 @@ def test_healthz_is_reachable_anonymously(client_for):
     assert response.status_code == 200 and response.content == b"ok\n"
 
 
-@pytest.mark.parametrize("url", ["/", "/audit/"])
+@pytest.mark.parametrize("url", ["/", "/audit/", "/tokens/"])
 def test_it_redirects_anonymous_users_to_login(client_for, url):
     response = client_for(None).get(url)
     assert response.status_code == 302
@@ -52,8 +52,8 @@ def test_it_redirects_anonymous_users_to_login(client_for, url):
 
 
 @pytest.mark.parametrize("role", ROLES)
-@pytest.mark.parametrize("url", ["/", "/audit/"])
-def test_every_role_sees_the_overview_and_the_audit_log(client_for, role, url):
+@pytest.mark.parametrize("url", ["/", "/audit/", "/tokens/"])
+def test_every_role_sees_the_overview_the_audit_log_and_its_tokens(client_for, role, url):
     assert client_for(role).get(url).status_code == 200
 
 

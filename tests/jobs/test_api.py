@@ -10,13 +10,13 @@ from django.core.management import call_command
 from drf_spectacular.drainage import GENERATOR_STATS
 from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.validation import validate_schema
-from rest_framework.authtoken.models import Token
 from rest_framework.routers import SimpleRouter
 from rest_framework.test import APIClient
 
 from controlplane.models import AuditEntry
 from jobs import api as jobs_api
 from jobs.models import Execution, Job, Trigger, database_now
+from tests.conftest import make_api_key
 from tests.jobs.factories import make_execution, make_job
 
 pytestmark = pytest.mark.django_db
@@ -37,8 +37,8 @@ def api(role_users):
     def make(who: str) -> APIClient:
         client = APIClient()
         if who in TOKEN_OWNERS:
-            token = Token.objects.create(user=role_users[TOKEN_OWNERS[who]])
-            client.credentials(HTTP_AUTHORIZATION="Token " + token.key)
+            key = make_api_key(role_users[TOKEN_OWNERS[who]])
+            client.credentials(HTTP_AUTHORIZATION="Token " + key)
         elif who != "anonymous":
             client.force_login(role_users[who])
         return client
@@ -717,7 +717,7 @@ def test_it_shows_every_field_of_an_execution(api, role_users, job, trigger, fin
         job, trigger=trigger, origin="rerun", rerun_of=finished,
         requested_by=role_users["operator"], node="node-a", note="why", traceback="Traceback...",
     )  # fmt: skip
-    body = api("viewer").get(f"{API}/executions/{rerun.pk}/").json()
+    body = api("operator").get(f"{API}/executions/{rerun.pk}/").json()
     assert body["job"] == job.pk and body["job_name"] == "nightly"
     assert (body["trigger"], body["rerun_of"], body["retry_of"]) == (trigger.pk, finished.pk, None)
     assert (body["origin"], body["state"], body["attempt"], body["node"]) == (
@@ -732,6 +732,32 @@ def test_it_shows_every_field_of_an_execution(api, role_users, job, trigger, fin
     body = api("viewer").get(f"{API}/executions/{finished.pk}/").json()
     assert (body["args"], body["kwargs"], body["error"]) == ([1, 2], {"x": "y"}, "ValueError: boom")
     assert body["requested_by"] is None
+
+
+@pytest.mark.parametrize("who, sees", [("viewer", False), ("operator", True), ("admin", True),
+                                       ("token", True)])  # fmt: skip
+def test_only_operators_and_admins_see_an_executions_traceback(api, job, who, sees):
+    failed = make_execution(job, state="failed", error="KeyError: 'x'",
+                            traceback='File "/srv/app/billing.py", line 9')  # fmt: skip
+    body = api(who).get(f"{API}/executions/{failed.pk}/").json()
+    assert body["error"] == "KeyError: 'x'"
+    assert body["traceback"] == ('File "/srv/app/billing.py", line 9' if sees else None)
+
+
+@pytest.mark.parametrize("who, sees", [("viewer", False), ("operator", False), ("admin", True),
+                                       ("token", False), ("admin_token", True)])  # fmt: skip
+def test_secret_looking_arguments_read_as_dots_below_the_admin_role(api, who, sees):
+    secret = {"db_password": "hunter2", "nested": {"API_KEY": "k"}, "day": 3}
+    job = make_job("billing", target="demo.echo", args=[{"token": "t"}], kwargs=secret)
+    execution = make_execution(job, args=[{"token": "t"}], kwargs=secret)
+    for url in [f"{API}/jobs/{job.pk}/", f"{API}/executions/{execution.pk}/"]:
+        body = api(who).get(url).json()
+        if sees:
+            assert (body["args"], body["kwargs"]) == ([{"token": "t"}], secret)
+        else:
+            assert body["args"] == [{"token": "••••"}]
+            assert body["kwargs"] == {"db_password": "••••", "nested": {"API_KEY": "••••"},
+                                      "day": 3}  # fmt: skip
 
 
 def test_it_filters_executions_like_the_dashboard(api, job, finished):

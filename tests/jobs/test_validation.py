@@ -11,8 +11,7 @@ from jobs.models import Job, Trigger
 
 @pytest.fixture
 def admin_client(client, db):
-    User.objects.create_superuser("root", "root@example.com", "pw")
-    client.login(username="root", password="pw")
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "pw"))
     return client
 
 

@@ -561,7 +561,7 @@ def test_execution_page_shows_timing_lag_node_and_arguments(client_for, job, tri
         finished_at=BASE + timedelta(seconds=13, milliseconds=500),
         args=[1, "x"], kwargs={"k": True}, traceback="Traceback: line 1",
     )  # fmt: skip
-    html = client_for("viewer").get(f"/executions/{execution.pk}/").content.decode()
+    html = client_for("operator").get(f"/executions/{execution.pk}/").content.decode()
     assert "node-7" in html
     assert "40 ms" in html  # lag: dispatched - scheduled
     assert "12.5 s" in html  # duration: finished - started

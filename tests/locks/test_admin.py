@@ -18,8 +18,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def admin_client(client):
-    User.objects.create_superuser("ada", "ada@example.com", "pw")
-    client.login(username="ada", password="pw")
+    client.force_login(User.objects.create_superuser("ada", "ada@example.com", "pw"))
     return client
 
 

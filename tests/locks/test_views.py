@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from urllib.parse import quote
 
 import pytest
 from django.urls import reverse
@@ -33,7 +34,8 @@ def free_lock(name, token=3) -> Lock:
 
 
 def release_url(name: str) -> str:
-    return reverse("lock-release", args=[name])
+    # The whole name as one percent-encoded path segment, as the pages link it.
+    return reverse("lock-release", args=["-"])[:-1] + quote(name, safe="")
 
 
 def unchanged(lock: Lock) -> bool:
@@ -260,11 +262,37 @@ def test_the_confirmation_of_a_free_lock_says_there_is_nothing_to_release(client
     assert "This lock is not held" in page and 'name="reason"' not in page
 
 
+@pytest.mark.parametrize(
+    "name, message",
+    [("decoy/../victim", "may be empty"), ("a b", "use letters"), ("x" * 201, "at most 200")],
+)
+def test_a_name_no_lock_may_have_is_400_and_releases_nothing(client_for, name, message):
+    victim = held_lock("victim", token=4)
+    client = client_for("operator")
+    for response in [
+        client.get(release_url(name)),
+        client.post(release_url(name), {"reason": "stuck"}),
+        client.get("/locks/", {"name": name}),
+        client.get("/locks/", {"after": name}),
+    ]:
+        assert response.status_code == 400
+        assert message in response.content.decode()
+    assert unchanged(victim)
+    assert not AuditEntry.objects.exists()
+
+
+@pytest.mark.parametrize("url", ["/locks/?name=a%00b", "/locks/?after=%00", "/locks/release/a%00b"])
+def test_a_nul_byte_is_400(client_for, url):
+    client = client_for("operator")
+    assert client.get(url).status_code == 400
+    assert client.post(url, {"reason": "r"}).status_code == 400
+
+
 def test_a_lock_name_with_colons_and_slashes_works(client_for):
     name = "reports:eu/nightly:2024/05"
     lock = held_lock(name, token=4)
     client = client_for("operator")
-    assert release_url(name) == "/locks/release/reports:eu/nightly:2024/05"
+    assert release_url(name) == "/locks/release/reports%3Aeu%2Fnightly%3A2024%2F05"
 
     page = client.get("/locks/").content.decode()
     assert f'href="{release_url(name)}"' in page

@@ -1,4 +1,9 @@
-"""Demo job targets, used by the demo data and the tests."""
+"""Demo job targets, for `make run`'s demo jobs and the tests.
+
+Registered only with SCHEDULER_DEMO_TARGETS=1 (jobs/apps.py): several write files at a
+path their arguments name, which no production node should offer. What an operator may
+override at run time is the harmless part: durations, messages, counts.
+"""
 
 from __future__ import annotations
 
@@ -11,28 +16,32 @@ from jobs.context import current, current_execution
 from jobs.registry import register
 
 
-@register("demo.noop", "Do nothing (for benchmarks)")
+@register("demo.noop", "Do nothing (for benchmarks)", overridable=("args", "kwargs"))
 def noop(*args, **kwargs):
     return None
 
 
-@register("demo.sleep", "Sleep for `seconds`")
-def sleep(seconds: float = 1.0, **kwargs):
+@register("demo.sleep", "Sleep for `seconds`", overridable=("seconds",))
+def sleep(seconds: float = 1.0):
     time.sleep(float(seconds))
 
 
-@register("demo.fail", "Raise an error with `message`")
-def fail(message: str = "demo failure", **kwargs):
+@register("demo.fail", "Raise an error with `message`", overridable=("message",))
+def fail(message: str = "demo failure"):
     raise RuntimeError(message)
 
 
-@register("demo.echo", "Print the arguments it was given")
+@register("demo.echo", "Print the arguments it was given", overridable=("args", "kwargs"))
 def echo(*args, **kwargs):
     print("demo.echo", args, kwargs, flush=True)
 
 
-@register("demo.append_line", "Append `line` to the file `path`, then sleep `seconds`")
-def append_line(path: str, line: str = "ran", seconds: float = 0.0, **kwargs):
+@register(
+    "demo.append_line",
+    "Append `line` to the file `path`, then sleep `seconds`",
+    overridable=("seconds",),
+)
+def append_line(path: str, line: str = "ran", seconds: float = 0.0):
     # O_APPEND writes of one short line are atomic, so concurrent runs never interleave.
     with Path(path).open("a") as f:
         f.write(f"{line}\n")
@@ -40,8 +49,10 @@ def append_line(path: str, line: str = "ran", seconds: float = 0.0, **kwargs):
         time.sleep(float(seconds))
 
 
-@register("demo.fail_times", "Fail until `path` holds `times` lines, then succeed")
-def fail_times(path: str, times: int = 1, **kwargs):
+@register(
+    "demo.fail_times", "Fail until `path` holds `times` lines, then succeed", overridable=("times",)
+)
+def fail_times(path: str, times: int = 1):
     p = Path(path)
     with p.open("a") as f:
         f.write("attempt\n")
@@ -50,8 +61,12 @@ def fail_times(path: str, times: int = 1, **kwargs):
         raise RuntimeError(f"attempt {attempts} fails on purpose")
 
 
-@register("demo.record_run", "Append this run's execution id to the file `path`")
-def record_run(path: str, seconds: float = 0.0, **kwargs):
+@register(
+    "demo.record_run",
+    "Append this run's execution id to the file `path`",
+    overridable=("seconds",),
+)
+def record_run(path: str, seconds: float = 0.0):
     execution = current_execution()
     with Path(path).open("a") as f:
         f.write(f"{execution.execution_id}\n")
@@ -59,8 +74,12 @@ def record_run(path: str, seconds: float = 0.0, **kwargs):
         time.sleep(float(seconds))
 
 
-@register("demo.hold", "Append 'start <id>' to `path`, sleep `seconds`, append 'end <id>'")
-def hold(path: str, seconds: float = 1.0, **kwargs):
+@register(
+    "demo.hold",
+    "Append 'start <id>' to `path`, sleep `seconds`, append 'end <id>'",
+    overridable=("seconds",),
+)
+def hold(path: str, seconds: float = 1.0):
     execution = current_execution()
     with Path(path).open("a") as f:
         f.write(f"start {execution.execution_id}\n")
@@ -69,8 +88,12 @@ def hold(path: str, seconds: float = 1.0, **kwargs):
         f.write(f"end {execution.execution_id}\n")
 
 
-@register("demo.hang_once", "Hang for `seconds` the first time (creating `path`), then return")
-def hang_once(path: str, seconds: float = 60.0, **kwargs):
+@register(
+    "demo.hang_once",
+    "Hang for `seconds` the first time (creating `path`), then return",
+    overridable=("seconds",),
+)
+def hang_once(path: str, seconds: float = 60.0):
     # For recovery demos and tests: the run that is killed hangs; its recovery finishes.
     marker = Path(path)
     if marker.exists():
@@ -79,8 +102,12 @@ def hang_once(path: str, seconds: float = 60.0, **kwargs):
     time.sleep(float(seconds))
 
 
-@register("demo.trace", "Append a JSON line to `path` when the run starts and when it ends")
-def trace(path: str, seconds: float = 0.0, **kwargs):
+@register(
+    "demo.trace",
+    "Append a JSON line to `path` when the run starts and when it ends",
+    overridable=("seconds",),
+)
+def trace(path: str, seconds: float = 0.0):
     # For fault tests: what ran, where, when (wall clock) and with which fencing token,
     # counted from the job's own side effects rather than from the database.
     execution = current()
