@@ -852,3 +852,16 @@ def test_the_project_schema_validates_without_warnings(tmp_path):
     paths = yaml.safe_load(out.read_text())["paths"]
     assert "/api/v1/triggers/{id}/next_fire_times/" in paths
     assert "/api/v1/executions/{id}/rerun/" in paths
+
+
+@pytest.mark.parametrize("kind", ["job", "trigger"])
+def test_it_stamps_updated_at_on_pause_and_resume(api, kind, job, trigger):
+    obj = {"job": job, "trigger": trigger}[kind]
+    client = api("operator")
+    before = obj.updated_at
+    paused = client.post(f"{API}/{kind}s/{obj.pk}/pause/").json()
+    obj.refresh_from_db()
+    assert obj.updated_at > before
+    assert paused["updated_at"] == obj.updated_at.isoformat().replace("+00:00", "Z")
+    resumed = client.post(f"{API}/{kind}s/{obj.pk}/resume/").json()
+    assert resumed["updated_at"] > paused["updated_at"]
