@@ -88,9 +88,10 @@ def _database_url() -> str:
     if url:
         return url
     # No DATABASE_URL: development and tests run on a private PostgreSQL under .data/.
-    from controlplane.devdb import ensure_private_postgres
+    # A failure stops the process with one line saying why, not a traceback.
+    from controlplane.devdb import ensure_private_postgres_or_exit
 
-    return ensure_private_postgres(BASE_DIR / ".data")
+    return ensure_private_postgres_or_exit(BASE_DIR / ".data")
 
 
 DATABASES = {"default": dj_database_url.parse(_database_url(), conn_max_age=0)}
