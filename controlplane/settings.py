@@ -153,6 +153,19 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
 
+# --- Job targets -----------------------------------------------------------------------
+# Modules that register job targets, imported at start-up besides the installed apps'
+# `targets` modules and the entry points of the group clustered_scheduler.targets
+# (jobs/target_modules.py). Comma-separated dotted names.
+SCHEDULER_TARGET_MODULES = [
+    name.strip() for name in env_str("SCHEDULER_TARGET_MODULES").split(",") if name.strip()
+]
+for _name in SCHEDULER_TARGET_MODULES:
+    if not all(part.isidentifier() for part in _name.split(".")):
+        raise ImproperlyConfigured(
+            f"SCHEDULER_TARGET_MODULES: {_name!r} is not a dotted module name (e.g. ours.targets)"
+        )
+
 # --- Scheduler nodes -------------------------------------------------------------------
 # Seconds between a node's heartbeats.
 SCHEDULER_HEARTBEAT_INTERVAL = env_float("SCHEDULER_HEARTBEAT_INTERVAL", 5.0, minimum=0.1)

@@ -8,5 +8,9 @@ class JobsConfig(AppConfig):
     def ready(self):
         from django.utils.module_loading import autodiscover_modules
 
-        # Every installed app may declare job targets in a `targets` module.
+        from jobs.target_modules import load_target_modules
+
+        # Every installed app may declare job targets in a `targets` module; installed
+        # packages and SCHEDULER_TARGET_MODULES add theirs.
         autodiscover_modules("targets")
+        load_target_modules()
