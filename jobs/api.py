@@ -21,13 +21,12 @@ from drf_spectacular.utils import (
 )
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.pagination import CursorPagination
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 
 from controlplane import audit
-from controlplane.api import Conflict
+from controlplane.api import Conflict, IdPagination, ListPagination, NamePagination
 from jobs import actions, queries
 from jobs.edits import (
     JOB_FIELDS,
@@ -42,6 +41,7 @@ from jobs.serializers import (
     ExecutionDetailSerializer,
     ExecutionFilterSerializer,
     ExecutionSerializer,
+    JobCreateSerializer,
     JobPauseResultSerializer,
     JobSerializer,
     NextFireTimesQuerySerializer,
@@ -177,7 +177,7 @@ class _ScheduleViewSet(viewsets.ModelViewSet):
         return super().destroy(request, *args, **kwargs)
 
     def perform_create(self, serializer):
-        reason = serializer.validated_data.pop("reason", "")
+        reason = self.audit_reason = serializer.validated_data.pop("reason", "")
         obj = serializer.save()
         after = snapshot(obj, self.audit_fields)
         kind = self.audit_kind
@@ -216,14 +216,24 @@ class _ScheduleViewSet(viewsets.ModelViewSet):
 
 
 @_crud_schema(JobSerializer, "job")
+@extend_schema_view(
+    create=extend_schema(
+        summary="Create a job, and its triggers with it (admin)",
+        description="`triggers`, when given, are created in the same transaction as the "
+        "job: either all of it is created or, for any invalid field, nothing is.",
+        request=JobCreateSerializer,
+        responses={201: JobSerializer, **errors(400, 401, 403, 415)},
+    ),
+)
 class JobViewSet(_ScheduleViewSet):
-    """Jobs: what runs. Their triggers are listed by id and summary; edit them under
-    /triggers/."""
+    """Jobs: what runs. Their triggers are listed by id and summary; create them with the
+    job or under /triggers/, and change them under /triggers/."""
 
     queryset = Job.objects.prefetch_related(
         Prefetch("triggers", queryset=Trigger.objects.order_by("id"))
     ).order_by("name")
     serializer_class = JobSerializer
+    pagination_class = NamePagination
     audit_kind = "job"
     audit_fields = JOB_FIELDS
     action_permissions = {
@@ -231,6 +241,18 @@ class JobViewSet(_ScheduleViewSet):
         "pause": "jobs.pause_job",
         "resume": "jobs.pause_job",
     }
+
+    def get_serializer_class(self):
+        return JobCreateSerializer if self.action == "create" else JobSerializer
+
+    def perform_create(self, serializer):
+        super().perform_create(serializer)
+        job = serializer.instance
+        for trigger in job.triggers.order_by("pk"):
+            after = snapshot(trigger, TRIGGER_FIELDS)
+            reason = self.audit_reason
+            audit.record(self.request.user, "trigger.create", "trigger", trigger.pk, reason,
+                         None, after)  # fmt: skip
 
     def save_update(self, serializer):
         # Job has no save() of its own that stamps updated_at, unlike Trigger.
@@ -284,6 +306,7 @@ class TriggerViewSet(_ScheduleViewSet):
 
     queryset = Trigger.objects.select_related("job").order_by("id")
     serializer_class = TriggerSerializer
+    pagination_class = IdPagination
     audit_kind = "trigger"
     audit_fields = TRIGGER_FIELDS
     action_permissions = {"pause": "jobs.pause_job", "resume": "jobs.pause_job"}
@@ -355,19 +378,14 @@ class TriggerViewSet(_ScheduleViewSet):
 # --- executions --------------------------------------------------------------------------
 
 
-class ExecutionPagination(CursorPagination):
+class ExecutionPagination(ListPagination):
     """Keyset pages on (created_at DESC, id DESC), read by jobs.queries.execution_page.
 
-    DRF's CursorPagination supplies the response shape and the schema; the cursor is the
+    The same body and parameters as every list (ListPagination); the cursor is the
     dashboard's (queries.Cursor), a position in the index order rather than an offset.
     """
 
     ordering = ("-created_at", "-id")
-    page_size = queries.PAGE_SIZE
-    page_size_query_param = "page_size"
-    page_size_query_description = "Executions per page (default 50, at most 500)."
-    max_page_size = 500
-    cursor_query_description = "The `next` or `previous` link's cursor."
 
     def paginate_queryset(self, queryset, request, view=None):
         self.base_url = request.build_absolute_uri()

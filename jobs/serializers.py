@@ -75,10 +75,10 @@ def _reason_field() -> serializers.CharField:
     )
 
 
-def full_clean(instance) -> None:
+def full_clean(instance, exclude=None) -> None:
     """The model's own validation, as DRF errors keyed by field."""
     try:
-        instance.full_clean()
+        instance.full_clean(exclude=exclude)
     except DjangoValidationError as e:
         raise serializers.ValidationError(
             {
@@ -126,13 +126,16 @@ def kwargs_field(**kwargs) -> serializers.DictField:
 class _ModelCleanMixin:
     """Run ``full_clean()`` on a copy of the instance with the validated values applied."""
 
+    not_model_fields = ("reason",)  # validated fields that are not the model's
+    clean_exclude: list[str] = []  # model fields full_clean() must not check
+
     def validate(self, attrs):
         attrs = super().validate(attrs)
         instance = copy.copy(self.instance) if self.instance is not None else self.Meta.model()
         for name, value in attrs.items():
-            if name != "reason":
+            if name not in self.not_model_fields:
                 setattr(instance, name, value)
-        full_clean(instance)
+        full_clean(instance, exclude=self.clean_exclude)
         return attrs
 
 
@@ -192,7 +195,64 @@ class JobSerializer(_ModelCleanMixin, _StrictModelSerializer):
         # A full write (create or PUT) names what runs: a target, or a Celery task.
         if not self.partial and "target" not in attrs and not attrs.get("celery_task"):
             raise serializers.ValidationError({"target": ["This field is required."]})
+        if self.instance is not None and "triggers" in self.initial_data:
+            # Read-only fields are otherwise dropped without a word.
+            raise serializers.ValidationError(
+                {"triggers": [TRIGGERS_ARE_EDITED_APART.format(job=self.instance.pk)]}
+            )
         return super().validate(attrs)
+
+
+TRIGGERS_ARE_EDITED_APART = (
+    "A job's triggers are changed under /api/v1/triggers/ (?job={job} lists them), not by "
+    "a PUT or PATCH of the job; leave this field out."
+)
+
+
+class NewTriggerSerializer(_ModelCleanMixin, _StrictModelSerializer):
+    """A trigger created with its job (POST /jobs/ with `triggers`)."""
+
+    timezone = serializers.ChoiceField(
+        choices=time_zone_names(),
+        required=False,
+        help_text="An IANA time zone name; default UTC.",
+        error_messages={
+            "invalid_choice": "Unknown time zone {input!r}: use an IANA name such as "
+            "'Europe/London' or 'UTC'."
+        },
+    )
+    clean_exclude = ["job"]  # the job does not exist yet
+
+    class Meta:
+        model = Trigger
+        fields = [
+            "kind", "cron", "timezone", "interval", "run_at", "start_at", "end_at",
+            "misfire_policy", "misfire_grace",
+        ]  # fmt: skip
+        extra_kwargs = {"interval": {"min_value": 1}}
+
+
+class JobCreateSerializer(JobSerializer):
+    """A new job, and optionally its triggers, created together in one transaction."""
+
+    triggers = NewTriggerSerializer(
+        many=True,
+        required=False,
+        help_text="Triggers to create with the job, each audited; none when left out. "
+        "Later changes go through /api/v1/triggers/.",
+    )
+    not_model_fields = ("reason", "triggers")
+
+    def create(self, validated_data):
+        triggers = validated_data.pop("triggers", [])
+        job = super().create(validated_data)
+        for fields in triggers:
+            Trigger(job=job, **fields).save()  # save() computes next_fire_at
+        return job
+
+    def to_representation(self, instance):
+        # Answered like every other job body: its triggers in brief, with their ids.
+        return JobSerializer(instance, context=self.context).data
 
 
 class JobPauseResultSerializer(JobSerializer):
