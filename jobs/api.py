@@ -176,14 +176,33 @@ class _ScheduleViewSet(viewsets.ModelViewSet):
     def destroy(self, request, *args, **kwargs):
         return super().destroy(request, *args, **kwargs)
 
+    # A change to a job that a schedule file manages is made, and answered with a Warning
+    # header (RFC 9111's 299, "miscellaneous persistent warning") saying it will not last.
+    managed_by = ""
+
+    def note_managed(self, job: Job) -> None:
+        self.managed_by = job.managed_by
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if self.managed_by and response.status_code < 300:
+            source = self.managed_by.encode("ascii", "backslashreplace").decode()
+            response["Warning"] = (
+                f'299 - "managed by {source}: apply_schedules overwrites this change"'
+            )
+        return response
+
     def perform_create(self, serializer):
         reason = self.audit_reason = serializer.validated_data.pop("reason", "")
+        if isinstance(serializer.validated_data.get("job"), Job):
+            self.note_managed(serializer.validated_data["job"])
         obj = serializer.save()
         after = snapshot(obj, self.audit_fields)
         kind = self.audit_kind
         audit.record(self.request.user, f"{kind}.create", kind, obj.pk, reason, None, after)
 
     def perform_update(self, serializer):
+        self.note_managed(self.job_of(serializer.instance))
         before = snapshot(serializer.instance, self.audit_fields)
         reason = serializer.validated_data.pop("reason", "")
         obj = self.save_update(serializer)
@@ -195,7 +214,11 @@ class _ScheduleViewSet(viewsets.ModelViewSet):
     def save_update(self, serializer):
         return serializer.save()
 
+    def job_of(self, obj) -> Job:
+        return obj if isinstance(obj, Job) else obj.job
+
     def perform_destroy(self, instance):
+        self.note_managed(self.job_of(instance))
         reason = _reason(_query(self.request))
         kind = self.audit_kind
         before = self.deletesnapshot(instance)
@@ -209,6 +232,7 @@ class _ScheduleViewSet(viewsets.ModelViewSet):
         obj = self.get_object()
         reason = _reason(self.request.data)
         obj.changed = setter(obj, paused, self.request.user, reason)
+        self.note_managed(self.job_of(obj))
         return Response(result_serializer(obj, context=self.get_serializer_context()).data)
 
 

@@ -176,9 +176,10 @@ class JobSerializer(_ModelCleanMixin, _StrictModelSerializer):
         fields = [
             "id", "name", "description", "target", "celery_task", "args", "kwargs", "executor",
             "queue", "timeout", "max_attempts", "retry_backoff", "recover",
-            "concurrency_policy", "paused", "created_at", "updated_at", "triggers", "reason",
+            "concurrency_policy", "paused", "managed_by", "created_at", "updated_at", "triggers",
+            "reason",
         ]  # fmt: skip
-        read_only_fields = ["paused", "created_at", "updated_at"]
+        read_only_fields = ["paused", "managed_by", "created_at", "updated_at"]
         # The bounds Job.clean() checks, declared so that the schema states them too.
         extra_kwargs = {
             "timeout": {"min_value": 1},
@@ -280,6 +281,12 @@ class TriggerSerializer(_ModelCleanMixin, _StrictModelSerializer):
         },
     )
     summary = serializers.SerializerMethodField()
+    managed_by = serializers.CharField(
+        source="job.managed_by",
+        read_only=True,
+        help_text="The schedule file its job is defined in, or empty: applying that file "
+        "again overwrites changes made here.",
+    )
     reason = _reason_field()
 
     class Meta:
@@ -287,7 +294,7 @@ class TriggerSerializer(_ModelCleanMixin, _StrictModelSerializer):
         fields = [
             "id", "job", "kind", "cron", "timezone", "interval", "run_at", "start_at", "end_at",
             "misfire_policy", "misfire_grace", "paused", "next_fire_at", "last_fire_at",
-            "summary", "created_at", "updated_at", "reason",
+            "summary", "managed_by", "created_at", "updated_at", "reason",
         ]  # fmt: skip
         read_only_fields = ["paused", "next_fire_at", "last_fire_at", "created_at", "updated_at"]
         extra_kwargs = {"interval": {"min_value": 1}}
