@@ -177,7 +177,7 @@ class _ScheduleViewSet(viewsets.ModelViewSet):
         return super().destroy(request, *args, **kwargs)
 
     # A change to a job that a schedule file manages is made, and answered with a Warning
-    # header (RFC 9111's 299, "miscellaneous persistent warning") saying it will not last.
+    # header (code 299, "miscellaneous persistent warning") saying that it will not last.
     managed_by = ""
 
     def note_managed(self, job: Job) -> None:

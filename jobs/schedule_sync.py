@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 
 from controlplane import audit
@@ -79,6 +79,10 @@ def _apply(specs: list[JobSpec], plan: Plan, by, prune: bool) -> None:
     source = plan.source
     reason = f"applied from {source}"
     names = [spec.name for spec in specs]
+    with connection.cursor() as cursor:
+        # Two applies of the same file at once (two CI jobs) run one after the other; the
+        # second then sees the first's jobs instead of failing on their unique names.
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"apply_schedules:{source}"])
     # Row locks on every job this touches: an edit in the admin or the API waits for this
     # transaction (and this one for it), so neither overwrites the other half-way.
     existing = {

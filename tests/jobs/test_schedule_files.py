@@ -396,3 +396,22 @@ def test_the_api_admin_and_dashboard_say_a_job_is_managed_and_edits_are_overwrit
     assert "timeout: 5 -> 600" in output and f"change trigger #{trigger.pk}: paused" in output
     job.refresh_from_db()
     assert job.timeout == 600
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_applies_of_one_file_at_once_run_one_after_the_other(schedule_file):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    def apply_in_thread() -> str:
+        try:
+            return apply(schedule_file)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(2) as pool:
+        outputs = sorted(pool.map(lambda _: apply_in_thread(), range(2)))
+    assert outputs[0].startswith("create job") or outputs[1].startswith("create job")
+    assert any(o.startswith("schedules/prod.toml: no changes") for o in outputs)
+    assert Job.objects.count() == 2
