@@ -6,7 +6,6 @@ job's `args` and `kwargs` (and a run-now override) fill in.
 
 from __future__ import annotations
 
-from datetime import date
 from pathlib import Path
 
 from jobs.context import current_execution
@@ -24,5 +23,6 @@ def write_report(path: str, region: str = "eu", copies: int = 1, dry_run: bool =
     execution = current_execution()
     with Path(path).open("a") as f:
         for _ in range(int(copies)):
-            f.write(f"report {region} {date.today():%Y-%m-%d} execution {execution.execution_id}\n")
+            day = f"{execution.scheduled_for:%Y-%m-%d}"  # the fire's day, not this clock's
+            f.write(f"report {region} {day} execution {execution.execution_id}\n")
     return int(copies)
