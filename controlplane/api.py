@@ -1,4 +1,4 @@
-"""The REST API's wiring: permissions by role, errors as JSON naming the field, the router."""
+"""The REST API's wiring: permissions by role, errors as JSON naming the field, paging."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
-from rest_framework import exceptions, parsers, permissions
+from rest_framework import exceptions, parsers, permissions, serializers
+from rest_framework.pagination import CursorPagination
 
 from controlplane import limits
 from locks.leases import LockError
@@ -98,3 +99,56 @@ class Conflict(exceptions.APIException):
     status_code = 409
     default_detail = "The request conflicts with the current state."
     default_code = "conflict"
+
+
+class ListPagination(CursorPagination):
+    """How every list endpoint pages: the same body, parameters and errors everywhere.
+
+    The body is ``{"next": URL or null, "previous": URL or null, "results": [...]}``; a
+    client follows ``next`` until it is null. Cursors are positions in a fixed order (no
+    offsets), so a page never repeats or skips rows that were added meanwhile.
+    ``page_size`` outside 1..max and a cursor this list did not give out are 400s naming
+    the parameter, not silently ignored.
+    """
+
+    ordering = "id"
+    page_size = 100
+    max_page_size = 500
+    page_size_query_param = "page_size"
+    cursor_query_description = "The `next` or `previous` link's cursor."
+
+    def get_page_size(self, request):
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        field = serializers.IntegerField(min_value=1, max_value=self.max_page_size)
+        try:
+            return field.run_validation(raw)
+        except exceptions.ValidationError as e:
+            raise exceptions.ValidationError({self.page_size_query_param: e.detail}) from None
+
+    def decode_cursor(self, request):
+        try:
+            return super().decode_cursor(request)
+        except exceptions.NotFound:
+            raise exceptions.ValidationError(
+                {self.cursor_query_param: ["Not a cursor this list gave out."]}
+            ) from None
+
+    def get_schema_operation_parameters(self, view):
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"].update(minimum=1, maximum=self.max_page_size)
+                parameter["description"] = (
+                    f"Results per page ({self.page_size} by default, at most {self.max_page_size})."
+                )
+        return parameters
+
+
+class NamePagination(ListPagination):
+    ordering = "name"
+
+
+class IdPagination(ListPagination):
+    ordering = "id"

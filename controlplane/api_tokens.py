@@ -11,9 +11,8 @@ from __future__ import annotations
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, permissions, serializers, viewsets
 from rest_framework.exceptions import NotFound
-from rest_framework.pagination import CursorPagination
 
-from controlplane.api import BoundedJSONParser
+from controlplane.api import BoundedJSONParser, ListPagination
 from controlplane.models import ApiToken
 from controlplane.tokens import revoke_token
 
@@ -34,13 +33,10 @@ class ApiTokenSerializer(serializers.ModelSerializer):
         return token.token_key[:8]
 
 
-class TokenPagination(CursorPagination):
-    """Cursor pages, newest first, like the executions list."""
+class TokenPagination(ListPagination):
+    """The same pages as every list, newest first."""
 
     ordering = ("-created", "-id")
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 500
 
 
 class TokenApiErrorSerializer(serializers.Serializer):

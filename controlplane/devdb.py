@@ -1,10 +1,16 @@
 """A private PostgreSQL server for development and tests, kept under `.data/`.
 
-With no DATABASE_URL, settings.py calls `ensure_private_postgres(BASE_DIR / ".data")` on
+With no DATABASE_URL, settings.py calls `ensure_private_postgres_or_exit(BASE_DIR / ".data")` on
 every start of every process, so the common case (server already up) must cost one
 connection attempt and nothing else. The first call initialises a cluster with the
 PostgreSQL binaries it finds (PATH, then /usr/lib/postgresql/*/bin, newest first) or, when
 none are installed, with the binaries shipped in the `pgserver` wheel from PyPI.
+
+Each checkout has its own server on its own port, so that several checkouts on one
+machine never collide: PRIVATE_PG_PORT if set, else the port remembered in `.data/port`,
+chosen at the first start among the free ones (and chosen again should another program
+have taken it while the server was down). Every failure is a DevDBError whose message is
+one line saying what to do; the logs it names hold the details.
 
 PostgreSQL refuses to run as root; as root the server runs as the `postgres` system user.
 
@@ -36,7 +42,8 @@ from pathlib import Path
 DB_NAME = "scheduler"
 SUPERUSER = "postgres"
 HOST = "127.0.0.1"
-DEFAULT_PORT = 54329
+# Where a checkout's port is chosen: hashed from its path, then the next free one.
+PORT_RANGE = range(54330, 55000)
 SERVER_USER = "postgres"  # the system account the server runs as when we are root
 
 # Used only when no PostgreSQL is installed; its wheel ships relocatable binaries.
@@ -53,7 +60,8 @@ class DevDBError(RuntimeError):
 
 @dataclass(frozen=True)
 class Paths:
-    data_dir: Path
+    data_dir: Path  # where the cluster lives
+    home: Path  # the checkout's .data/: the same folder, or the one naming a twin
 
     @property
     def pgdata(self) -> Path:
@@ -71,6 +79,10 @@ class Paths:
     def lock(self) -> Path:
         return self.data_dir / "devdb.lock"
 
+    @property
+    def port_file(self) -> Path:
+        return self.home / "port"
+
 
 def server_paths(data_dir: Path) -> Paths:
     """Where the cluster lives: under data_dir, or in a twin folder the server can reach.
@@ -82,18 +94,21 @@ def server_paths(data_dir: Path) -> Paths:
     data_dir = Path(data_dir).resolve()
     marker = data_dir / "server-dir"
     try:
-        return Paths(Path(marker.read_text().strip()))
+        return Paths(Path(marker.read_text().strip()), data_dir)
     except OSError:
         pass
     user = _server_user() if os.geteuid() == 0 else None
-    if user is None or _traversable(data_dir, user):
-        return Paths(data_dir)
+    if user is None:
+        return Paths(data_dir, data_dir)
+    # Created first: a folder that does not exist yet cannot be entered by anyone.
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if _traversable(data_dir, user):
+        return Paths(data_dir, data_dir)
     digest = hashlib.sha1(str(data_dir).encode()).hexdigest()[:12]
     twin = Path("/var/tmp") / f"scheduler-devdb-{digest}"
     twin.mkdir(mode=0o755, exist_ok=True)
-    data_dir.mkdir(parents=True, exist_ok=True)
     marker.write_text(f"{twin}\n")
-    return Paths(twin)
+    return Paths(twin, data_dir)
 
 
 def _traversable(data_dir: Path, user: pwd.struct_passwd) -> bool:
@@ -103,13 +118,49 @@ def _traversable(data_dir: Path, user: pwd.struct_passwd) -> bool:
     return True
 
 
-def port_from_env() -> int:
+def port_from_env() -> int | None:
     raw = os.environ.get("PRIVATE_PG_PORT", "").strip()
     if not raw:
-        return DEFAULT_PORT
+        return None
     if not raw.isdigit() or not 1 <= int(raw) <= 65535:
         raise DevDBError(f"PRIVATE_PG_PORT={raw!r} is not a TCP port number")
     return int(raw)
+
+
+def remembered_port(paths: Paths) -> int | None:
+    try:
+        raw = paths.port_file.read_text().strip()
+    except OSError:
+        return None
+    return int(raw) if raw.isdigit() and 1 <= int(raw) <= 65535 else None
+
+
+def current_port(paths: Paths) -> int | None:
+    """The port this checkout's server uses, without choosing one: None if not known yet."""
+    return port_from_env() or _running_port(paths) or remembered_port(paths)
+
+
+def _choose_port(paths: Paths) -> int:
+    """A free port for a server that is not running, remembered in `.data/port`.
+
+    Called under the data directory's lock. Starting from a port hashed from the
+    checkout's path, two checkouts rarely even try the same one; if they do, the second
+    to start finds it taken and moves on.
+    """
+    remembered = remembered_port(paths)
+    if remembered is not None and _port_is_free(remembered):
+        return remembered
+    digest = int(hashlib.sha1(str(paths.data_dir).encode()).hexdigest(), 16)
+    first = digest % len(PORT_RANGE)
+    for offset in range(len(PORT_RANGE)):
+        port = PORT_RANGE[(first + offset) % len(PORT_RANGE)]
+        if port != remembered and _port_is_free(port):
+            paths.port_file.write_text(f"{port}\n")
+            return port
+    raise DevDBError(
+        f"No free port between {PORT_RANGE.start} and {PORT_RANGE.stop - 1} on {HOST} for "
+        "the private PostgreSQL: set PRIVATE_PG_PORT, or DATABASE_URL to a server you run."
+    )
 
 
 def fast_mode() -> bool:
@@ -120,6 +171,14 @@ def database_url(port: int) -> str:
     return f"postgres://{SUPERUSER}@{HOST}:{port}/{DB_NAME}"
 
 
+def ensure_private_postgres_or_exit(data_dir: Path) -> str:
+    """ensure_private_postgres for entry points: a failure exits with its one line."""
+    try:
+        return ensure_private_postgres(data_dir)
+    except DevDBError as exc:
+        raise SystemExit(f"devdb: {exc}") from None
+
+
 def ensure_private_postgres(data_dir: Path) -> str:
     """Start the private server under `data_dir` unless it runs, and return its URL.
 
@@ -127,22 +186,26 @@ def ensure_private_postgres(data_dir: Path) -> str:
     each caller re-checks once it holds it.
     """
     paths = server_paths(Path(data_dir))
-    port = port_from_env()
-    url = database_url(port)
-    if _running_port(paths) == port and _can_connect(port, DB_NAME):
-        return url
+    wanted = port_from_env()
+    running = _running_port(paths)
+    if running is not None and wanted in (None, running) and _can_connect(running, DB_NAME):
+        return database_url(running)
 
     paths.data_dir.mkdir(parents=True, exist_ok=True)
     with _locked(paths):
         running = _running_port(paths)
-        if running is not None and running != port:
+        if running is not None and wanted not in (None, running):
             raise DevDBError(
                 f"The private PostgreSQL in {paths.pgdata} is running on port {running}, "
-                f"but PRIVATE_PG_PORT asks for {port}. Stop it first: "
-                f"python -m controlplane.devdb stop"
+                f"but PRIVATE_PG_PORT asks for {wanted}: unset PRIVATE_PG_PORT, or stop the "
+                "server first (make db-stop)."
             )
+        port = running or wanted
         if running is None:
-            _check_port_free(port)
+            if wanted is None:
+                port = _choose_port(paths)
+            else:
+                _check_port_free(wanted)
             bindir = find_bindir(_cluster_version(paths))
             server_user = _server_user()
             _prepare_dirs(paths, server_user)
@@ -156,9 +219,11 @@ def ensure_private_postgres(data_dir: Path) -> str:
         except psycopg.Error as exc:
             raise DevDBError(
                 f"The private PostgreSQL ({paths.pgdata}) does not accept connections on "
-                f"{HOST}:{port}: {exc}\nLog {paths.log}:\n{_tail(_read(paths.log))}"
+                f"{HOST}:{port}: {_one_line(str(exc))} (log: {paths.log})"
             ) from exc
-    return url
+        if wanted is None:
+            paths.port_file.write_text(f"{port}\n")
+    return database_url(port)
 
 
 def stop_private_postgres(data_dir: Path) -> bool:
@@ -249,10 +314,9 @@ def _install_pgserver() -> Path:
     if bindir is None:
         raise DevDBError(
             "No PostgreSQL binaries were found (pg_ctl on PATH or under "
-            f"{SYSTEM_BINDIR_GLOB}) and installing {PGSERVER_REQUIREMENT} failed:\n"
-            f"{_tail(result.stdout + result.stderr)}\n"
-            "Install PostgreSQL (Debian: apt-get install postgresql-15), "
-            "or set DATABASE_URL to a server you run."
+            f"{SYSTEM_BINDIR_GLOB}) and installing {PGSERVER_REQUIREMENT} failed "
+            f"({_last_line(result.stdout + result.stderr)}): install PostgreSQL "
+            "(Debian: apt-get install postgresql-15), or set DATABASE_URL to a server you run."
         )
     return bindir
 
@@ -477,24 +541,30 @@ def _start(paths: Paths, bindir: Path, user: pwd.struct_passwd | None, port: int
     while not _can_connect(port, "postgres"):
         if time.monotonic() > deadline:
             raise DevDBError(
-                f"PostgreSQL started but does not accept connections on {HOST}:{port}. "
-                f"Log {paths.log}:\n{_tail(_read(paths.log))}"
+                f"PostgreSQL started but does not accept connections on {HOST}:{port} "
+                f"(log: {paths.log})"
             )
         time.sleep(0.1)
 
 
-def _check_port_free(port: int) -> None:
+def _port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         # PostgreSQL sets SO_REUSEADDR too, so a port in TIME_WAIT does not count as taken.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError:
-            raise DevDBError(
-                f"Port {port} on {HOST} is in use by another program, so the private "
-                "PostgreSQL cannot listen there. Pick another port with PRIVATE_PG_PORT "
-                "(or set DATABASE_URL to use an existing server)."
-            ) from None
+            return False
+        return True
+
+
+def _check_port_free(port: int) -> None:
+    if not _port_is_free(port):
+        raise DevDBError(
+            f"Port {port} on {HOST} (PRIVATE_PG_PORT) is in use by another program, so the "
+            "private PostgreSQL cannot listen there: unset PRIVATE_PG_PORT to have a free "
+            "port chosen, or set DATABASE_URL to use an existing server."
+        )
 
 
 def _create_database(port: int) -> None:
@@ -550,10 +620,11 @@ def _run(cmd: list, user: pwd.struct_passwd | None, paths: Paths, what: str) -> 
         out.seek(0)
         output = out.read()
     if result.returncode != 0:
-        message = f"{what} failed (exit {result.returncode}):\n{_tail(output)}"
+        logs = f"{log}, {paths.log}" if what.startswith("pg_ctl") else str(log)
+        detail = _last_line(output)
         if what.startswith("pg_ctl") and paths.log.exists():
-            message += f"\nLog {paths.log}:\n{_tail(_read(paths.log))}"
-        raise DevDBError(message)
+            detail = _last_line(_read(paths.log)) or detail
+        raise DevDBError(f"{what} failed (exit {result.returncode}): {detail} (logs: {logs})")
 
 
 def _read(path: Path) -> str:
@@ -563,8 +634,13 @@ def _read(path: Path) -> str:
         return f"(cannot read: {exc})"
 
 
-def _tail(text: str, lines: int = 20) -> str:
-    return "\n".join("    " + line for line in text.strip().splitlines()[-lines:])
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
 
 
 # --- Command line ----------------------------------------------------------------------
@@ -585,7 +661,11 @@ def main(argv: list[str] | None = None) -> int:
             stopped = stop_private_postgres(args.data_dir)
             print("stopped" if stopped else f"not running ({paths.pgdata})")
         elif args.command == "url":
-            print(database_url(port_from_env()))
+            port = current_port(paths)
+            if port is None:
+                print(f"no port chosen yet ({paths.pgdata}): start it first", file=sys.stderr)
+                return 3
+            print(database_url(port))
         else:
             port = _running_port(paths)
             if port is None:

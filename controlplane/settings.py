@@ -107,9 +107,10 @@ def _database_url() -> str:
     if url:
         return url
     # No DATABASE_URL: development and tests run on a private PostgreSQL under .data/.
-    from controlplane.devdb import ensure_private_postgres
+    # A failure stops the process with one line saying why, not a traceback.
+    from controlplane.devdb import ensure_private_postgres_or_exit
 
-    return ensure_private_postgres(BASE_DIR / ".data")
+    return ensure_private_postgres_or_exit(BASE_DIR / ".data")
 
 
 DATABASES = {"default": dj_database_url.parse(_database_url(), conn_max_age=0)}
@@ -313,6 +314,19 @@ LOGGING = {
     # django-axes logs every successful login at INFO; lockouts come as warnings.
     "loggers": {"axes": {"level": "WARNING"}},
 }
+
+# --- Job targets -----------------------------------------------------------------------
+# Modules that register job targets, imported at start-up besides the installed apps'
+# `targets` modules and the entry points of the group clustered_scheduler.targets
+# (jobs/target_modules.py). Comma-separated dotted names.
+SCHEDULER_TARGET_MODULES = [
+    name.strip() for name in env_str("SCHEDULER_TARGET_MODULES").split(",") if name.strip()
+]
+for _name in SCHEDULER_TARGET_MODULES:
+    if not all(part.isidentifier() for part in _name.split(".")):
+        raise ImproperlyConfigured(
+            f"SCHEDULER_TARGET_MODULES: {_name!r} is not a dotted module name (e.g. ours.targets)"
+        )
 
 # --- Scheduler nodes -------------------------------------------------------------------
 # Seconds between a node's heartbeats.

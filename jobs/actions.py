@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
+from django.db.models.functions import Now
 
 from controlplane import audit
 from controlplane.roles import is_schedule_editor
@@ -98,12 +99,14 @@ def set_job_paused(job: Job, paused: bool, by, reason: str = "") -> bool:
 def _set_paused(model, obj, paused: bool, by, reason: str, kind: str) -> bool:
     with transaction.atomic():
         # A conditional UPDATE: two operators pressing the same button audit it once.
-        changed = model.objects.filter(pk=obj.pk, paused=not paused).update(paused=paused)
+        rows = model.objects.filter(pk=obj.pk, paused=not paused)
+        changed = rows.update(paused=paused, updated_at=Now())
         if changed:
             action = "pause" if paused else "resume"
             audit.record(by, f"{kind}.{action}", kind, obj.pk, reason,
                          {"paused": not paused}, {"paused": paused})  # fmt: skip
     obj.paused = paused
+    obj.refresh_from_db(fields=["updated_at"])
     return bool(changed)
 
 

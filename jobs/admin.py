@@ -117,6 +117,16 @@ def _audit_change(request, kind: str, obj, before: dict, after: dict, reason: st
 # --- Admin pages -------------------------------------------------------------------------
 
 
+def _warn_if_managed(request, job: Job) -> None:
+    if job.managed_by:
+        messages.warning(
+            request,
+            f"{job.name} is managed by the schedule file {job.managed_by}: applying it "
+            "again (manage.py apply_schedules) overwrites changes made here. Change the "
+            "file instead.",
+        )
+
+
 def _editable_fieldsets(modeladmin, request, obj, fields, readonly_block):
     """Fields, then a read-only schedule block, then the audit reason for those who edit."""
     fieldsets = [(None, {"fields": fields})]
@@ -174,18 +184,27 @@ class TriggerInline(ScheduleDisplayMixin, admin.StackedInline):
 class JobAdmin(_PauseActions, admin.ModelAdmin):
     form = JobForm
     inlines = [TriggerInline]
-    list_display = ["name", "target", "executor", "max_attempts", "recover", "paused"]
+    list_display = ["name", "target", "executor", "max_attempts", "recover", "paused", "managed_by"]
     list_filter = ["paused", "executor"]
     search_fields = ["name", "target"]
+    readonly_fields = ["managed_by"]
     actions = ["pause_selected", "resume_selected", "run_selected_now"]
 
     def get_fieldsets(self, request, obj=None):
         fields = list(JOB_FIELDS)
+        if obj is not None and obj.managed_by:
+            fields.append("managed_by")
         if not is_schedule_editor(request.user):
             # Read only for this user: the arguments as the dashboard shows them to them.
             user = request.user
             fields = [redacted_field(f, user) if f in ("args", "kwargs") else f for f in fields]
         return _editable_fieldsets(self, request, obj, fields, [])
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        job = self.get_object(request, object_id)
+        if request.method == "GET" and job is not None:
+            _warn_if_managed(request, job)
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def has_run_permission(self, request) -> bool:
         return request.user.has_perm("jobs.run_job")
@@ -259,6 +278,12 @@ class TriggerAdmin(ScheduleDisplayMixin, _PauseActions, admin.ModelAdmin):
         return _editable_fieldsets(
             self, request, obj, list(TRIGGER_FIELDS), list(self.readonly_fields)
         )
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        trigger = self.get_object(request, object_id)
+        if request.method == "GET" and trigger is not None:
+            _warn_if_managed(request, trigger.job)
+        return super().change_view(request, object_id, form_url, extra_context)
 
     @admin.display(description="schedule")
     def schedule_summary(self, trigger: Trigger) -> str:

@@ -21,12 +21,17 @@ from drf_spectacular.utils import (
 )
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 
 from controlplane import audit
-from controlplane.api import BoundedJSONParser, Conflict
+from controlplane.api import (
+    BoundedJSONParser,
+    Conflict,
+    IdPagination,
+    ListPagination,
+    NamePagination,
+)
 from jobs import actions, queries
 from jobs.edits import (
     JOB_FIELDS,
@@ -41,6 +46,7 @@ from jobs.serializers import (
     ExecutionDetailSerializer,
     ExecutionFilterSerializer,
     ExecutionSerializer,
+    JobCreateSerializer,
     JobPauseResultSerializer,
     JobSerializer,
     NextFireTimesQuerySerializer,
@@ -176,14 +182,33 @@ class _ScheduleViewSet(viewsets.ModelViewSet):
     def destroy(self, request, *args, **kwargs):
         return super().destroy(request, *args, **kwargs)
 
+    # A change to a job that a schedule file manages is made, and answered with a Warning
+    # header (code 299, "miscellaneous persistent warning") saying that it will not last.
+    managed_by = ""
+
+    def note_managed(self, job: Job) -> None:
+        self.managed_by = job.managed_by
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if self.managed_by and response.status_code < 300:
+            source = self.managed_by.encode("ascii", "backslashreplace").decode()
+            response["Warning"] = (
+                f'299 - "managed by {source}: apply_schedules overwrites this change"'
+            )
+        return response
+
     def perform_create(self, serializer):
-        reason = serializer.validated_data.pop("reason", "")
+        reason = self.audit_reason = serializer.validated_data.pop("reason", "")
+        if isinstance(serializer.validated_data.get("job"), Job):
+            self.note_managed(serializer.validated_data["job"])
         obj = serializer.save()
         after = snapshot(obj, self.audit_fields)
         kind = self.audit_kind
         audit.record(self.request.user, f"{kind}.create", kind, obj.pk, reason, None, after)
 
     def perform_update(self, serializer):
+        self.note_managed(self.job_of(serializer.instance))
         before = snapshot(serializer.instance, self.audit_fields)
         reason = serializer.validated_data.pop("reason", "")
         obj = self.save_update(serializer)
@@ -195,7 +220,11 @@ class _ScheduleViewSet(viewsets.ModelViewSet):
     def save_update(self, serializer):
         return serializer.save()
 
+    def job_of(self, obj) -> Job:
+        return obj if isinstance(obj, Job) else obj.job
+
     def perform_destroy(self, instance):
+        self.note_managed(self.job_of(instance))
         reason = _reason(_query(self.request))
         kind = self.audit_kind
         before = self.deletesnapshot(instance)
@@ -209,6 +238,7 @@ class _ScheduleViewSet(viewsets.ModelViewSet):
         obj = self.get_object()
         reason = _reason(self.request.data)
         obj.changed = setter(obj, paused, self.request.user, reason)
+        self.note_managed(self.job_of(obj))
         return Response(result_serializer(obj, context=self.get_serializer_context()).data)
 
 
@@ -216,14 +246,24 @@ class _ScheduleViewSet(viewsets.ModelViewSet):
 
 
 @_crud_schema(JobSerializer, "job")
+@extend_schema_view(
+    create=extend_schema(
+        summary="Create a job, and its triggers with it (admin)",
+        description="`triggers`, when given, are created in the same transaction as the "
+        "job: either all of it is created or, for any invalid field, nothing is.",
+        request=JobCreateSerializer,
+        responses={201: JobSerializer, **errors(400, 401, 403, 415)},
+    ),
+)
 class JobViewSet(_ScheduleViewSet):
-    """Jobs: what runs. Their triggers are listed by id and summary; edit them under
-    /triggers/."""
+    """Jobs: what runs. Their triggers are listed by id and summary; create them with the
+    job or under /triggers/, and change them under /triggers/."""
 
     queryset = Job.objects.prefetch_related(
         Prefetch("triggers", queryset=Trigger.objects.order_by("id"))
     ).order_by("name")
     serializer_class = JobSerializer
+    pagination_class = NamePagination
     audit_kind = "job"
     audit_fields = JOB_FIELDS
     action_permissions = {
@@ -231,6 +271,18 @@ class JobViewSet(_ScheduleViewSet):
         "pause": "jobs.pause_job",
         "resume": "jobs.pause_job",
     }
+
+    def get_serializer_class(self):
+        return JobCreateSerializer if self.action == "create" else JobSerializer
+
+    def perform_create(self, serializer):
+        super().perform_create(serializer)
+        job = serializer.instance
+        for trigger in job.triggers.order_by("pk"):
+            after = snapshot(trigger, TRIGGER_FIELDS)
+            reason = self.audit_reason
+            audit.record(self.request.user, "trigger.create", "trigger", trigger.pk, reason,
+                         None, after)  # fmt: skip
 
     def save_update(self, serializer):
         # Job has no save() of its own that stamps updated_at, unlike Trigger.
@@ -287,6 +339,7 @@ class TriggerViewSet(_ScheduleViewSet):
 
     queryset = Trigger.objects.select_related("job").order_by("id")
     serializer_class = TriggerSerializer
+    pagination_class = IdPagination
     audit_kind = "trigger"
     audit_fields = TRIGGER_FIELDS
     action_permissions = {"pause": "jobs.pause_job", "resume": "jobs.pause_job"}
@@ -358,19 +411,14 @@ class TriggerViewSet(_ScheduleViewSet):
 # --- executions --------------------------------------------------------------------------
 
 
-class ExecutionPagination(CursorPagination):
+class ExecutionPagination(ListPagination):
     """Keyset pages on (created_at DESC, id DESC), read by jobs.queries.execution_page.
 
-    DRF's CursorPagination supplies the response shape and the schema; the cursor is the
+    The same body and parameters as every list (ListPagination); the cursor is the
     dashboard's (queries.Cursor), a position in the index order rather than an offset.
     """
 
     ordering = ("-created_at", "-id")
-    page_size = queries.PAGE_SIZE
-    page_size_query_param = "page_size"
-    page_size_query_description = "Executions per page (default 50, at most 500)."
-    max_page_size = 500
-    cursor_query_description = "The `next` or `previous` link's cursor."
 
     def paginate_queryset(self, queryset, request, view=None):
         self.base_url = request.build_absolute_uri()

@@ -150,6 +150,14 @@ class Job(models.Model):
         max_length=10, choices=ConcurrencyPolicy.choices, default=ConcurrencyPolicy.ALLOW
     )
     paused = models.BooleanField(default=False)
+    managed_by = models.CharField(
+        max_length=500,
+        blank=True,
+        default="",
+        editable=False,
+        help_text="The schedule file this job is defined in (manage.py apply_schedules): "
+        "applying it again overwrites edits made anywhere else.",
+    )
     created_at = models.DateTimeField(db_default=Now(), editable=False)
     updated_at = models.DateTimeField(db_default=Now(), editable=False)
 

@@ -84,10 +84,10 @@ def _reason_field() -> serializers.CharField:
     )
 
 
-def full_clean(instance) -> None:
+def full_clean(instance, exclude=None) -> None:
     """The model's own validation, as DRF errors keyed by field."""
     try:
-        instance.full_clean()
+        instance.full_clean(exclude=exclude)
     except DjangoValidationError as e:
         raise serializers.ValidationError(
             {
@@ -151,13 +151,16 @@ class RedactedArgumentsMixin:
 class _ModelCleanMixin:
     """Run ``full_clean()`` on a copy of the instance with the validated values applied."""
 
+    not_model_fields = ("reason",)  # validated fields that are not the model's
+    clean_exclude: list[str] = []  # model fields full_clean() must not check
+
     def validate(self, attrs):
         attrs = super().validate(attrs)
         instance = copy.copy(self.instance) if self.instance is not None else self.Meta.model()
         for name, value in attrs.items():
-            if name != "reason":
+            if name not in self.not_model_fields:
                 setattr(instance, name, value)
-        full_clean(instance)
+        full_clean(instance, exclude=self.clean_exclude)
         return attrs
 
 
@@ -198,9 +201,10 @@ class JobSerializer(RedactedArgumentsMixin, _ModelCleanMixin, _StrictModelSerial
         fields = [
             "id", "name", "description", "target", "celery_task", "args", "kwargs", "executor",
             "queue", "timeout", "max_attempts", "retry_backoff", "recover",
-            "concurrency_policy", "paused", "created_at", "updated_at", "triggers", "reason",
+            "concurrency_policy", "paused", "managed_by", "created_at", "updated_at", "triggers",
+            "reason",
         ]  # fmt: skip
-        read_only_fields = ["paused", "created_at", "updated_at"]
+        read_only_fields = ["paused", "managed_by", "created_at", "updated_at"]
         # The bounds Job.clean() checks, declared so that the schema states them too.
         extra_kwargs = {
             "timeout": {"min_value": 1},
@@ -217,7 +221,64 @@ class JobSerializer(RedactedArgumentsMixin, _ModelCleanMixin, _StrictModelSerial
         # A full write (create or PUT) names what runs: a target, or a Celery task.
         if not self.partial and "target" not in attrs and not attrs.get("celery_task"):
             raise serializers.ValidationError({"target": ["This field is required."]})
+        if self.instance is not None and "triggers" in self.initial_data:
+            # Read-only fields are otherwise dropped without a word.
+            raise serializers.ValidationError(
+                {"triggers": [TRIGGERS_ARE_EDITED_APART.format(job=self.instance.pk)]}
+            )
         return super().validate(attrs)
+
+
+TRIGGERS_ARE_EDITED_APART = (
+    "A job's triggers are changed under /api/v1/triggers/ (?job={job} lists them), not by "
+    "a PUT or PATCH of the job; leave this field out."
+)
+
+
+class NewTriggerSerializer(_ModelCleanMixin, _StrictModelSerializer):
+    """A trigger created with its job (POST /jobs/ with `triggers`)."""
+
+    timezone = serializers.ChoiceField(
+        choices=time_zone_names(),
+        required=False,
+        help_text="An IANA time zone name; default UTC.",
+        error_messages={
+            "invalid_choice": "Unknown time zone {input!r}: use an IANA name such as "
+            "'Europe/London' or 'UTC'."
+        },
+    )
+    clean_exclude = ["job"]  # the job does not exist yet
+
+    class Meta:
+        model = Trigger
+        fields = [
+            "kind", "cron", "timezone", "interval", "run_at", "start_at", "end_at",
+            "misfire_policy", "misfire_grace",
+        ]  # fmt: skip
+        extra_kwargs = {"interval": {"min_value": 1}}
+
+
+class JobCreateSerializer(JobSerializer):
+    """A new job, and optionally its triggers, created together in one transaction."""
+
+    triggers = NewTriggerSerializer(
+        many=True,
+        required=False,
+        help_text="Triggers to create with the job, each audited; none when left out. "
+        "Later changes go through /api/v1/triggers/.",
+    )
+    not_model_fields = ("reason", "triggers")
+
+    def create(self, validated_data):
+        triggers = validated_data.pop("triggers", [])
+        job = super().create(validated_data)
+        for fields in triggers:
+            Trigger(job=job, **fields).save()  # save() computes next_fire_at
+        return job
+
+    def to_representation(self, instance):
+        # Answered like every other job body: its triggers in brief, with their ids.
+        return JobSerializer(instance, context=self.context).data
 
 
 class JobPauseResultSerializer(JobSerializer):
@@ -245,6 +306,12 @@ class TriggerSerializer(_ModelCleanMixin, _StrictModelSerializer):
         },
     )
     summary = serializers.SerializerMethodField()
+    managed_by = serializers.CharField(
+        source="job.managed_by",
+        read_only=True,
+        help_text="The schedule file its job is defined in, or empty: applying that file "
+        "again overwrites changes made here.",
+    )
     reason = _reason_field()
 
     class Meta:
@@ -252,7 +319,7 @@ class TriggerSerializer(_ModelCleanMixin, _StrictModelSerializer):
         fields = [
             "id", "job", "kind", "cron", "timezone", "interval", "run_at", "start_at", "end_at",
             "misfire_policy", "misfire_grace", "paused", "next_fire_at", "last_fire_at",
-            "summary", "created_at", "updated_at", "reason",
+            "summary", "managed_by", "created_at", "updated_at", "reason",
         ]  # fmt: skip
         read_only_fields = ["paused", "next_fire_at", "last_fire_at", "created_at", "updated_at"]
         extra_kwargs = {"interval": {"min_value": 1}}

@@ -17,13 +17,12 @@ from drf_spectacular.utils import (
     extend_schema,
     extend_schema_view,
 )
-from rest_framework import mixins, serializers, viewsets
+from rest_framework import mixins, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
-from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 
-from controlplane.api import BoundedJSONParser
+from controlplane.api import BoundedJSONParser, IdPagination, NamePagination
 from controlplane.dashboard import DbNow, nodes_with_age, running_counts
 from locks import maintenance
 from locks.leases import InvalidLockName, validate_lock_name
@@ -57,7 +56,6 @@ def _error(description: str) -> OpenApiResponse:
 
 UNAUTHENTICATED = _error("No credentials, or a bad token.")
 FORBIDDEN = _error("Your role lacks the permission this needs.")
-BAD_CURSOR = _error("The cursor is not one this list gave out.")
 NOT_JSON = _error("The body is not application/json.")
 LOCK_NAME = OpenApiParameter(
     "name",
@@ -67,36 +65,6 @@ LOCK_NAME = OpenApiParameter(
     'part empty, "." or ".."), at most 200 characters. Percent-encode "/" as %2F: an HTTP '
     "client may rewrite a path otherwise.",
 )
-
-
-class NamePagination(CursorPagination):
-    ordering = "name"
-    page_size = 100
-    page_size_query_param = "page_size"
-    max_page_size = 1000
-
-    def get_page_size(self, request):
-        # DRF quietly ignores a bad page_size; refuse it instead, as the schema says.
-        raw = request.query_params.get(self.page_size_query_param)
-        if raw is None:
-            return self.page_size
-        field = serializers.IntegerField(min_value=1, max_value=self.max_page_size)
-        try:
-            return field.run_validation(raw)
-        except ValidationError as e:
-            raise ValidationError({self.page_size_query_param: e.detail}) from None
-
-    def get_schema_operation_parameters(self, view):
-        parameters = super().get_schema_operation_parameters(view)
-        for parameter in parameters:
-            if parameter["name"] == self.page_size_query_param:
-                parameter["schema"].update(minimum=1, maximum=self.max_page_size)
-                parameter["description"] = f"Results per page ({self.page_size} by default)."
-        return parameters
-
-
-class IdPagination(NamePagination):
-    ordering = "id"
 
 
 def _params(request) -> dict:
@@ -116,10 +84,9 @@ def _can_exist(key: str) -> bool:
         parameters=[LockListQuerySerializer],
         responses={
             200: LockSerializer(many=True),
-            400: _error("A bad query parameter (or page_size), named in the body."),
+            400: _error("A bad query parameter (or page_size, or cursor), named in the body."),
             401: UNAUTHENTICATED,
             403: FORBIDDEN,
-            404: BAD_CURSOR,
         },
     ),
     retrieve=extend_schema(
@@ -248,10 +215,9 @@ def _attach_stale_reasons(locks: list[Lock]) -> None:
         parameters=[NodeListQuerySerializer],
         responses={
             200: SchedulerNodeSerializer(many=True),
-            400: _error("A bad query parameter (or page_size), named in the body."),
+            400: _error("A bad query parameter (or page_size, or cursor), named in the body."),
             401: UNAUTHENTICATED,
             403: FORBIDDEN,
-            404: BAD_CURSOR,
         },
     ),
     retrieve=extend_schema(

@@ -152,7 +152,7 @@ def test_the_schema_declares_token_and_session_auth_and_every_answer_of_the_lock
     assert set(cleanup["responses"]) == {"200", "400", "401", "403", "415"}
     assert set(release["requestBody"]["content"]) == {"application/json"}
     for url in ["/api/v1/locks/", "/api/v1/nodes/"]:
-        assert set(paths[url]["get"]["responses"]) == {"200", "400", "401", "403", "404"}
+        assert set(paths[url]["get"]["responses"]) == {"200", "400", "401", "403"}
     assert set(paths["/api/v1/locks/{name}/"]["get"]["responses"]) == {
         "200", "400", "401", "403", "404"
     }  # fmt: skip

@@ -133,8 +133,9 @@ def test_it_filters_triggers_by_job(api, job, trigger):
     other = make_job("other")
     Trigger.objects.create(job=other, kind="interval", interval=60)
     client = api("viewer")
-    assert [t["id"] for t in client.get(f"{API}/triggers/?job={job.pk}").json()] == [trigger.pk]
-    assert len(client.get(f"{API}/triggers/").json()) == 2
+    filtered = client.get(f"{API}/triggers/?job={job.pk}").json()["results"]
+    assert [t["id"] for t in filtered] == [trigger.pk]
+    assert len(client.get(f"{API}/triggers/").json()["results"]) == 2
     for bad in ("abc", "", "0"):
         response = client.get(f"{API}/triggers/?job={bad}")
         assert response.status_code == 400
@@ -827,15 +828,17 @@ def test_it_walks_execution_pages_with_the_cursor_both_ways(api, job):
     assert [e["id"] for e in client.get(back["previous"]).json()["results"]] == newest_first[0:3]
 
 
-def test_it_caps_the_page_size_at_500(api, job):
+def test_it_pages_100_executions_by_default_and_at_most_500(api, job):
     Execution.objects.bulk_create(
         [Execution(job=job, scheduled_for=database_now(), origin="manual", state="succeeded")
          for _ in range(501)]
     )  # fmt: skip
     client = api("viewer")
-    body = client.get(f"{API}/executions/", {"page_size": 1000}).json()
+    body = client.get(f"{API}/executions/", {"page_size": 500}).json()
     assert len(body["results"]) == 500 and body["next"]
-    assert len(client.get(f"{API}/executions/").json()["results"]) == 50
+    assert len(client.get(f"{API}/executions/").json()["results"]) == 100
+    response = client.get(f"{API}/executions/", {"page_size": 501})
+    assert response.status_code == 400 and list(response.json()) == ["page_size"]
 
 
 def test_it_lists_executions_in_a_bounded_number_of_queries(
@@ -878,3 +881,94 @@ def test_the_project_schema_validates_without_warnings(tmp_path):
     paths = yaml.safe_load(out.read_text())["paths"]
     assert "/api/v1/triggers/{id}/next_fire_times/" in paths
     assert "/api/v1/executions/{id}/rerun/" in paths
+
+
+@pytest.mark.parametrize("kind", ["job", "trigger"])
+def test_it_stamps_updated_at_on_pause_and_resume(api, kind, job, trigger):
+    obj = {"job": job, "trigger": trigger}[kind]
+    client = api("operator")
+    before = obj.updated_at
+    paused = client.post(f"{API}/{kind}s/{obj.pk}/pause/").json()
+    obj.refresh_from_db()
+    assert obj.updated_at > before
+    assert paused["updated_at"] == obj.updated_at.isoformat().replace("+00:00", "Z")
+    resumed = client.post(f"{API}/{kind}s/{obj.pk}/resume/").json()
+    assert resumed["updated_at"] > paused["updated_at"]
+
+
+# --- one list shape ------------------------------------------------------------------------
+
+LISTS = ["jobs", "triggers", "executions", "locks", "nodes"]
+
+
+@pytest.mark.parametrize("name", LISTS)
+def test_every_list_pages_the_same_way(api, name, job, trigger, finished):
+    client = api("viewer")
+    body = client.get(f"{API}/{name}/", {"page_size": 1}).json()
+    assert list(body) == ["next", "previous", "results"]
+    assert body["previous"] is None
+    for params in ({"page_size": 0}, {"page_size": 501}, {"page_size": "x"}):
+        response = client.get(f"{API}/{name}/", params)
+        assert response.status_code == 400 and list(response.json()) == ["page_size"]
+    response = client.get(f"{API}/{name}/", {"cursor": "not-a-cursor"})
+    assert response.status_code == 400 and list(response.json()) == ["cursor"]
+
+
+def test_it_walks_the_job_list_by_name(api):
+    for name in ["c", "a", "b"]:
+        make_job(name)
+    client = api("viewer")
+    first = client.get(f"{API}/jobs/", {"page_size": 2}).json()
+    second = client.get(first["next"]).json()
+    assert [j["name"] for j in first["results"]] == ["a", "b"]
+    assert [j["name"] for j in second["results"]] == ["c"] and second["next"] is None
+
+
+# --- a job with its triggers ---------------------------------------------------------------
+
+NEW_JOB = {"name": "reports", "target": "demo.echo", "kwargs": {"n": 1}}
+
+
+def test_it_creates_a_job_with_its_triggers_in_one_go_and_audits_each(api):
+    body = {**NEW_JOB, "reason": "new", "triggers": [
+        {"kind": "cron", "cron": "0 2 * * *", "timezone": "Europe/London"},
+        {"kind": "interval", "interval": 300, "misfire_policy": "skip"},
+    ]}  # fmt: skip
+    response = api("admin").post(f"{API}/jobs/", body, format="json")
+    assert response.status_code == 201, response.json()
+    job = Job.objects.get(name="reports")
+    triggers = list(job.triggers.order_by("pk"))
+    assert [(t.kind, t.cron, t.timezone, t.interval, t.misfire_policy) for t in triggers] == [
+        ("cron", "0 2 * * *", "Europe/London", None, "fire_once"),
+        ("interval", "", "UTC", 300, "skip"),
+    ]
+    assert all(t.next_fire_at is not None for t in triggers)
+    assert [t["id"] for t in response.json()["triggers"]] == [t.pk for t in triggers]
+    assert response.json()["triggers"][0]["summary"] == "At 02:00 (Europe/London time)"
+    entries = audit_entries("trigger.create")
+    assert sorted(e.object_id for e in entries) == sorted(str(t.pk) for t in triggers)
+    assert {e.reason for e in entries} == {"new"}
+
+
+def test_an_invalid_nested_trigger_creates_nothing_and_names_the_field(api):
+    body = {**NEW_JOB, "triggers": [
+        {"kind": "interval", "interval": 60}, {"kind": "cron", "cron": "61 * * * *"},
+    ]}  # fmt: skip
+    response = api("admin").post(f"{API}/jobs/", body, format="json")
+    assert response.status_code == 400
+    assert list(response.json()) == ["triggers"]
+    # DRF keys a list's errors by the index of the item at fault.
+    assert list(response.json()["triggers"]) == ["1"]
+    assert list(response.json()["triggers"]["1"]) == ["cron"]
+    assert not Job.objects.exists() and not Trigger.objects.exists()
+    assert not AuditEntry.objects.exists()
+
+
+@pytest.mark.parametrize("method", ["put", "patch"])
+def test_it_refuses_triggers_in_a_job_change_instead_of_dropping_them(api, method, job, trigger):
+    body = {**NEW_JOB, "triggers": [{"kind": "interval", "interval": 60}]}
+    response = getattr(api("admin"), method)(f"{API}/jobs/{job.pk}/", body, format="json")
+    assert response.status_code == 400
+    assert "/api/v1/triggers/" in response.json()["triggers"][0]
+    job.refresh_from_db()
+    assert job.name == "nightly" and list(job.triggers.all()) == [trigger]

@@ -326,7 +326,7 @@ def test_a_bad_all_flag_is_400_naming_it(api_for, value):
 
 
 @pytest.mark.parametrize("url", [LOCKS, NODES])
-@pytest.mark.parametrize("page_size", ["0", "1001", "ten", ""])
+@pytest.mark.parametrize("page_size", ["0", "501", "ten", ""])
 def test_a_bad_page_size_is_400_naming_it(api_for, url, page_size):
     response = api_for("viewer").get(url, {"page_size": page_size})
     assert response.status_code == 400
@@ -344,7 +344,8 @@ def test_the_lock_list_pages_by_name_with_a_cursor(api_for):
     assert [lock["name"] for lock in first["results"]] == ["a", "b"]
     assert [lock["name"] for lock in second["results"]] == ["c"]
     assert second["next"] is None and second["previous"] is not None
-    assert client.get(LOCKS, {"cursor": "garbage"}).status_code == 404
+    response = client.get(LOCKS, {"cursor": "garbage"})
+    assert response.status_code == 400 and list(response.json()) == ["cursor"]
 
 
 # --- force release ------------------------------------------------------------------------

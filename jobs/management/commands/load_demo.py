@@ -55,18 +55,25 @@ class Command(BaseCommand):
 
     def _admin_login(self) -> None:
         # The generated password is kept under .data/ so every `make run` can print it.
+        # An existing user's password is never changed: this may be a shared database
+        # reached through DATABASE_URL, whose admin is not ours to reset.
         User = get_user_model()
         password_file = settings.BASE_DIR / ".data" / "admin-password"
         user = User.objects.filter(username="admin").first()
-        if user is None or not password_file.exists():
+        if user is None:
             password = secrets.token_urlsafe(12)
+            User.objects.create_superuser("admin", "admin@example.com", password)
             password_file.parent.mkdir(parents=True, exist_ok=True)
             password_file.write_text(password + "\n")
             password_file.chmod(0o600)
-            if user is None:
-                User.objects.create_superuser("admin", "admin@example.com", password)
-            else:
-                user.set_password(password)
-                user.save()
-        password = password_file.read_text().strip()
-        self.stdout.write(f"admin login: username admin, password {password}")
+            self.stdout.write(f"admin login: username admin, password {password} (new)")
+            return
+        password = password_file.read_text().strip() if password_file.exists() else ""
+        if password and user.check_password(password):
+            self.stdout.write(f"admin login: username admin, password {password}")
+        else:
+            # Created elsewhere, or its password was changed since: we do not know it.
+            self.stdout.write(
+                "admin login: username admin, password unchanged (not the one in "
+                f"{password_file}; set one with: python manage.py changepassword admin)"
+            )

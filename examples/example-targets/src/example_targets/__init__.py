@@ -1,0 +1,1 @@
+"""Example job targets for the clustered scheduler (see targets.py)."""
