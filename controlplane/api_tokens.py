@@ -8,6 +8,7 @@ revoke itself.
 
 from __future__ import annotations
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, permissions, serializers, viewsets
 from rest_framework.exceptions import NotFound
@@ -52,8 +53,11 @@ def _error(text: str) -> OpenApiResponse:
         summary="Your API tokens, newest first",
         responses={
             200: ApiTokenSerializer(many=True),
+            400: OpenApiResponse(
+                OpenApiTypes.OBJECT,
+                "A page_size or cursor this list does not accept: the key names it.",
+            ),
             401: _error("Not authenticated."),
-            404: _error("The cursor is not one this list gave out."),
         },  # fmt: skip
     ),
     destroy=extend_schema(

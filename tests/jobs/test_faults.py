@@ -77,8 +77,8 @@ class Cluster:
         return self.sql(
             "INSERT INTO jobs_job (name, description, target, celery_task, queue, args, kwargs,"
             " executor, timeout, max_attempts, retry_backoff, recover, concurrency_policy,"
-            " paused) VALUES (%s, '', 'demo.trace', '', 'scheduler', '[]', %s, 'inline', NULL,"
-            " 1, 10, %s, %s, false) RETURNING id",
+            " paused, managed_by) VALUES (%s, '', 'demo.trace', '', 'scheduler', '[]', %s,"
+            " 'inline', NULL, 1, 10, %s, %s, false, '') RETURNING id",
             [name, kwargs, recover, policy],
         )[0][0]
 
