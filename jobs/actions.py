@@ -7,7 +7,7 @@ schedule (next_fire_at), so a manual run or a rerun never disturbs it.
 from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models.functions import Now
 
 from controlplane import audit
@@ -15,6 +15,7 @@ from controlplane.roles import is_schedule_editor
 from jobs import registry, secrets
 from jobs.models import (
     Execution,
+    ExecutionEvent,
     Job,
     Trigger,
     check_target_call,
@@ -54,7 +55,7 @@ def run_now(job: Job, by, args=None, kwargs=None, reason: str = "") -> Execution
         check_target_call(job.target, run_args, run_kwargs)
     if (args is not None or kwargs is not None) and not _may_override_anything(by):
         _check_override(job, run_args, run_kwargs)
-    execution = queue_manual_run(job, user=_user(by), args=args, kwargs=kwargs)
+    execution = queue_manual_run(job, user=_user(by), args=args, kwargs=kwargs, reason=reason)
     audit.record(
         by, "job.run_now", "job", job.pk, reason,
         after={"execution": execution.pk, "args": execution.args, "kwargs": execution.kwargs},
@@ -80,9 +81,82 @@ def rerun(original: Execution, by, reason: str = "") -> Execution:
         kwargs=original.kwargs,
         rerun_of=original,
         requested_by=_user(by),
+        reason=reason,
     )
     audit.record(by, "execution.rerun", "execution", original.pk, reason,
                  after={"execution": execution.pk})  # fmt: skip
+    return execution
+
+
+class CannotCancel(ValidationError):
+    """A cancel of an execution that has already finished."""
+
+
+# A run not yet started is cancelled outright: it never starts, since a node confirms a
+# start only from pending/dispatched (claims.CONFIRM_START), and this UPDATE and that one
+# lock the same row, so whichever commits first wins and the other finds out.
+CANCEL_UNSTARTED = """
+UPDATE jobs_execution
+SET state = 'cancelled', finished_at = now(), cancel_requested_at = now(),
+    cancel_requested_by = %(by)s, cancel_reason = %(reason)s,
+    error = format('cancelled by %%s: %%s', %(by)s::text, %(reason)s::text)
+WHERE id = %(id)s AND state IN ('pending', 'dispatched')
+RETURNING id
+"""
+
+# A running one is asked to stop: its node or worker sees the request (NOTIFY, and its
+# own polling), the job can stop cooperatively, and past SCHEDULER_CANCEL_GRACE the run
+# is recorded cancelled whatever the job does.
+REQUEST_CANCEL = """
+UPDATE jobs_execution
+SET cancel_requested_at = now(), cancel_requested_by = %(by)s, cancel_reason = %(reason)s
+WHERE id = %(id)s AND state = 'running' AND cancel_requested_at IS NULL
+RETURNING id
+"""
+
+CANCEL_CHANNEL = "jobs_cancel"
+
+
+@transaction.atomic
+def cancel_execution(execution: Execution, by, reason: str) -> Execution:
+    """Cancel a run, with a reason; audited.
+
+    Pending or dispatched (not started): cancelled at once, and it never starts; a
+    pending retry's chain stops there. Running: cancellation is requested, the job can
+    stop cooperatively, and past the grace it is recorded cancelled. Finished: refused
+    with CannotCancel. Cancelling a run already asked to stop changes nothing more.
+    """
+    if not reason or not reason.strip():
+        raise ValidationError({"reason": "A reason is required to cancel a run."})
+    who = audit.actor_of(by)[1]
+    params = {"id": execution.pk, "by": who, "reason": reason.strip()}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT state FROM jobs_execution WHERE id = %s FOR UPDATE", [execution.pk])
+        row = cursor.fetchone()
+        if row is None:
+            raise Execution.DoesNotExist(f"there is no execution #{execution.pk}")
+        before = row[0]
+        if before in Execution.FINAL_STATES:
+            raise CannotCancel({"execution": f"#{execution.pk} has already finished ({before})."})
+        if before == Execution.State.RUNNING:
+            cursor.execute(REQUEST_CANCEL, params)
+            if cursor.fetchone() is not None:
+                ExecutionEvent.objects.create(
+                    execution_id=execution.pk,
+                    kind=ExecutionEvent.Kind.CANCEL_REQUESTED,
+                    actor=who,
+                    message=reason.strip(),
+                )
+                cursor.execute("SELECT pg_notify(%s, %s)", [CANCEL_CHANNEL, str(execution.pk)])
+        else:
+            cursor.execute(CANCEL_UNSTARTED, params)
+    if before == Execution.State.RUNNING:
+        after = {"state": before, "cancel_requested": True}
+    else:
+        after = {"state": "cancelled"}
+    audit.record(by, "execution.cancel", "execution", execution.pk, reason, {"state": before},
+                 after)  # fmt: skip
+    execution.refresh_from_db()
     return execution
 
 

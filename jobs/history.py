@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from django.db import connection
 
-# Deletes one batch of finished executions older than the retention. Links into the
-# batch from newer rows (retries, reruns, lock rows) are cleared first; links between
-# rows of the batch need no care, since the foreign keys are checked at commit.
+# Deletes one batch of finished executions older than the retention, with their log
+# lines and events. Links into the batch from newer rows (retries, reruns, lock rows) are
+# cleared first; links between rows of the batch need no care, since the foreign keys are
+# checked at commit.
 PRUNE_BATCH = """
 WITH old AS (
     SELECT id FROM jobs_execution
@@ -25,6 +26,12 @@ reruns AS (
 ),
 held AS (
     UPDATE locks_lock SET execution_id = NULL WHERE execution_id IN (SELECT id FROM old)
+),
+log_lines AS (
+    DELETE FROM jobs_executionlogline WHERE execution_id IN (SELECT id FROM old)
+),
+events AS (
+    DELETE FROM jobs_executionevent WHERE execution_id IN (SELECT id FROM old)
 )
 DELETE FROM jobs_execution WHERE id IN (SELECT id FROM old)
 """

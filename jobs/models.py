@@ -385,6 +385,25 @@ class Execution(models.Model):
         help_text="Fencing token: drawn from one sequence each time a node or worker starts "
         "the run, so whoever holds the run now has a larger one than anyone before.",
     )
+    # The columns below have database defaults: the engine inserts executions in SQL.
+    reason = models.TextField(
+        blank=True, db_default="", help_text="Why an operator asked for this run (run now, rerun)."
+    )
+    result = models.JSONField(
+        null=True, blank=True, help_text="What the target returned (JSON, bounded)."
+    )
+    progress_done = models.FloatField(null=True, blank=True)
+    progress_total = models.FloatField(null=True, blank=True)
+    progress_message = models.CharField(max_length=500, blank=True, db_default="")
+    progress_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the run last reported progress."
+    )
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_by = models.CharField(max_length=200, blank=True, db_default="")
+    cancel_reason = models.TextField(blank=True, db_default="")
+    lock_lost_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the run's job lock was taken from it."
+    )
 
     class Meta:
         permissions = [("rerun_execution", "Can rerun an execution")]
@@ -442,7 +461,7 @@ class Execution(models.Model):
         return self.state in self.FINAL_STATES
 
 
-def queue_manual_run(job: Job, user=None, args=None, kwargs=None) -> Execution:
+def queue_manual_run(job: Job, user=None, args=None, kwargs=None, reason: str = "") -> Execution:
     """Queue a run of ``job`` now, outside its schedule; nodes pick it up."""
     return Execution.objects.create(
         job=job,
@@ -452,4 +471,62 @@ def queue_manual_run(job: Job, user=None, args=None, kwargs=None) -> Execution:
         args=job.args if args is None else args,
         kwargs=job.kwargs if kwargs is None else kwargs,
         requested_by=user,
+        reason=reason,
     )
+
+
+class ExecutionLogLine(models.Model):
+    """One line a run logged or printed, in the order its execution produced them.
+
+    Kept apart from the execution row (which the engine updates on every state change),
+    bounded per execution by SCHEDULER_LOG_LIMIT, and pruned with the history.
+    """
+
+    execution = models.ForeignKey(
+        Execution, on_delete=models.CASCADE, related_name="log_lines", db_index=False
+    )
+    #: 0, 1, 2, ... per execution: the API pages the log by this offset.
+    seq = models.PositiveIntegerField()
+    at = models.DateTimeField(help_text="When the line was produced (database time).")
+    #: A logging level name (DEBUG ... CRITICAL), STDOUT or STDERR for print output.
+    level = models.CharField(max_length=10)
+    message = models.TextField()
+
+    class Meta:
+        constraints = [
+            # The log page and GET /executions/<id>/log/?offset=: lines by execution, in order.
+            models.UniqueConstraint(fields=["execution", "seq"], name="one_log_line_per_seq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.execution_id}:{self.seq} {self.level} {self.message[:60]}"
+
+
+class ExecutionEvent(models.Model):
+    """Something that happened to a run beyond the times on its row: a progress
+    milestone, a lost lock, a cancel request, a note. An execution's timeline merges these
+    with its row's times (created, claimed, started, finished) and its retries."""
+
+    class Kind(models.TextChoices):
+        PROGRESS = "progress"
+        LOCK_LOST = "lock_lost"
+        CANCEL_REQUESTED = "cancel_requested"
+        NOTE = "note"
+
+    execution = models.ForeignKey(
+        Execution, on_delete=models.CASCADE, related_name="events", db_index=False
+    )
+    at = models.DateTimeField(db_default=Now())
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    #: Who or what made it happen: a user name, a node or worker id.
+    actor = models.CharField(max_length=200, blank=True, default="")
+    message = models.TextField(blank=True, default="")
+
+    class Meta:
+        indexes = [
+            # The execution page's timeline: one execution's events in order.
+            models.Index(fields=["execution", "at"], name="execution_event_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.execution_id} {self.kind} {self.message[:60]}"
