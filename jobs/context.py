@@ -1,7 +1,19 @@
-"""What a running job may know about its own execution.
+"""What a running job may know about its own execution, and tell the scheduler.
 
-Job code calls ``current()`` for its execution id (a natural idempotency key), fire
-time, attempt and fencing token. The executor sets it around each run.
+Inside a run (on a node's thread or a Celery worker), job code can:
+
+- ``current()``: the execution id (a natural idempotency key), job name, fire time,
+  attempt and fencing token;
+- ``progress(done, total=None, message="")``: report how far it is (the latest value
+  wins; it is written at most about once a second, and shown live);
+- ``cancelled()`` / ``check_cancelled()``: see whether an operator asked the run to stop
+  (``check_cancelled`` raises ``Cancelled``, which ends the run as ``cancelled``);
+- ``lock_lost()``: see whether a ``forbid`` job's lock was taken from the run (force
+  released, expired or taken over), so it can stop before it overlaps the next run;
+- log with ``logging`` or ``print``: every line lands in the execution's own log.
+
+Outside a run these answer harmlessly (None, False, nothing reported), so job code can
+be called from a test or a shell as it is.
 
 The fencing token protects downstream systems from a stale runner: a node that was
 paused, partitioned or declared dead may still be running a job whose execution has
@@ -21,9 +33,56 @@ cannot be overwritten by the stale runner::
 
 from __future__ import annotations
 
+import math
+import threading
+import time
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+
+# Longest progress message kept (Execution.progress_message).
+PROGRESS_MESSAGE_MAX = 500
+
+
+class Cancelled(Exception):
+    """Raised by ``check_cancelled()`` once the run was asked to stop."""
+
+
+@dataclass
+class RunSignals:
+    """What the engine tells a running job, and what the job reports back.
+
+    Shared between the job's thread and the engine's threads (the node's listener and
+    recorder, a worker's heartbeat): events and a lock, nothing else.
+    """
+
+    cancel: threading.Event = field(default_factory=threading.Event)
+    #: Who asked the run to stop, and why (set with ``cancel``).
+    cancel_by: str = ""
+    cancel_reason: str = ""
+    lock_lost: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    #: The latest progress report: (done, total, message, monotonic time), or None.
+    progress: tuple[float, float | None, str, float] | None = None
+    #: Whether ``progress`` changed since the engine last took it.
+    progress_new: bool = False
+
+    def report_progress(self, done: float, total: float | None, message: str) -> None:
+        with self.lock:
+            self.progress = (done, total, message, time.monotonic())
+            self.progress_new = True
+
+    def take_progress(self) -> tuple[float, float | None, str, float] | None:
+        """The latest report if it is new since the last take (for the engine)."""
+        with self.lock:
+            if not self.progress_new:
+                return None
+            self.progress_new = False
+            return self.progress
+
+    def request_cancel(self, by: str, reason: str) -> None:
+        self.cancel_by, self.cancel_reason = by, reason
+        self.cancel.set()
 
 
 @dataclass(frozen=True)
@@ -36,6 +95,7 @@ class ExecutionContext:
     fencing_token: int | None = None
     #: The job lock's own token while a `forbid` run holds it (None otherwise).
     lock_token: int | None = None
+    signals: RunSignals = field(default_factory=RunSignals, compare=False, repr=False)
 
 
 _current: ContextVar[ExecutionContext | None] = ContextVar("current_execution", default=None)
@@ -48,6 +108,45 @@ def current() -> ExecutionContext | None:
 
 # The name used before current() existed.
 current_execution = current
+
+
+def progress(done: float, total: float | None = None, message: str = "") -> None:
+    """Report progress: ``done`` of ``total`` (or of an unknown total), with a message.
+
+    Cheap to call often: only the latest report is kept, and the engine writes it at most
+    about once a second. Raises ValueError for a negative or non-finite number.
+    """
+    for name, value in (("done", done), ("total", total)):
+        if value is None and name == "total":
+            continue
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ValueError(f"progress {name} must be a number")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"progress {name} must be a finite number, not negative")
+    context = current()
+    if context is not None:
+        text = str(message)[:PROGRESS_MESSAGE_MAX]
+        context.signals.report_progress(float(done), None if total is None else float(total), text)
+
+
+def cancelled() -> bool:
+    """Whether an operator asked this run to stop."""
+    context = current()
+    return context is not None and context.signals.cancel.is_set()
+
+
+def check_cancelled() -> None:
+    """Raise Cancelled if an operator asked this run to stop (a point to stop cleanly)."""
+    context = current()
+    if context is not None and context.signals.cancel.is_set():
+        signals = context.signals
+        raise Cancelled(f"cancelled by {signals.cancel_by}: {signals.cancel_reason}")
+
+
+def lock_lost() -> bool:
+    """Whether this run's job lock (a `forbid` job's) was taken from it."""
+    context = current()
+    return context is not None and context.signals.lock_lost.is_set()
 
 
 def running_as(context: ExecutionContext):
