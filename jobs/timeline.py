@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from controlplane.redaction import text_for_user
-from jobs.models import Execution
+from jobs.models import Execution, ExecutionEvent
+
+#: Every kind of entry: the row's own steps, its events' kinds, what followed it.
+KINDS = [
+    "created", "claimed", "started", *ExecutionEvent.Kind.values, "retried", "rerun",
+    "recovered", "finished",
+]  # fmt: skip
 
 #: Most events read for one timeline; the rest are counted, not shown.
 MAX_EVENTS = 500
@@ -25,8 +31,7 @@ _RANK = {"claimed": 1, "started": 2, "event": 3, "finished": 4, "followed": 5}
 @dataclass(frozen=True)
 class Entry:
     at: datetime
-    #: created, claimed, started, progress, lock_lost, cancel_requested, note, retried,
-    #: rerun, recovered or finished.
+    #: One of KINDS.
     kind: str
     #: Who or what: a user name, "trigger #3", a node or worker id.
     actor: str
@@ -68,7 +73,7 @@ def timeline(execution: Execution, user) -> Timeline:
         message = text_for_user(event.message, user)
         add("event", Entry(event.at, event.kind, event.actor, message))
     if execution.finished_at:
-        add("finished", _finished(execution))
+        add("finished", _finished(execution, user))
     for linked in _followers(execution):
         add("followed", linked)
     left_out = execution.events.count() - MAX_EVENTS if len(events) > MAX_EVENTS else 0
@@ -103,7 +108,7 @@ def _created(execution: Execution) -> Entry:
     return Entry(execution.created_at, "created", actor, message)
 
 
-def _finished(execution: Execution) -> Entry:
+def _finished(execution: Execution, user) -> Entry:
     state = execution.state
     label = Execution.State(state).label if state in Execution.State.values else state
     actor, detail = execution.node, ""
@@ -113,7 +118,7 @@ def _finished(execution: Execution) -> Entry:
     elif state == Execution.State.SKIPPED:
         detail = _first_line(execution.note)
     elif state != Execution.State.SUCCEEDED:
-        detail = _first_line(execution.error)
+        detail = text_for_user(_first_line(execution.error), user)
     message = f"{label}: {detail}" if detail else label
     return Entry(execution.finished_at, "finished", actor, message, state=state)
 

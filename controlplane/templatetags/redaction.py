@@ -22,3 +22,10 @@ def pretty_shown_to(value, user) -> str:
     masked for every role below admin."""
     shown = redaction.for_user(value, user)
     return json.dumps(shown, indent=2, ensure_ascii=False, default=str)
+
+
+@register.filter
+def text_shown_to(text, user) -> str:
+    """{{ execution.error|text_shown_to:user }}: free text with the values after
+    secret-looking keys (password=..., "token": "...") masked below admin."""
+    return redaction.text_for_user(text, user)
