@@ -526,7 +526,7 @@ def timeline_of(html: str) -> list[tuple[str, str]]:
     section = re.search(r'<section id="execution-timeline".*?</section>', html, re.S).group(0)
     entries = re.findall(
         r'<span class="badge timeline-kind[^"]*">(.*?)</span>\s*'
-        r'<span class="timeline-message">(.*?)</span>', section, re.S,
+        r'<span class="timeline-what"><span class="timeline-message">(.*?)</span>', section, re.S,
     )  # fmt: skip
     return [(kind, " ".join(unescape(re.sub(r"<[^>]+>", "", text)).split()))
             for kind, text in entries]  # fmt: skip
