@@ -329,6 +329,7 @@ class LogAfterForm(forms.Form):
 
 @require_GET
 @permission_required("jobs.view_execution", raise_exception=True)
+@vary_on_headers("HX-Request")
 def execution_log(request, execution_id: int):
     """The log lines after ``?after=<seq>`` and the follower that asks for the next ones:
     the execution page's live log (an htmx fragment; a plain request goes to the page)."""
