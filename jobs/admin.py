@@ -360,7 +360,7 @@ class ExecutionAdmin(ReadOnlyAdmin):
         for field in Execution._meta.fields:
             if field.name in ("args", "kwargs", "result"):
                 names.append(redacted_field(field.name, user))
-            elif field.name in ("error", "progress_message"):
+            elif field.name in ("error", "note", "progress_message"):
                 names.append(_redacted_text_field(field.name, user))
             elif field.name == "traceback" and not sees_tracebacks(user):
                 continue

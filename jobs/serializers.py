@@ -449,6 +449,10 @@ class ExecutionDetailSerializer(RedactedArgumentsMixin, ExecutionSerializer):
         allow_null=True,
         help_text="null for the viewer role, which sees the error line only.",
     )
+    note = serializers.CharField(
+        read_only=True,
+        help_text="Misfire and recovery notes, and why a result was not kept. " + _FREE_TEXT,
+    )
     result = serializers.JSONField(
         read_only=True,
         allow_null=True,
@@ -496,7 +500,7 @@ class ExecutionDetailSerializer(RedactedArgumentsMixin, ExecutionSerializer):
         if not sees_tracebacks(user):
             data["traceback"] = None
         data["result"] = redaction.for_user(data["result"], user)
-        for name in ("error", "progress_message"):
+        for name in ("error", "note", "progress_message"):
             data[name] = redaction.text_for_user(data[name], user)
         return data
 

@@ -157,7 +157,7 @@ def test_log_lines_result_and_progress_message_are_redacted_below_the_admin_role
     execution = running(
         job, result={"db": {"password": "hunter2"}, "rows": 3},
         progress_done=1, progress_message="with token=abc", progress_at=BASE,
-        error="OperationalError: postgres://app:pw@db/x",
+        error="OperationalError: postgres://app:pw@db/x", note="not JSON: {'token': 'tk'}",
     )  # fmt: skip
     write_log(execution, "password=hunter2", '{"api_key": "k"}')
     client = api(who)
@@ -171,11 +171,13 @@ def test_log_lines_result_and_progress_message_are_redacted_below_the_admin_role
         assert body["result"] == {"db": {"password": "hunter2"}, "rows": 3}
         assert body["progress_message"] == "with token=abc"
         assert body["error"] == "OperationalError: postgres://app:pw@db/x"
+        assert body["note"] == "not JSON: {'token': 'tk'}"
     else:
         assert messages == ["password=••••", '{"api_key": "••••"}']
         assert body["result"] == {"db": {"password": "••••"}, "rows": 3}
         assert body["progress_message"] == "with token=••••"
         assert body["error"] == "OperationalError: postgres://app:••••@db/x"
+        assert body["note"] == "not JSON: {'token': '••••'}"
 
 
 # --- execution fields --------------------------------------------------------------------

@@ -287,6 +287,16 @@ def test_the_result_shows_as_pretty_json_redacted_below_the_admin_role(client_fo
     assert "<i>ok</i>" not in html
 
 
+@pytest.mark.parametrize("role, sees", [("viewer", False), ("operator", False), ("admin", True)])
+def test_an_error_and_a_note_are_redacted_below_the_admin_role(client_for, job, role, sees):
+    execution = make_execution(job, state="failed", error="cannot connect: password=pw1",
+                               note="result not JSON: {'api_key': 'k9'}")  # fmt: skip
+    html = unescape(page(client_for(role), execution))
+    assert ("password=pw1" in html) is sees and ("'api_key': 'k9'" in html) is sees
+    assert ("password=••••" in html) is not sees
+    assert ("'api_key': '••••'" in html) is not sees
+
+
 def test_no_result_section_without_a_result_and_the_note_shows(client_for, job):
     execution = make_execution(job, note="Its result was not JSON: kept as a note.")
     html = page(client_for("viewer"), execution)
