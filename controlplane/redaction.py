@@ -46,10 +46,12 @@ def redact(value):
 # `'secret': 's'` (a Python dict's repr). The key is a word or a quoted string; the value
 # a quoted string (its quotes kept) or everything up to a space or a separator. Quoted
 # values are bounded so that an unclosed quote costs a bounded scan, never a quadratic one.
-_TEXT_PAIR = re.compile(
+_KEY = re.compile(
     r"""(?P<key>"[^"\n]{1,100}"|'[^'\n]{1,100}'|(?<![\w.-])[A-Za-z_][\w.-]{0,99})"""
     r"""(?P<sep>\s*[:=]\s*)"""
-    r"""(?P<value>"(?:[^"\\\n]|\\.){0,4096}"|'(?:[^'\\\n]|\\.){0,4096}'|["']?[^\s,;&'"}\])]+)"""
+)
+_VALUE = re.compile(
+    r""""(?:[^"\\\n]|\\.){0,4096}"|'(?:[^'\\\n]|\\.){0,4096}'|["']?[^\s,;&'"}\])]+"""
 )
 # The password in a URL's user information: scheme://user:password@host.
 _URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s/@]+(?=@)")
@@ -60,12 +62,23 @@ _AUTHORIZATION = re.compile(
 )
 
 
-def _mask_pair(match: re.Match) -> str:
-    if not is_secret_key(match["key"].strip("\"'")):
-        return match[0]
-    value = match["value"]
-    quote = value[0] if value[0] in "\"'" and len(value) > 1 and value[-1] == value[0] else ""
-    return f"{match['key']}{match['sep']}{quote}{MASK}{quote}"
+def _mask_pairs(text: str) -> str:
+    parts, done, pos = [], 0, 0
+    while (key := _KEY.search(text, pos)) is not None:
+        pos = key.end()
+        # A key that does not look secret: its value is read on, for keys inside it
+        # ("connect: password=x", "config={'token': 't'}").
+        if not is_secret_key(key["key"].strip("\"'")):
+            continue
+        value = _VALUE.match(text, pos)
+        if value is None:
+            continue
+        found = value[0]
+        quoted = len(found) > 1 and found[0] in "\"'" and found[-1] == found[0]
+        quote = found[0] if quoted else ""
+        parts += [text[done:pos], f"{quote}{MASK}{quote}"]
+        done = pos = value.end()
+    return "".join(parts) + text[done:]
 
 
 def redact_text(text: str) -> str:
@@ -74,7 +87,7 @@ def redact_text(text: str) -> str:
     in other ways (a bare value, a key the pattern does not name) cannot be recognised."""
     if not text:
         return text
-    text = _TEXT_PAIR.sub(_mask_pair, text)
+    text = _mask_pairs(text)
     text = _AUTHORIZATION.sub(rf"\g<head>{MASK}", text)
     return _URL_PASSWORD.sub(rf"\g<head>{MASK}", text)
 

@@ -29,6 +29,9 @@ from controlplane import redaction
         ("Authorization: Bearer abc.def", "Authorization: Bearer ••••"),
         ('headers={"Authorization": "Token abc"}', 'headers={"Authorization": "Token ••••"}'),
         ("nothing secret at 12:30:45, day=3", "nothing secret at 12:30:45, day=3"),
+        ("cannot connect: password=pw1", "cannot connect: password=••••"),
+        ("config={'token': 't', 'n': 1}", "config={'token': '••••', 'n': 1}"),
+        ("a: b: secret=x y", "a: b: secret=•••• y"),
         ("", ""),
     ],
 )
