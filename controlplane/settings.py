@@ -368,6 +368,13 @@ SCHEDULER_HISTORY_RETENTION_DAYS = env_int("SCHEDULER_HISTORY_RETENTION_DAYS", 3
 SCHEDULER_PRUNE_INTERVAL = env_float("SCHEDULER_PRUNE_INTERVAL", 3600.0, minimum=1)
 # Lease of a `forbid` job's lock when the job has no timeout (kept alive while it runs).
 SCHEDULER_JOB_LOCK_LEASE = env_float("SCHEDULER_JOB_LOCK_LEASE", 60.0, minimum=1)
+# Most bytes of output (logging and print) kept per execution; past it a marker line.
+SCHEDULER_LOG_LIMIT = env_int("SCHEDULER_LOG_LIMIT", 1024 * 1024, minimum=1024)
+# Largest return value kept per execution, as JSON bytes; a larger one leaves a note.
+SCHEDULER_RESULT_LIMIT = env_int("SCHEDULER_RESULT_LIMIT", 64 * 1024, minimum=0)
+# Seconds a running job has to stop after a cancel request before it is recorded
+# cancelled anyway (its late result refused; a Celery worker's process is terminated).
+SCHEDULER_CANCEL_GRACE = env_float("SCHEDULER_CANCEL_GRACE", 30.0, minimum=0)
 # A node's Prometheus endpoint (run_scheduler --metrics-port/--metrics-addr): 0 is off.
 SCHEDULER_METRICS_PORT = env_int("SCHEDULER_METRICS_PORT", 0, minimum=0)
 SCHEDULER_METRICS_ADDR = env_str("SCHEDULER_METRICS_ADDR", "127.0.0.1")

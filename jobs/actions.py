@@ -12,7 +12,7 @@ from django.db.models.functions import Now
 
 from controlplane import audit
 from controlplane.roles import is_schedule_editor
-from jobs import registry, secrets
+from jobs import claims, registry, secrets
 from jobs.models import (
     Execution,
     ExecutionEvent,
@@ -114,8 +114,6 @@ WHERE id = %(id)s AND state = 'running' AND cancel_requested_at IS NULL
 RETURNING id
 """
 
-CANCEL_CHANNEL = "jobs_cancel"
-
 
 @transaction.atomic
 def cancel_execution(execution: Execution, by, reason: str) -> Execution:
@@ -147,7 +145,7 @@ def cancel_execution(execution: Execution, by, reason: str) -> Execution:
                     actor=who,
                     message=reason.strip(),
                 )
-                cursor.execute("SELECT pg_notify(%s, %s)", [CANCEL_CHANNEL, str(execution.pk)])
+                cursor.execute(claims.NOTIFY_RUN_SIGNAL, [str(execution.pk)])
         else:
             cursor.execute(CANCEL_UNSTARTED, params)
     if before == Execution.State.RUNNING:

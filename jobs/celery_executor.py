@@ -59,3 +59,17 @@ def _options(execution_id: int, queue: str, timeout: int | None) -> dict:
         options["soft_time_limit"] = timeout
         options["time_limit"] = timeout + HARD_LIMIT_MARGIN
     return options
+
+
+def terminate(execution_ids: list[int]) -> None:
+    """Terminate the worker processes running these executions (cancelled past the grace).
+
+    A revoke with terminate: the worker child running the task is killed, and a message
+    not delivered yet is dropped. Best effort: a broker that is down is logged.
+    """
+    from controlplane.celery import app
+
+    try:
+        app.control.revoke([str(i) for i in execution_ids], terminate=True, signal="SIGKILL")
+    except Exception:
+        log.exception("could not ask the workers to terminate runs %s", execution_ids)

@@ -8,6 +8,7 @@ PostgreSQL's `now()` / `clock_timestamp()`, never a node's clock.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import SimpleNamespace
@@ -136,7 +137,8 @@ FROM jobs_job WHERE id = ANY(%s)
 RECORD_RESULTS = """
 UPDATE jobs_execution e
 SET state = v.state,
-    started_at = CASE WHEN v.state = 'skipped' THEN NULL ELSE COALESCE(
+    result = v.result,
+    started_at = CASE WHEN v.started_ago IS NULL THEN NULL ELSE COALESCE(
         e.started_at, clock_timestamp() - make_interval(secs => v.started_ago)) END,
     finished_at = CASE WHEN v.finished_ago IS NULL THEN NULL
                        ELSE clock_timestamp() - make_interval(secs => v.finished_ago) END,
@@ -145,21 +147,83 @@ SET state = v.state,
     note = CASE WHEN v.note = '' THEN e.note WHEN e.note = '' THEN v.note
                 ELSE e.note || E'\n' || v.note END
 FROM unnest(%s::bigint[], %s::text[], %s::float8[], %s::float8[], %s::text[], %s::text[],
-            %s::text[])
-     AS v(id, state, started_ago, finished_ago, error, traceback, note)
+            %s::text[], %s::jsonb[])
+     AS v(id, state, started_ago, finished_ago, error, traceback, note, result)
 WHERE e.id = v.id AND e.node = %s AND e.state IN ('dispatched', 'running')
 RETURNING e.id
 """
 
+# What a run reported while it went on, written with the recorder's next batch. Log
+# lines are numbered by the run itself; a batch retried after a lost answer adds nothing.
+INSERT_LOG_LINES = """
+INSERT INTO jobs_executionlogline (execution_id, seq, at, level, message)
+SELECT v.id, v.seq, clock_timestamp() - make_interval(secs => v.ago), v.level, v.message
+FROM unnest(%s::bigint[], %s::int[], %s::float8[], %s::text[], %s::text[])
+     AS v(id, seq, ago, level, message)
+ON CONFLICT (execution_id, seq) DO NOTHING
+"""
+
+# The latest progress of runs still this owner's. Only unindexed columns change.
+RECORD_PROGRESS = """
+UPDATE jobs_execution e
+SET progress_done = v.done, progress_total = v.total, progress_message = v.message,
+    progress_at = clock_timestamp() - make_interval(secs => v.ago)
+FROM unnest(%s::bigint[], %s::float8[], %s::float8[], %s::text[], %s::float8[])
+     AS v(id, done, total, message, ago)
+WHERE e.id = v.id AND e.node = %s AND e.state = 'running'
+"""
+
+INSERT_EVENTS = """
+INSERT INTO jobs_executionevent (execution_id, at, kind, actor, message)
+SELECT v.id, clock_timestamp() - make_interval(secs => v.ago), v.kind, v.actor, v.message
+FROM unnest(%s::bigint[], %s::float8[], %s::text[], %s::text[], %s::text[])
+     AS v(id, ago, kind, actor, message)
+"""
+
+# The first loss of a run's job lock is kept on the execution (the events say the rest).
+MARK_LOCK_LOST = """
+UPDATE jobs_execution SET lock_lost_at = clock_timestamp()
+WHERE id = ANY(%s) AND lock_lost_at IS NULL
+"""
+
+# Tells the node or worker running execution N (the payload) that it has news: a cancel
+# request, or its job lock was force released. They also poll, so a lost NOTIFY only
+# delays the news to the next heartbeat.
+RUN_SIGNAL_CHANNEL = "jobs_run_signal"
+NOTIFY_RUN_SIGNAL = f"SELECT pg_notify('{RUN_SIGNAL_CHANNEL}', %s)"
+
+# A node's running runs that were asked to stop or lost their job lock (force released
+# by an operator): the node tells the jobs (jobs.context). Uses execution_unfinished_idx.
+WATCH_RUNS = """
+SELECT id, cancel_requested_at IS NOT NULL, cancel_requested_by, cancel_reason,
+       lock_lost_at IS NOT NULL
+FROM jobs_execution
+WHERE node = %s AND state = 'running'
+  AND (cancel_requested_at IS NOT NULL OR lock_lost_at IS NOT NULL)
+"""
+
+# Runs asked to stop that have not, past the grace: recorded cancelled now. The owner's
+# late result is refused by RECORD_RESULTS's state guard. Uses execution_unfinished_idx.
+CANCEL_OVERDUE = """
+UPDATE jobs_execution e
+SET state = 'cancelled', finished_at = now(),
+    error = format('cancelled by %%s: %%s (the run did not stop within %%ss of the request)',
+                   e.cancel_requested_by, e.cancel_reason, %(grace)s::float8)
+FROM jobs_job j
+WHERE j.id = e.job_id AND e.state = 'running'
+  AND e.cancel_requested_at < now() - make_interval(secs => %(grace)s)
+RETURNING e.id, j.executor, e.node
+"""
+
 # Each retry is its own execution, linked to the first attempt, pending until its
-# backoff has passed (database time).
+# backoff has passed since the failed attempt finished (database time).
 INSERT_RETRIES = """
 INSERT INTO jobs_execution
     (job_id, trigger_id, scheduled_for, origin, state, attempt, args, kwargs, node,
      retry_of_id, requested_by_id, created_at, run_after, error, traceback, note)
 SELECT e.job_id, e.trigger_id, e.scheduled_for, 'retry', 'pending', e.attempt + 1,
        e.args, e.kwargs, '', COALESCE(e.retry_of_id, e.id), e.requested_by_id,
-       now(), now() + make_interval(secs => v.delay), '', '',
+       now(), COALESCE(e.finished_at, now()) + make_interval(secs => v.delay), '', '',
        format('attempt %%s of %%s, after %%ss backoff', e.attempt + 1, v.max_attempts,
               round(v.delay::numeric, 1))
 FROM unnest(%s::bigint[], %s::float8[], %s::int[]) AS v(id, delay, max_attempts)
@@ -269,10 +333,13 @@ RETURNING e.id, e.job_id, e.trigger_id, e.scheduled_for, e.attempt, e.args, e.kw
           j.concurrency_policy, j.executor, j.celery_task, j.queue, e.fence
 """
 
-# Only the worker running it may heartbeat it, and only while it is running.
+# Only the worker running it may heartbeat it, and only while it is running; the answer
+# also says whether the run was asked to stop or lost its job lock.
 HEARTBEAT_EXECUTION = """
 UPDATE jobs_execution SET heartbeat_at = now()
 WHERE id = %s AND node = %s AND state = 'running'
+RETURNING cancel_requested_at IS NOT NULL, cancel_requested_by, cancel_reason,
+          lock_lost_at IS NOT NULL
 """
 
 # How long an idle node may sleep: until the earliest due trigger or pending execution.
@@ -519,11 +586,12 @@ def claim_pending_executions(
     return runs, left
 
 
-def heartbeat_execution(execution_id: int, worker: str) -> bool:
-    """Refresh a worker-run execution's heartbeat; False once the worker no longer owns it."""
+def heartbeat_execution(execution_id: int, worker: str) -> tuple[bool, str, str, bool] | None:
+    """Refresh a worker-run execution's heartbeat; None once the worker no longer owns it,
+    else (cancel requested, by whom, why, lock lost)."""
     with connection.cursor() as cursor:
         cursor.execute(HEARTBEAT_EXECUTION, [execution_id, worker])
-        return cursor.rowcount == 1
+        return cursor.fetchone()
 
 
 def confirm_start(node_id: str, execution_ids: list[int]) -> dict[int, int]:
@@ -536,6 +604,29 @@ def confirm_start(node_id: str, execution_ids: list[int]) -> dict[int, int]:
     with connection.cursor() as cursor:
         cursor.execute(CONFIRM_START, [execution_ids, node_id])
         return dict(cursor.fetchall())
+
+
+@dataclass
+class Reports:
+    """What runs reported while they went on, for the recorder's next write.
+
+    Times are this process's monotonic clock, turned into database time when written.
+    """
+
+    #: (execution id, seq, at, level, message)
+    log_lines: list[tuple[int, int, float, str, str]] = field(default_factory=list)
+    #: (execution id, done, total, message, at)
+    progress: list[tuple[int, float, float | None, str, float]] = field(default_factory=list)
+    #: (execution id, at, kind, actor, message)
+    events: list[tuple[int, float, str, str, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.log_lines or self.progress or self.events)
+
+    def extend(self, other: Reports) -> None:
+        self.log_lines += other.log_lines
+        self.progress += other.progress
+        self.events += other.events
 
 
 @dataclass(frozen=True)
@@ -554,6 +645,48 @@ class Result:
     #: A job lock whose release failed with the connection: released in the transaction
     #: that records this result.
     release: Lease | None = None
+    #: What the target returned, as JSON text (None: nothing kept).
+    result: str | None = None
+    #: What the run reported last (its final log lines and progress), written with it.
+    reports: Reports | None = None
+
+
+def record_reports(owner: str, reports: Reports) -> None:
+    """Write what runs reported (log lines, progress, events); call inside a transaction."""
+    now = time.monotonic()
+    lines = [(i, seq, now - at, level, text) for i, seq, at, level, text in reports.log_lines]
+    progress = [(i, done, total, text, now - at) for i, done, total, text, at in reports.progress]
+    events = [(i, now - at, kind, actor, text) for i, at, kind, actor, text in reports.events]
+    with connection.cursor() as cursor:
+        if lines:
+            cursor.execute(INSERT_LOG_LINES, _columns(lines))
+        if progress:
+            cursor.execute(RECORD_PROGRESS, [*_columns(progress), owner])
+        if events:
+            cursor.execute(INSERT_EVENTS, _columns(events))
+            lost = sorted({e[0] for e in reports.events if e[2] == "lock_lost"})
+            if lost:
+                cursor.execute(MARK_LOCK_LOST, [lost])
+
+
+def _columns(rows: list[tuple]) -> list[list]:
+    """Rows as columns, for unnest()."""
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def watch_runs(node_id: str) -> list[tuple[int, bool, str, str, bool]]:
+    """This node's running runs asked to stop or that lost their job lock."""
+    with connection.cursor() as cursor:
+        cursor.execute(WATCH_RUNS, [node_id])
+        return cursor.fetchall()
+
+
+def cancel_overdue(grace_seconds: float) -> list[tuple[int, str, str]]:
+    """Record as cancelled the runs that ignored a cancel request for longer than the
+    grace; returns (id, executor, owner) of each. Call inside a transaction."""
+    with connection.cursor() as cursor:
+        cursor.execute(CANCEL_OVERDUE, {"grace": grace_seconds})
+        return cursor.fetchall()
 
 
 def record_results(node_id: str, results: list[Result]) -> set[int]:
@@ -571,6 +704,7 @@ def record_results(node_id: str, results: list[Result]) -> set[int]:
                 [r.error for r in results],
                 [r.traceback for r in results],
                 [r.note for r in results],
+                [r.result for r in results],
                 node_id,
             ],
         )

@@ -8,10 +8,12 @@ override at run time is the harmless part: durations, messages, counts.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
 
+from jobs import context
 from jobs.context import current, current_execution
 from jobs.registry import register
 
@@ -129,3 +131,54 @@ def trace(path: str, seconds: float = 0.0):
     if seconds:
         time.sleep(float(seconds))
     write("end")
+
+
+@register(
+    "demo.chatty",
+    "Log and print `lines` lines each over `seconds`",
+    overridable=("lines", "seconds"),
+)
+def chatty(lines: int = 10, seconds: float = 0.0):
+    # For the captured output: logging and print from the job's own thread.
+    log = logging.getLogger("demo.chatty")
+    execution_id = current().execution_id
+    for i in range(int(lines)):
+        log.info("log line %s of execution %s", i, execution_id)
+        print(f"print line {i} of execution {execution_id}")
+        if seconds:
+            time.sleep(float(seconds) / int(lines))
+
+
+@register(
+    "demo.progress",
+    "Report progress over `steps` steps lasting `seconds` in all; stop cleanly on cancel",
+    overridable=("steps", "seconds", "message"),
+)
+def progress(steps: int = 10, seconds: float = 1.0, message: str = "step"):
+    steps = int(steps)
+    for step in range(steps):
+        context.check_cancelled()
+        if context.lock_lost():
+            print(f"lock lost after {step} of {steps} steps: stopping")
+            return {"stopped": "lock lost", "done": step}
+        context.progress(step, steps, f"{message} {step + 1} of {steps}")
+        print(f"{message} {step + 1} of {steps}")
+        time.sleep(float(seconds) / steps)
+    context.progress(steps, steps, "done")
+    return {"done": steps}
+
+
+@register("demo.stubborn", "Sleep `seconds`, ignoring any cancel request", overridable=("seconds",))
+def stubborn(seconds: float = 60.0):
+    print("not stopping for anyone")
+    time.sleep(float(seconds))
+
+
+@register("demo.returns", 'Return {"value": value}', overridable=("value",))
+def returns(value: str = "done"):
+    return {"value": value}
+
+
+@register("demo.returns_set", "Return a set, which is not JSON")
+def returns_set():
+    return {1, 2, 3}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.db import connection
@@ -36,12 +37,17 @@ class HeldJobLock:
 
 
 def take(
-    job: JobSettings, holder: str, execution_id: int, stopping: threading.Event | None = None
+    job: JobSettings,
+    holder: str,
+    execution_id: int,
+    stopping: threading.Event | None = None,
+    on_lost: Callable[[leases.LockLost], None] | None = None,
 ) -> tuple[HeldJobLock | None, str]:
     """Take the job's lock for one run, kept alive while held.
 
     Returns (the held lock, "") or (None, a note saying who holds it). Retries while the
-    connection is lost, until ``stopping`` is set.
+    connection is lost, until ``stopping`` is set. ``on_lost`` is called (from the
+    keepalive's thread) if the lease is found lost while the run holds it.
     """
 
     def attempt():
@@ -64,7 +70,7 @@ def take(
             f" for execution #{other_execution}" if other_execution else ""
         )
         return None, f"skipped: concurrency policy forbid; {job.lock_name} held by {held_by}"
-    keeper = leases.Keepalive(lease, job.lock_lease)
+    keeper = leases.Keepalive(lease, job.lock_lease, on_lost=on_lost)
     keeper.start()
     return HeldJobLock(lease, keeper), ""
 

@@ -109,6 +109,13 @@ START_CONFIRMATIONS = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64),
     registry=REGISTRY,
 )
+RUN_PROGRESS = Gauge(
+    "scheduler_run_progress_ratio",
+    "Progress (done / total) last reported by a run of this job going on on this node "
+    "(jobs.context.progress); absent while none reports a total.",
+    ["job_name"],
+    registry=REGISTRY,
+)
 RUNS_DROPPED = Counter(
     "scheduler_runs_dropped",
     "Claimed runs this node did not start because it no longer owned them (it was "
@@ -211,3 +218,15 @@ def record_dropped(count: int) -> None:
 
 def record_start_confirmation(size: int) -> None:
     START_CONFIRMATIONS.observe(size)
+
+
+def record_progress(job_name: str, done: float, total: float | None) -> None:
+    if total:
+        RUN_PROGRESS.labels(job_name).set(min(done / total, 1.0))
+
+
+def forget_progress(job_name: str) -> None:
+    try:
+        RUN_PROGRESS.remove(job_name)
+    except KeyError:
+        pass  # it never reported a total

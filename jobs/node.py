@@ -30,8 +30,8 @@ from django.conf import settings
 from django.db import connection as django_connection
 from django.db import transaction
 
-from jobs import celery_executor, claims, history, metrics
-from jobs.claims import Result, Run
+from jobs import capture, celery_executor, claims, history, metrics
+from jobs.claims import Reports, Result, Run
 from jobs.reconnect import CONNECTION_ERRORS, forget_connection
 from jobs.recorder import Recorder
 from jobs.runner import Runner
@@ -53,12 +53,21 @@ def default_node_id() -> str:
 
 
 class Listener(threading.Thread):
-    """LISTENs on its own connection and sets ``wake`` on every notification."""
+    """LISTENs on its own connection: wakes the loop on every notification, and collects
+    the executions named by run signals (cancel requests, force-released job locks)."""
 
     def __init__(self, wake: threading.Event, stopping: threading.Event):
         super().__init__(name="listener", daemon=True)
         self.wake = wake
         self.stopping = stopping
+        self.lock = threading.Lock()
+        #: Executions named by run signals since the loop last looked.
+        self.signalled: set[int] = set()
+
+    def take_signalled(self) -> set[int]:
+        with self.lock:
+            taken, self.signalled = self.signalled, set()
+        return taken
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -75,10 +84,14 @@ class Listener(threading.Thread):
         try:
             conn.autocommit = True
             conn.execute(f"LISTEN {WAKEUP_CHANNEL}")
+            conn.execute(f"LISTEN {claims.RUN_SIGNAL_CHANNEL}")
             # Anything that happened while we were not listening must be looked at.
             self.wake.set()
             while not self.stopping.is_set():
-                for _ in conn.notifies(timeout=1.0, stop_after=1):
+                for notify in conn.notifies(timeout=1.0, stop_after=1):
+                    if notify.channel == claims.RUN_SIGNAL_CHANNEL and notify.payload.isdigit():
+                        with self.lock:
+                            self.signalled.add(int(notify.payload))
                     self.wake.set()
         finally:
             conn.close()
@@ -116,7 +129,9 @@ class Node:
         self.liveness_lock = threading.Lock()
         #: Every inline run this node claimed whose result is not written yet.
         self.inflight: dict[int, Run] = {}
-        self.recorder = Recorder(self.node_id, tick=self._timeouts, written=self._written)
+        self.recorder = Recorder(
+            self.node_id, tick=self._timeouts, written=self._written, collect=self._collect
+        )
         self.runner = Runner(
             self.node_id,
             self.threads,
@@ -153,6 +168,7 @@ class Node:
         self.next_stale_cleanup = 0.0
         self.next_prune = 0.0
         self.next_silent_check = 0.0
+        self.next_cancel_check = 0.0
         self.next_republish_check = 0.0
 
     # --- lifecycle --------------------------------------------------------------------
@@ -166,6 +182,7 @@ class Node:
         self.lease.renew(sent)
         self.connected_since = sent
         self.next_heartbeat = time.monotonic() + self.heartbeat_interval
+        capture.install()
         self.recorder.start()
         self.runner.start()
         self.listener = Listener(self.wake, self.stopping)
@@ -206,6 +223,8 @@ class Node:
                 self.adopt_orphans()
             if time.monotonic() >= self.next_heartbeat or not self.lease.fresh():
                 self.heartbeat()
+            elif self.listener is not None and self.listener.take_signalled():
+                self.watch_runs()
             found = False
             if self.maybe_due:
                 found = self.claim_pending() + self.claim_due() > 0
@@ -232,9 +251,22 @@ class Node:
         if self.unpublished:
             self.publish(claims.own_unpublished(self.node_id))
         alive, others_overdue = self._beat()
+        self.watch_runs()
         if self.leadership.refresh():
             self.maintain(others_overdue)
         return alive
+
+    def watch_runs(self) -> int:
+        """Tell this node's runs whether they were asked to stop or lost their job lock
+        (on a run signal, and at every heartbeat in case a NOTIFY was missed)."""
+        if not self.runner.live_ids():
+            return 0
+        rows = claims.watch_runs(self.node_id)
+        for execution_id, cancel, cancel_by, cancel_reason, lock_lost in rows:
+            self.runner.signal(
+                execution_id, (cancel_by, cancel_reason) if cancel else None, lock_lost
+            )
+        return len(rows)
 
     def prove_alive(self) -> bool:
         """Heartbeat now, for a runner thread whose lease ran out: whether the node was still
@@ -283,6 +315,10 @@ class Node:
             # A third of the timeout: a dead worker's run is found within 4/3 of it.
             self.next_silent_check = now + settings.SCHEDULER_EXECUTION_TIMEOUT / 3
             self.recover_silent_executions()
+        if now >= self.next_cancel_check:
+            # A third of the grace: an ignored cancel request is enforced within 4/3 of it.
+            self.next_cancel_check = now + max(settings.SCHEDULER_CANCEL_GRACE / 3, 1.0)
+            self.cancel_overdue()
         if now >= self.next_stale_cleanup:
             self.next_stale_cleanup = now + settings.SCHEDULER_STALE_CLEANUP_INTERVAL
             freed = maintenance.cleanup_stale_locks(
@@ -319,6 +355,24 @@ class Node:
             recovered,
         )
         return len(dead)
+
+    def cancel_overdue(self) -> int:
+        """Record as cancelled the runs that ignored a cancel request past the grace,
+        freeing their job locks; a Celery worker's process running one is terminated."""
+        grace = settings.SCHEDULER_CANCEL_GRACE
+        with transaction.atomic():
+            cancelled = claims.cancel_overdue(grace)
+            ids = [execution_id for execution_id, _, _ in cancelled]
+            maintenance.release_locks_of_executions(
+                ids, f"node:{self.node_id}", "its run was cancelled"
+            )
+        if cancelled:
+            log.warning("cancelled %s run(s) that did not stop within %ss of the request: %s",
+                        len(ids), grace, ids)  # fmt: skip
+            celery = [i for i, executor, _ in cancelled if executor == "celery"]
+            if celery:
+                celery_executor.terminate(celery)
+        return len(cancelled)
 
     def recover_silent_executions(self) -> int:
         """Abandon worker-run executions whose heartbeat stopped; re-publish lost messages."""
@@ -492,6 +546,9 @@ class Node:
     def _thread_freed(self) -> None:
         if self.wants_room and self.room()[1]:
             self.wake.set()
+
+    def _collect(self) -> Reports:
+        return self.runner.collect()
 
     def _timeouts(self) -> list[Result]:
         return self.runner.expired()

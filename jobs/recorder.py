@@ -23,7 +23,7 @@ from dataclasses import replace
 from django.db import transaction
 
 from jobs import claims, metrics
-from jobs.claims import Result
+from jobs.claims import Reports, Result
 from jobs.reconnect import CONNECTION_ERRORS, forget_connection
 from locks.leases import LockLost
 
@@ -34,6 +34,9 @@ TICK = 0.05
 # Wait after a lost connection before the batch is tried again.
 RECONNECT_WAIT = 0.2
 MAX_BATCH = 1000
+# Seconds between collections of what runs reported (log lines, progress): a run's
+# output shows up on its page about this late.
+REPORT_EVERY = 0.5
 
 
 def aged(result: Result, waited: float) -> Result:
@@ -46,12 +49,19 @@ def aged(result: Result, waited: float) -> Result:
     )
 
 
-def write_results(owner: str, batch: list[Result]) -> set[int]:
-    """Record results (and release the job locks they carry) in one transaction.
+def write_results(owner: str, batch: list[Result], reports: Reports | None = None) -> set[int]:
+    """Record what runs reported, then their results (releasing the job locks they carry),
+    in one transaction.
 
     ``owner`` is the node or worker the runs belong to; returns the ids that took effect.
     """
+    reports = reports or Reports()
+    for result in batch:
+        if result.reports:
+            reports.extend(result.reports)
     with transaction.atomic():
+        if reports:
+            claims.record_reports(owner, reports)
         applied = claims.record_results(owner, batch)
         for result in batch:
             if result.release is not None:
@@ -63,23 +73,30 @@ def write_results(owner: str, batch: list[Result]) -> set[int]:
 
 
 class Recorder(threading.Thread):
-    """Writes run results in batches; ``stop`` flushes what is left."""
+    """Writes run results, and what runs report while they go on, in batches; ``stop``
+    flushes what is left."""
 
     def __init__(
         self,
         node_id: str,
         tick: Callable[[], list[Result]],
         written: Callable[[list[Result], set[int]], None],
+        collect: Callable[[], Reports] = Reports,
     ):
         super().__init__(name="recorder", daemon=True)
         self.node_id = node_id
         #: Called every TICK: results it returns are recorded too (the runs' timeouts).
         self.tick = tick
+        #: Called every REPORT_EVERY: what runs reported (log lines, progress), written too.
+        self.collect = collect
         #: Called after each successful write with the batch and the ids that took effect.
         self.written = written
         self.queue: queue.SimpleQueue[Result | None] = queue.SimpleQueue()
         #: Results not yet written, by execution id, with when each was queued.
         self.pending: dict[int, tuple[Result, float]] = {}
+        #: Reports not yet written.
+        self.reports = Reports()
+        self.next_report = 0.0
         self.stopping = False
         self.give_up = threading.Event()
 
@@ -95,12 +112,17 @@ class Recorder(threading.Thread):
         return list(self.pending)
 
     def run(self) -> None:
-        while not (self.stopping and not self.pending) and not self.give_up.is_set():
+        while not self.give_up.is_set():
+            if self.stopping and not self.pending and not self.reports:
+                break
             try:
-                self._collect()
+                self._take_queued()
                 for result in self.tick():
                     self.pending[result.execution_id] = (result, time.monotonic())
-                if self.pending:
+                if time.monotonic() >= self.next_report or self.stopping:
+                    self.next_report = time.monotonic() + REPORT_EVERY
+                    self.reports.extend(self.collect())
+                if self.pending or self.reports:
                     self._flush()
             except BaseException:
                 # A bug here would silently stop every result from being written: log it,
@@ -110,7 +132,7 @@ class Recorder(threading.Thread):
                 self.give_up.wait(RECONNECT_WAIT)
         forget_connection()
 
-    def _collect(self) -> None:
+    def _take_queued(self) -> None:
         try:
             items = [self.queue.get(timeout=TICK)]
         except queue.Empty:
@@ -125,14 +147,18 @@ class Recorder(threading.Thread):
             if item is None:
                 self.stopping = True
             elif item.execution_id not in self.pending:
-                # The first final result wins: a timed-out run's late result changes nothing.
                 self.pending[item.execution_id] = (item, now)
+            elif item.reports:
+                # The first final result wins (a timed-out run's late result changes
+                # nothing), but what the run printed to its end is kept.
+                self.reports.extend(item.reports)
 
     def _flush(self) -> None:
         batch = self._aged(self.pending.values())
+        reports, self.reports = self.reports, Reports()
         try:
             try:
-                applied = self._write(batch)
+                applied = write_results(self.node_id, batch, reports)
             except CONNECTION_ERRORS:
                 raise
             except Exception:
@@ -141,9 +167,12 @@ class Recorder(threading.Thread):
                 forget_connection()
                 applied = self._write_one_by_one(batch)
         except CONNECTION_ERRORS as e:
-            # The writes are guarded by state and node, so the whole batch is retried.
+            # The writes are idempotent (guarded by state and node; log lines numbered),
+            # so everything is retried.
             log.warning("could not record %s result(s) (%s); will retry", len(batch), e)
             forget_connection()
+            reports.extend(self.reports)
+            self.reports = reports
             self.give_up.wait(RECONNECT_WAIT)
             return
         self.pending = {}
@@ -152,9 +181,6 @@ class Recorder(threading.Thread):
     def _aged(self, pending) -> list[Result]:
         now = time.monotonic()
         return [aged(result, now - queued_at) for result, queued_at in pending]
-
-    def _write(self, batch: list[Result]) -> set[int]:
-        return write_results(self.node_id, batch)
 
     def _write_one_by_one(self, batch: list[Result]) -> set[int]:
         """After an unexpected error: write each result alone, so one cannot block the rest.
@@ -174,7 +200,7 @@ class Recorder(threading.Thread):
             )
             for attempt in (result, bare):
                 try:
-                    applied |= self._write([attempt])
+                    applied |= write_results(self.node_id, [attempt])
                     break
                 except CONNECTION_ERRORS:
                     raise

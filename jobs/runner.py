@@ -24,15 +24,15 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from django.db import connection
 
-from jobs import claims, context, joblocks, metrics, registry
-from jobs.claims import Result, Run
+from jobs import claims, joblocks, metrics, registry
+from jobs.claims import Reports, Result, Run
+from jobs.execute import LiveRun, call_target, live_run
 from jobs.reconnect import CONNECTION_ERRORS, forget_connection, retry_on_disconnect
 from jobs.retry import retry_delay
-from jobs.secrets import resolve_secrets
 from locks import leases
 from locks.liveness import LivenessLease
 
@@ -88,6 +88,8 @@ class Runner:
         #: Job locks held by runs of `forbid` jobs, by execution id.
         self.job_locks: dict[int, joblocks.HeldJobLock] = {}
         self.durations: deque[float] = deque(maxlen=DURATION_WINDOW)
+        #: Every run queued or going on here (by execution id): its signals and output.
+        self.live: dict[int, LiveRun] = {}
         #: Each job's typical run duration (a moving average), by job id.
         self.job_seconds: dict[int, float] = {}
         self.workers = [
@@ -103,10 +105,37 @@ class Runner:
 
     def queue(self, runs: list[Run]) -> None:
         """Queue claimed runs; those claimed as running go first (free threads await them)."""
+        lives = {run.id: live_run(run) for run in runs}
         with self.lock:
+            self.live.update(lives)
             self.ready.extendleft(reversed([r for r in runs if r.state == "running"]))
             self.ready.extend(r for r in runs if r.state != "running")
             self.has_work.notify(len(runs))
+
+    def signal(self, execution_id: int, cancel: tuple[str, str] | None, lock_lost: bool) -> None:
+        """Tell a run of this node that it was asked to stop, or lost its job lock."""
+        with self.lock:
+            live = self.live.get(execution_id)
+        if live is None:
+            return
+        if cancel is not None and not live.signals.cancel.is_set():
+            live.signals.request_cancel(*cancel)
+        if lock_lost:
+            live.signals.lock_lost.set()
+
+    def live_ids(self) -> list[int]:
+        with self.lock:
+            return list(self.live)
+
+    def collect(self) -> Reports:
+        """What the runs going on have reported since the last collect."""
+        now = time.monotonic()
+        reports = Reports()
+        with self.lock:
+            lives = list(self.live.values())
+        for live in lives:
+            reports.extend(live.reports(now))
+        return reports
 
     def idle_threads(self) -> int:
         with self.lock:
@@ -122,6 +151,8 @@ class Runner:
         with self.lock:
             runs = list(self.ready)
             self.ready.clear()
+            for run in runs:
+                self.live.pop(run.id, None)
         return runs
 
     def busy_for(self) -> float:
@@ -263,6 +294,8 @@ class Runner:
         if runs:
             with self.lock:
                 self.held -= len(runs)
+                for run in runs:
+                    self.live.pop(run.id, None)
             self.dropped(runs, reason)
 
     def _run_one(self, run: Run) -> None:
@@ -280,8 +313,15 @@ class Runner:
             error = f"internal error: {type(e).__name__}: {e}"
             result = _failure(run, "failed", 0.0, error, traceback.format_exc())
         finally:
+            with self.lock:
+                live = self.live.pop(run.id, None)
             if result is not None:
+                if live is not None:
+                    # Its last lines and progress are written with its result.
+                    result = replace(result, reports=live.reports(time.monotonic(), final=True))
                 self.results(result)
+            if live is not None and live.signals.progress is not None:
+                metrics.forget_progress(run.job.name)
             with self.lock:
                 self.active.pop(run.id, None)
                 self.started.pop(run.id, None)
@@ -289,49 +329,51 @@ class Runner:
 
     def _run(self, run: Run) -> Result:
         job = run.job
-        if job.concurrency_policy == "forbid":
+        with self.lock:
+            live = self.live[run.id]
+        if job.concurrency_policy == "forbid" and not live.signals.cancel.is_set():
             skipped = self._take_job_lock(run)
             if skipped is not None:
                 return skipped
-        started = time.monotonic()
         with self.lock:
-            self.started[run.id] = started
+            self.started[run.id] = time.monotonic()
             held = self.job_locks.get(run.id)
-        state, error, tb = "succeeded", "", ""
-        token = context.running_as(
-            context.ExecutionContext(
-                run.id,
-                job.name,
-                run.scheduled_for,
-                run.attempt,
-                run.fence,
-                held.lease.token if held else None,
-            )
-        )
+        target = registry.get_target(job.target).func
         try:
-            # Secret references become values here, in this thread, and nowhere else.
-            args, kwargs = resolve_secrets(run.args, run.kwargs)
-            registry.get_target(job.target).func(*args, **kwargs)
-        except BaseException as e:  # the job's own failure, SystemExit included
-            state, error, tb = "failed", f"{type(e).__name__}: {e}", traceback.format_exc()
+            outcome = call_target(
+                live, lambda args, kwargs: target(*args, **kwargs), held and held.lease.token
+            )
         finally:
-            context.finished(token)
-            ran_for = time.monotonic() - started
             note, release = self._release_job_lock(run.id)
             _tidy_connection()
-        with self.lock:
-            self.durations.append(ran_for)
-            mean = self.job_seconds.get(job.id)
-            self.job_seconds[job.id] = ran_for if mean is None else 0.8 * mean + 0.2 * ran_for
-        if state == "succeeded":
-            return Result(run.id, state, ran_for, 0.0, note=note, release=release)
-        return _failure(run, state, ran_for, error, tb, note, release)
+        if outcome.ran_for is not None:
+            with self.lock:
+                self.durations.append(outcome.ran_for)
+                mean = self.job_seconds.get(job.id)
+                self.job_seconds[job.id] = (
+                    outcome.ran_for if mean is None else 0.8 * mean + 0.2 * outcome.ran_for
+                )
+        note = "\n".join(n for n in (outcome.note, note) if n)
+        if outcome.state in ("succeeded", "cancelled"):
+            return Result(
+                run.id, outcome.state, outcome.ran_for, 0.0, outcome.error, note=note,
+                release=release, result=outcome.result,
+            )  # fmt: skip
+        return _failure(run, outcome.state, outcome.ran_for, outcome.error, outcome.traceback,
+                        note, release)  # fmt: skip
 
     # --- job locks of `forbid` jobs -----------------------------------------------------
 
     def _take_job_lock(self, run: Run) -> Result | None:
         """Hold the job's lock for a `forbid` run; returns a skipped Result if it is held."""
-        held, note = joblocks.take(run.job, self.node_id, run.id)
+
+        with self.lock:
+            live = self.live[run.id]
+        # A force release by an operator is recorded by the release itself; an expiry or a
+        # takeover is found by the keepalive.
+        held, note = joblocks.take(
+            run.job, self.node_id, run.id, on_lost=lambda e: live.lock_lost(self.node_id, e)
+        )
         if held is None:
             return Result(run.id, "skipped", None, 0.0, note=note)
         with self.lock:

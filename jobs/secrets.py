@@ -93,3 +93,17 @@ def _resolve(value, environ: Mapping[str, str]):
     if isinstance(value, list):
         return [_resolve(item, environ) for item in value]
     return value
+
+
+def secret_values(args: list, kwargs: dict, environ: Mapping[str, str] | None = None) -> list[str]:
+    """The values the secret references in args and kwargs resolve to (those that are set),
+    so that a run's captured output can mask them."""
+    environ = os.environ if environ is None else environ
+    values = []
+    for ref in references([args, kwargs]):
+        name = ref.get(REFERENCE_KEY)
+        if isinstance(name, str):
+            value = environ.get(env_name(name))
+            if value:
+                values.append(value)
+    return values

@@ -25,17 +25,18 @@ import socket
 import threading
 import time
 import traceback
+from dataclasses import replace
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import close_old_connections, connection, transaction
 
-from jobs import claims, context, joblocks, metrics, registry
+from jobs import capture, claims, joblocks, metrics, registry
 from jobs.claims import Result, Run
+from jobs.execute import LiveRun, call_target, live_run
 from jobs.reconnect import CONNECTION_ERRORS, forget_connection, retry_on_disconnect
-from jobs.recorder import aged, write_results
+from jobs.recorder import REPORT_EVERY, aged, write_results
 from jobs.retry import retry_delay
-from jobs.secrets import resolve_secrets
 from locks.liveness import LivenessLease, liveness_margin
 
 log = logging.getLogger("jobs.worker")
@@ -61,39 +62,53 @@ def execution_lease() -> LivenessLease:
 
 
 class _Heartbeat(threading.Thread):
-    """Keeps the run's row fresh (and the lease renewed) until stopped or the run is lost."""
+    """Keeps the run's row fresh (and the lease renewed), passes on cancel requests and a
+    lost job lock, and writes what the run logs and reports about once a second, until
+    stopped or the run is lost."""
 
-    def __init__(self, execution_id: int, worker: str, lease: LivenessLease):
-        super().__init__(name=f"heartbeat:{execution_id}", daemon=True)
-        self.execution_id = execution_id
+    def __init__(self, live: LiveRun, worker: str, lease: LivenessLease):
+        super().__init__(name=f"heartbeat:{live.run.id}", daemon=True)
+        self.live = live
         self.worker = worker
         self.lease = lease
         self.stopped = threading.Event()
         self.lost = False
+        self.next_beat = 0.0
 
     def run(self) -> None:
         try:
-            while not self.stopped.wait(settings.SCHEDULER_EXECUTION_HEARTBEAT):
+            while not self.stopped.wait(REPORT_EVERY) and not self.lost:
                 try:
-                    sent = time.monotonic()
-                    if claims.heartbeat_execution(self.execution_id, self.worker):
-                        self.lease.renew(sent)
-                        continue
-                    self.lost = True
-                    self.lease.expire()
-                    log.warning(
-                        "execution #%s is no longer this worker's (abandoned or "
-                        "cancelled while it ran)",
-                        self.execution_id,
-                    )
-                    return
+                    self.report()
                 except Exception:  # a database hiccup: the next beat may succeed
-                    log.warning(
-                        "heartbeat of execution #%s failed", self.execution_id, exc_info=True
-                    )
+                    log.warning("heartbeat of execution #%s failed", self.live.run.id,
+                                exc_info=True)  # fmt: skip
                     forget_connection()
         finally:
             connection.close()
+
+    def report(self) -> None:
+        now = time.monotonic()
+        reports = self.live.reports(now)
+        if reports:
+            with transaction.atomic():
+                claims.record_reports(self.worker, reports)
+        if now < self.next_beat:
+            return
+        self.next_beat = now + settings.SCHEDULER_EXECUTION_HEARTBEAT
+        beat = claims.heartbeat_execution(self.live.run.id, self.worker)
+        if beat is None:
+            self.lost = True
+            self.lease.expire()
+            log.warning("execution #%s is no longer this worker's (abandoned or cancelled "
+                        "while it ran)", self.live.run.id)  # fmt: skip
+            return
+        self.lease.renew(now)
+        cancel, by, reason, lock_lost = beat
+        if cancel and not self.live.signals.cancel.is_set():
+            self.live.signals.request_cancel(by, reason)
+        if lock_lost:
+            self.live.signals.lock_lost.set()
 
     def stop(self) -> None:
         self.stopped.set()
@@ -114,11 +129,13 @@ def run_execution(execution_id: int, hostname: str | None = None) -> str:
     lease.renew(sent)
     with _running_lock:
         _running_here.add(run.id)
-    heartbeat = _Heartbeat(run.id, worker, lease)
+    capture.install()
+    live = live_run(run)
+    heartbeat = _Heartbeat(live, worker, lease)
     heartbeat.start()
     try:
         try:
-            result = _run(run, worker, lease)
+            result = _run(live, worker, lease)
         except BaseException as e:
             # Nothing may end a claimed run unrecorded: log it with the execution, record it.
             log.exception("execution #%s: unexpected error in the worker", run.id)
@@ -127,6 +144,8 @@ def run_execution(execution_id: int, hostname: str | None = None) -> str:
             result = _failure(run, "failed", 0.0, error, traceback.format_exc())
         if result is None:
             return "lost"
+        # Its last lines and progress are written with its result.
+        result = replace(result, reports=live.reports(time.monotonic(), final=True))
         _record(worker, result)
         return result.state
     finally:
@@ -153,7 +172,8 @@ def _claim(execution_id: int, worker: str) -> Run | None:
     )
 
 
-def _run(run: Run, worker: str, lease: LivenessLease) -> Result | None:
+def _run(live: LiveRun, worker: str, lease: LivenessLease) -> Result | None:
+    run = live.run
     if not lease.fresh():
         # Paused or cut off since the claim, for long enough that the leader may have
         # abandoned the run: start it only if the database says it is still ours.
@@ -162,7 +182,7 @@ def _run(run: Run, worker: str, lease: LivenessLease) -> Result | None:
             lambda: claims.heartbeat_execution(run.id, worker),
             f"execution #{run.id}: confirming ownership",
         )
-        if not still_ours:
+        if still_ours is None:
             log.warning(
                 "execution #%s was taken from this worker before it started; not running it", run.id
             )
@@ -171,35 +191,30 @@ def _run(run: Run, worker: str, lease: LivenessLease) -> Result | None:
         lease.renew(sent)
     job = run.job
     held = None
-    if job.concurrency_policy == "forbid":
-        held, note = joblocks.take(job, worker, run.id)
+    if job.concurrency_policy == "forbid" and not live.signals.cancel.is_set():
+        # A force release by an operator is recorded by the release itself; an expiry or
+        # a takeover is found by the keepalive.
+        held, note = joblocks.take(job, worker, run.id, on_lost=lambda e: live.lock_lost(worker, e))
         if held is None:
             return Result(run.id, "skipped", None, 0.0, note=note)
-    started = time.monotonic()
-    state, error, tb = "succeeded", "", ""
-    token = context.running_as(
-        context.ExecutionContext(
-            run.id,
-            job.name,
-            run.scheduled_for,
-            run.attempt,
-            run.fence,
-            held.lease.token if held else None,
-        )
-    )
     try:
-        _call_target(run)
-    except SoftTimeLimitExceeded:
-        state, error = "timed_out", f"timed out after {job.timeout}s (Celery time limit)"
-    except BaseException as e:  # the job's own failure, SystemExit included
-        state, error, tb = "failed", f"{type(e).__name__}: {e}", traceback.format_exc()
+        outcome = call_target(
+            live,
+            lambda args, kwargs: _call_target(run, args, kwargs),
+            held and held.lease.token,
+            timeouts=(SoftTimeLimitExceeded,),
+            timeout_error=f"timed out after {job.timeout}s (Celery time limit)",
+        )
     finally:
-        context.finished(token)
         note, release = joblocks.release(held, run.id) if held is not None else ("", None)
-    ran_for = time.monotonic() - started
-    if state == "succeeded":
-        return Result(run.id, state, ran_for, 0.0, note=note, release=release)
-    return _failure(run, state, ran_for, error, tb, note, release)
+    note = "\n".join(n for n in (outcome.note, note) if n)
+    if outcome.state in ("succeeded", "cancelled"):
+        return Result(
+            run.id, outcome.state, outcome.ran_for, 0.0, outcome.error, note=note,
+            release=release, result=outcome.result,
+        )  # fmt: skip
+    return _failure(run, outcome.state, outcome.ran_for, outcome.error, outcome.traceback, note,
+                    release)  # fmt: skip
 
 
 def _failure(
@@ -210,8 +225,7 @@ def _failure(
     return Result(run.id, state, ran_for, 0.0, error, tb, delay, job.max_attempts, note, release)
 
 
-def _call_target(run: Run) -> None:
-    args, kwargs = resolve_secrets(run.args, run.kwargs)
+def _call_target(run: Run, args: list, kwargs: dict):
     if run.job.celery_task:
         # A task the workers know, by name: run here, in this worker, under this
         # execution's bookkeeping (one retry model: Celery's own retries are not used).
@@ -220,9 +234,8 @@ def _call_target(run: Run) -> None:
         task = app.tasks.get(run.job.celery_task)
         if task is None:
             raise LookupError(f"this worker knows no Celery task {run.job.celery_task!r}")
-        task.apply(args=args, kwargs=kwargs, throw=True)
-    else:
-        registry.get_target(run.job.target).func(*args, **kwargs)
+        return task.apply(args=args, kwargs=kwargs, throw=True).result
+    return registry.get_target(run.job.target).func(*args, **kwargs)
 
 
 def _record(worker: str, result: Result) -> None:

@@ -274,13 +274,21 @@ def _wait_and_acquire(params: dict, at_least: float, wait: float) -> Lease | Non
 class Keepalive(threading.Thread):
     """Extends a lease every ``at_most * fraction`` seconds until stopped or lost."""
 
-    def __init__(self, lease: Lease, at_most: float, fraction: float = 1 / 3):
+    def __init__(
+        self,
+        lease: Lease,
+        at_most: float,
+        fraction: float = 1 / 3,
+        on_lost: Callable[[LockLost], None] | None = None,
+    ):
         super().__init__(name=f"keepalive:{lease.name}", daemon=True)
         self.lease = lease
         self.at_most = at_most
         self.every = max(at_most * fraction, 0.05)
         self.stopped = threading.Event()
         self.lost: LockLost | None = None
+        #: Called once, from this thread, when an extension finds the lease lost.
+        self.on_lost = on_lost
 
     def run(self) -> None:
         try:
@@ -290,6 +298,8 @@ class Keepalive(threading.Thread):
                 except LockLost as e:
                     log.error("keepalive lost lock %s: %s", self.lease.name, e)
                     self.lost = e
+                    if self.on_lost is not None:
+                        self.on_lost(e)
                     return
                 except Exception:  # a database hiccup: the next attempt may succeed
                     log.exception("keepalive could not extend lock %s", self.lease.name)

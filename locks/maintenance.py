@@ -51,6 +51,32 @@ RETURNING token
 """
 
 
+# A lock released from under a running execution: the execution records when, by whom
+# and why (its page shows it), and its node or worker is told (jobs.context.lock_lost).
+RECORD_LOCK_LOSS = """
+WITH running AS (
+    UPDATE jobs_execution SET lock_lost_at = COALESCE(lock_lost_at, now())
+    WHERE id = %(id)s AND state = 'running'
+    RETURNING id
+)
+INSERT INTO jobs_executionevent (execution_id, at, kind, actor, message)
+SELECT id, now(), 'lock_lost', %(by)s, %(message)s FROM running
+RETURNING execution_id
+"""
+
+# jobs.claims.NOTIFY_RUN_SIGNAL (the locks app does not import the jobs app).
+NOTIFY_RUN_SIGNAL = "SELECT pg_notify('jobs_run_signal', %s)"
+
+
+def _tell_holder(cursor, execution_id: int | None, by, message: str) -> None:
+    if execution_id is None:
+        return
+    actor = audit.actor_of(by)[1]
+    cursor.execute(RECORD_LOCK_LOSS, {"id": execution_id, "by": actor, "message": message})
+    if cursor.fetchone() is not None:
+        cursor.execute(NOTIFY_RUN_SIGNAL, [str(execution_id)])
+
+
 class LockNotHeld(LockError):
     """A force release of a lock that nobody holds."""
 
@@ -92,6 +118,7 @@ def force_release(name: str, by, reason: str) -> dict:
         cursor.execute(FORCE_RELEASE, [name])
         new_token = cursor.fetchone()[0]
         cursor.execute(NOTIFY_RELEASED, {"name": name})
+        _tell_holder(cursor, execution_id, by, f"{name} force released: {reason}")
         before = {
             "holder": holder, "token": token, "execution_id": execution_id,
             "locked_at": locked_at.isoformat(), "locked_until": locked_until.isoformat(),
@@ -117,6 +144,8 @@ def cleanup_stale_locks(by, reason: str = "stale lock cleanup") -> list[StaleLoc
             cursor.execute(FORCE_RELEASE, [stale.name])
             new_token = cursor.fetchone()[0]
             cursor.execute(NOTIFY_RELEASED, {"name": stale.name})
+            why = f"{stale.name} released as stale ({still_stale[0].reason}): {reason}"
+            _tell_holder(cursor, stale.execution_id, by, why)
             before = {
                 "holder": stale.holder, "token": stale.token,
                 "execution_id": stale.execution_id, "stale_reason": still_stale[0].reason,
@@ -161,6 +190,7 @@ def _release_where(condition: str, values: list, action: str, by, reason: str) -
         released = cursor.fetchall()
         for name, holder, token, execution_id in released:
             cursor.execute(NOTIFY_RELEASED, {"name": name})
+            _tell_holder(cursor, execution_id, by, f"{name} released: {reason}")
             audit.record(
                 by, action, "lock", name, reason,
                 {"holder": holder, "token": token, "execution_id": execution_id},

@@ -460,3 +460,45 @@ def test_a_lost_connection_at_each_step_on_a_worker_ends_recorded(
     ends = [line["execution"] for line in traced(trace_path) if line["event"] == "end"]
     assert sorted(starts) == sorted(ends) == sorted(e.pk for e in runs)
     assert not Lock.objects.filter(name=job.lock_name).exclude(holder="").exists()
+
+
+def test_a_celery_run_is_captured_reports_progress_and_can_be_cancelled(
+    start_node, start_worker, tmp_path, queue, role_users
+):
+    from jobs.actions import cancel_execution
+    from jobs.models import ExecutionLogLine
+
+    start_node("celery-leader", extra_env={**CELERY_ENV, "SCHEDULER_CANCEL_GRACE": "2"})
+    worker = start_worker("w1")
+    operator = role_users["operator"]
+
+    chatty = queue_manual_run(celery_job("chatty", "demo.chatty", queue=queue,
+                                         kwargs={"lines": 5}))  # fmt: skip
+    wait_for(lambda: Execution.objects.get(pk=chatty.pk).state == "succeeded", timeout=30)
+    lines = list(ExecutionLogLine.objects.filter(execution=chatty).order_by("seq"))
+    assert len(lines) == 10, worker.log()
+    assert all(f"execution {chatty.pk}" in line.message for line in lines)
+
+    # A cooperative job on a worker stops when asked, recorded cancelled with who and why.
+    polite = queue_manual_run(celery_job("polite", "demo.progress", queue=queue,
+                                         kwargs={"steps": 100, "seconds": 30}))  # fmt: skip
+    wait_for(lambda: Execution.objects.filter(pk=polite.pk, progress_done__gt=0).exists(),
+             timeout=30, message=worker.log())  # fmt: skip
+    cancel_execution(polite, operator, "not today")
+    wait_for(lambda: Execution.objects.get(pk=polite.pk).state == "cancelled", timeout=20)
+    polite.refresh_from_db()
+    assert polite.error == "cancelled by otto: not today" and polite.progress_done < 50
+
+    # One that ignores the request: past the grace it is recorded cancelled and the worker
+    # process running it is terminated, so its body never reaches its end.
+    trace_path = tmp_path / "trace.jsonl"
+    slow = {"path": str(trace_path), "seconds": 12}
+    stubborn = queue_manual_run(celery_job("stubborn", "demo.trace", queue=queue, kwargs=slow))
+    wait_for(lambda: traced(trace_path), timeout=30)
+    cancel_execution(stubborn, operator, "stop it")
+    wait_for(lambda: Execution.objects.get(pk=stubborn.pk).state == "cancelled", timeout=20)
+    stubborn.refresh_from_db()
+    assert "did not stop within 2" in stubborn.error
+    wait_for(lambda: "Terminating" in worker.log() or "terminated" in worker.log().lower(),
+             timeout=20, message=worker.log())  # fmt: skip
+    assert [line["event"] for line in traced(trace_path)] == ["start"]
