@@ -533,8 +533,10 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
         description="The lines the run logged or printed, in order, from `offset` (a "
         "`seq`). Follow a run by asking again with `next_offset`: at once while `more`, "
         "after a pause while it has not `finished`; once it has finished and `more` is "
-        "false, the log is complete. Messages are redacted below the admin role. The "
-        "dashboard offers the whole log as text at /executions/<id>/log.txt.",
+        "false, the log is complete, except that a run recorded `timed_out` or `cancelled` "
+        "while its inline thread went on still adds what the thread prints until it "
+        "returns. Messages are redacted below the admin role. The dashboard offers the "
+        "whole log as text at /executions/<id>/log.txt.",
         parameters=[LogQuerySerializer],
         responses={200: ExecutionLogSerializer, **errors(400, 401, 403, 404)},
     )

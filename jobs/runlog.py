@@ -9,7 +9,6 @@ Messages are redacted below the admin role (controlplane.redaction.text_for_user
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -26,13 +25,14 @@ API_MAX_LIMIT = 5000
 #: Lines per query while streaming the plain-text download.
 TEXT_BATCH = 2000
 
-# When a run's output passes SCHEDULER_LOG_LIMIT the engine writes one last line saying
-# that the log was truncated; it is shown as a marker, not as the job's own output.
-_TRUNCATION = re.compile(r"\blog\b.*\btruncated\b|\btruncated\b.*\blog\b", re.IGNORECASE)
+# When a run's output passes SCHEDULER_LOG_LIMIT the engine (jobs/capture.py) writes one
+# last line, "[log truncated: this run's output passed SCHEDULER_LOG_LIMIT ...]", at
+# WARNING: it is shown as a marker, not as the job's own output.
+TRUNCATION_PREFIX = "[log truncated:"
 
 
 def is_truncation_marker(line: ExecutionLogLine) -> bool:
-    return bool(_TRUNCATION.search(line.message[:300]))
+    return line.level == "WARNING" and line.message.startswith(TRUNCATION_PREFIX)
 
 
 @dataclass

@@ -547,7 +547,8 @@ class ExecutionLogSerializer(serializers.Serializer):
     )
     finished = serializers.BooleanField(
         help_text="The execution had finished before these lines were read: once `more` is "
-        "false as well, the log is complete and nothing will be added."
+        "false as well, the log is complete (but for a timed-out or cancelled run whose "
+        "inline thread went on: what it prints until it returns is still added)."
     )
 
 

@@ -318,8 +318,14 @@ def execution_detail(request, execution_id: int):
         "after": lines[-1].seq if lines else -1,
         "more": False,
         "finished": execution.is_finished,
+        "late_output_states": LATE_OUTPUT_STATES,
     }
     return render(request, "jobs/execution_detail.html", context)
+
+
+# A run recorded in one of these states while its inline thread went on (past its
+# timeout, past the cancel grace) can still add lines: what it prints until it returns.
+LATE_OUTPUT_STATES = (Execution.State.TIMED_OUT, Execution.State.CANCELLED)
 
 
 class LogAfterForm(forms.Form):
@@ -347,6 +353,7 @@ def execution_log(request, execution_id: int):
         "after": after if found.last_seq is None else found.last_seq,
         "more": found.more,
         "finished": execution.is_finished,
+        "late_output_states": LATE_OUTPUT_STATES,
     }
     return render(request, "jobs/_execution_log_lines.html", context)
 
@@ -441,7 +448,7 @@ def _status_context(request, execution: Execution) -> dict:
             and not execution.is_finished
             and execution.cancel_requested_at is None
         ),
-        "cancel_grace": queries.duration_text(_cancel_grace()),
+        "cancel_grace": queries.duration_text(settings.SCHEDULER_CANCEL_GRACE),
     }
 
 
@@ -477,11 +484,6 @@ def _number(value: float) -> str:
     if float(value).is_integer():
         return f"{int(value):,}"
     return f"{value:,.2f}".rstrip("0").rstrip(".")
-
-
-def _cancel_grace() -> float:
-    # Set by the engine's settings; read with its default until they are there.
-    return float(getattr(settings, "SCHEDULER_CANCEL_GRACE", 30.0))
 
 
 def _get_execution(execution_id: int) -> Execution:

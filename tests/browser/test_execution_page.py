@@ -2,8 +2,8 @@
 cancel with a reason, a lost lock. Under the site's CSP (page_for fails on a violation).
 
 The first tests drive the page with the rows the engine writes (log lines, progress,
-events), written here; the ones marked ``engine`` run real jobs on a real node
-(demo.chatty, demo.progress, demo.stubborn) and need the engine of issue 11.
+events), written here; the last ones run real jobs (demo.chatty, demo.progress) on a real
+node.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from datetime import timedelta
 import pytest
 
 from controlplane.models import AuditEntry
-from jobs import registry
 from jobs.models import Execution, ExecutionEvent, ExecutionLogLine, database_now, queue_manual_run
 from locks.models import Lock
 from tests.browser.conftest import screenshot
@@ -21,12 +20,6 @@ from tests.conftest import wait_for
 from tests.jobs.factories import make_execution, make_job
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
-
-ENGINE_TARGETS = ("demo.chatty", "demo.progress", "demo.stubborn", "demo.returns")
-engine = pytest.mark.skipif(
-    not all(registry.is_registered(name) for name in ENGINE_TARGETS),
-    reason="needs the engine side of issue 11 (its demo targets are not registered)",
-)
 
 
 def mark_page(page) -> None:
@@ -166,7 +159,6 @@ def test_the_execution_page_of_each_kind_renders_under_the_csp(page_for, live_se
 # --- with a real node running real jobs (the engine of issue 11) ----------------------------
 
 
-@engine
 def test_a_running_jobs_log_and_progress_appear_live(page_for, live_server, start_node):
     job = make_job("steps", "demo.progress", kwargs={"steps": 6, "seconds": 6, "message": "step"})
     start_node("browser-node")
@@ -197,7 +189,6 @@ def test_a_running_jobs_log_and_progress_appear_live(page_for, live_server, star
     screenshot(page, "execution_chatty")
 
 
-@engine
 def test_cancel_a_running_job_from_its_page(page_for, live_server, start_node):
     job = make_job("long", "demo.progress", kwargs={"steps": 600, "seconds": 600})
     start_node("browser-node")
@@ -215,17 +206,20 @@ def test_cancel_a_running_job_from_its_page(page_for, live_server, start_node):
     screenshot(page, "execution_cancelled")
 
 
-@engine
 def test_a_force_release_from_the_locks_page_shows_as_a_lost_lock(
     page_for, live_server, start_node
 ):
     job = make_job("exclusive", "demo.progress", concurrency_policy="forbid",
                    kwargs={"steps": 600, "seconds": 600})  # fmt: skip
-    # A short lease: the run's keepalive, which finds the lock gone, comes every second.
-    start_node("browser-node", extra_env={"SCHEDULER_JOB_LOCK_LEASE": "3"})
+    start_node("browser-node")
     execution = queue_manual_run(job)
     wait_for(lambda: Execution.objects.get(pk=execution.pk).state == "running", timeout=20)
     held = wait_for(lambda: Lock.objects.filter(name=job.lock_name).exclude(holder="").first())
+
+    watching = page_for("viewer")
+    watching.goto(f"{live_server.url}/executions/{execution.pk}/")
+    mark_page(watching)
+    assert watching.locator("#lock-lost").count() == 0
 
     page = page_for("operator")
     page.goto(f"{live_server.url}/locks/")
@@ -235,9 +229,14 @@ def test_a_force_release_from_the_locks_page_shows_as_a_lost_lock(
     row.locator("button", has_text="Force release").click()
     wait_for(lambda: Lock.objects.get(name=job.lock_name).token > held.token)
 
-    page.goto(f"{live_server.url}/executions/{execution.pk}/")
-    page.locator("#lock-lost").wait_for(timeout=30_000)
-    page.locator(".timeline-lock_lost").wait_for(timeout=10_000)
+    # The page open since before the release shows it, without a reload.
+    lost = watching.locator("#lock-lost", has_text="by otto")
+    lost.wait_for(timeout=30_000)
+    assert "stuck since the deploy" in lost.inner_text()
+    watching.locator(".timeline-lock_lost", has_text="stuck since the deploy").wait_for(
+        timeout=10_000
+    )
+    assert was_not_reloaded(watching)
     execution.refresh_from_db()
     assert execution.lock_lost_at is not None
-    screenshot(page, "execution_lock_lost_real")
+    screenshot(watching, "execution_lock_lost_real")

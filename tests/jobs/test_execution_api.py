@@ -3,14 +3,15 @@ result, progress, cancel, lost-lock and timeline fields of an execution; by prin
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from rest_framework.test import APIClient
 
 from controlplane.models import AuditEntry
-from jobs.models import Execution, ExecutionEvent, ExecutionLogLine
-from tests.conftest import make_api_key
+from jobs.models import Execution, ExecutionEvent, ExecutionLogLine, queue_manual_run
+from tests.conftest import make_api_key, wait_for
 from tests.jobs.factories import make_execution, make_job
 
 pytestmark = pytest.mark.django_db
@@ -120,8 +121,8 @@ def test_the_log_pages_by_offset_until_the_finished_run_has_no_more(api, job):
 def test_the_log_marks_the_truncation_line(api, job):
     execution = make_execution(job)
     write_log(execution, "output")
-    write_log(execution, "log truncated: output passed SCHEDULER_LOG_LIMIT", first_seq=1,
-              level="WARNING")  # fmt: skip
+    marker = "[log truncated: this run's output passed SCHEDULER_LOG_LIMIT (1024 bytes)]"
+    write_log(execution, marker, first_seq=1, level="WARNING")
     lines = api("viewer").get(f"{API}/executions/{execution.pk}/log/").json()["lines"]
     assert [line["truncation"] for line in lines] == [False, True]
 
@@ -311,3 +312,48 @@ def test_the_schema_documents_the_log_and_cancel_with_every_answer(api):
     assert set(post["responses"]) == {"200", "400", "401", "403", "404", "409", "415"}
     request = post["requestBody"]["content"]["application/json"]["schema"]["$ref"]
     assert schema["components"]["schemas"][request.rsplit("/", 1)[1]]["required"] == ["reason"]
+
+
+# --- with a real node ---------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_chatty_runs_log_read_by_offset_is_whole_once_finished(api, start_node):
+    job = make_job("chatty", "demo.chatty", kwargs={"lines": 30, "seconds": 3})
+    start_node("log-node")
+    execution = queue_manual_run(job)
+    client, url = api("viewer"), f"{API}/executions/{execution.pk}/log/"
+    lines, offset, answers = [], 0, 0
+    while True:
+        body = client.get(url, {"offset": offset, "limit": 7}).json()
+        answers += 1
+        lines += body["lines"]
+        offset = body["next_offset"]
+        if body["finished"] and not body["more"]:
+            break
+        if not body["more"]:
+            time.sleep(0.3)
+    assert answers > 2
+    assert [line["seq"] for line in lines] == list(range(60))
+    messages = [line["message"] for line in lines]
+    assert sum("log line" in m for m in messages) == 30
+    assert sum(m.startswith("print line") for m in messages) == 30
+    assert ExecutionLogLine.objects.filter(execution=execution).count() == 60
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_timed_out_runs_later_output_still_arrives(api, start_node):
+    job = make_job("late", "test.late_output", kwargs={"seconds": 4}, timeout=1)
+    start_node(
+        "late-node", extra_env={"SCHEDULER_TARGET_MODULES": "tests.jobs.late_output_targets"}
+    )
+    execution = queue_manual_run(job)
+    wait_for(lambda: Execution.objects.get(pk=execution.pk).state == "timed_out", timeout=30)
+    url = f"{API}/executions/{execution.pk}/log/"
+
+    def messages():
+        return [line["message"] for line in api("viewer").get(url).json()["lines"]]
+
+    assert "after the timeout" not in messages()
+    wait_for(lambda: "after the timeout" in messages(), timeout=30)
+    assert api("viewer").get(url).json()["finished"] is True

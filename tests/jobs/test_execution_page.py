@@ -147,6 +147,31 @@ def test_the_log_stops_following_once_the_run_has_finished_and_its_last_lines_ar
     assert "hx-trigger" not in follower(finished_page)
 
 
+@pytest.mark.parametrize("state, offered", [("timed_out", True), ("cancelled", True),
+                                            ("succeeded", False), ("failed", False)])  # fmt: skip
+def test_a_run_stopped_while_its_thread_went_on_offers_to_look_for_later_lines(
+    client_for, job, state, offered
+):
+    execution = make_execution(job, state=state)
+    write_log(execution, "before")
+    client = client_for("viewer")
+    html = page(client, execution)
+    assert ("Look for later lines" in html) is offered
+    if offered:
+        link = re.search(r'<a href="([^"]+)" hx-get="([^"]+)"[^>]*>Look for later lines', html)
+        assert link.groups() == (
+            f"/executions/{execution.pk}/#execution-log",
+            f"/executions/{execution.pk}/log/?after=0",
+        )
+        write_log(execution, "after", first_seq=1)
+        assert log_messages(follow(client, execution, 0).content.decode()) == ["after"]
+
+
+def test_a_run_cancelled_before_it_started_has_no_later_lines_to_look_for(client_for, job):
+    execution = make_execution(job, state="cancelled", started_at=None)
+    assert "Look for later lines" not in page(client_for("viewer"), execution)
+
+
 def test_a_finished_run_without_output_says_so(client_for, job):
     html = page(client_for("viewer"), make_execution(job))
     assert "No output." in html and "hx-get" not in follower(html)
@@ -165,9 +190,9 @@ def test_the_page_shows_the_newest_lines_of_a_long_log_and_says_where_the_rest_i
 
 def test_the_truncation_marker_is_shown_as_such(client_for, job):
     execution = make_execution(job)
-    write_log(execution, "output", "the log was truncated")  # a job's own words
-    write_log(execution, "log truncated: output passed SCHEDULER_LOG_LIMIT (1048576 bytes)",
-              level="WARNING", first_seq=2)  # fmt: skip
+    write_log(execution, "output", "[log truncated: not really]")  # a job's own words
+    marker = "[log truncated: this run's output passed SCHEDULER_LOG_LIMIT (1048576 bytes)]"
+    write_log(execution, marker, level="WARNING", first_seq=2)
     html = page(client_for("viewer"), execution)
     assert html.count("log-truncated") == 1
     assert '<strong class="badge state-failed">log truncated</strong>' in html
@@ -176,7 +201,7 @@ def test_the_truncation_marker_is_shown_as_such(client_for, job):
 
 def test_a_log_line_only_ends_a_page_not_the_log_unless_it_is_the_last(job):
     execution = make_execution(job)
-    write_log(execution, "log truncated?", "more")
+    write_log(execution, "[log truncated: by the job]", "more", level="WARNING")
     first = runlog.lines_from(execution, 0, 1)
     assert first.more and not first.lines[0].truncation
 
