@@ -42,6 +42,61 @@ def redact(value):
     return value
 
 
+# A key and its value in free text: `password=hunter2`, `token: abc`, `"api_key": "k"`,
+# `'secret': 's'` (a Python dict's repr). The key is a word or a quoted string; the value
+# a quoted string (its quotes kept) or everything up to a space or a separator. Quoted
+# values are bounded so that an unclosed quote costs a bounded scan, never a quadratic one.
+_KEY = re.compile(
+    r"""(?P<key>"[^"\n]{1,100}"|'[^'\n]{1,100}'|(?<![\w.-])[A-Za-z_][\w.-]{0,99})"""
+    r"""(?P<sep>\s*[:=]\s*)"""
+)
+_VALUE = re.compile(
+    r""""(?:[^"\\\n]|\\.){0,4096}"|'(?:[^'\\\n]|\\.){0,4096}'|["']?[^\s,;&'"}\])]+"""
+)
+# The password in a URL's user information: scheme://user:password@host.
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s/@]+(?=@)")
+# An HTTP Authorization header's credentials, after its scheme: `Authorization: Bearer x`.
+_AUTHORIZATION = re.compile(
+    r"(?P<head>\b(?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?(?:[A-Za-z-]+ )?)[^\s\"',;]+",
+    re.IGNORECASE,
+)
+
+
+def _mask_pairs(text: str) -> str:
+    parts, done, pos = [], 0, 0
+    while (key := _KEY.search(text, pos)) is not None:
+        pos = key.end()
+        # A key that does not look secret: its value is read on, for keys inside it
+        # ("connect: password=x", "config={'token': 't'}").
+        if not is_secret_key(key["key"].strip("\"'")):
+            continue
+        value = _VALUE.match(text, pos)
+        if value is None:
+            continue
+        found = value[0]
+        quoted = len(found) > 1 and found[0] in "\"'" and found[-1] == found[0]
+        quote = found[0] if quoted else ""
+        parts += [text[done:pos], f"{quote}{MASK}{quote}"]
+        done = pos = value.end()
+    return "".join(parts) + text[done:]
+
+
+def redact_text(text: str) -> str:
+    """Free text (a log line, a progress message) with the values after secret-looking
+    keys masked, and Authorization credentials and passwords in URLs. What a job writes
+    in other ways (a bare value, a key the pattern does not name) cannot be recognised."""
+    if not text:
+        return text
+    text = _mask_pairs(text)
+    text = _AUTHORIZATION.sub(rf"\g<head>{MASK}", text)
+    return _URL_PASSWORD.sub(rf"\g<head>{MASK}", text)
+
+
+def text_for_user(text: str, user) -> str:
+    """``text`` as ``user`` may see it: whole for the admin role, else redact_text."""
+    return text if is_schedule_editor(user) else redact_text(text)
+
+
 def for_user(value, user):
     """``value`` as ``user`` may see it: whole for the admin role, else redacted."""
     return value if is_schedule_editor(user) else redact(value)

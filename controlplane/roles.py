@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from django.apps import apps as django_apps
+
 VIEW = [
     "jobs.view_job", "jobs.view_trigger", "jobs.view_execution", "locks.view_lock",
     "locks.view_schedulernode", "controlplane.view_auditentry",
 ]  # fmt: skip
 OPERATE = [
-    "jobs.run_job", "jobs.pause_job", "jobs.rerun_execution", "locks.force_release_lock",
-    "locks.cleanup_stale_locks",
+    "jobs.run_job", "jobs.pause_job", "jobs.rerun_execution", "jobs.cancel_execution",
+    "locks.force_release_lock", "locks.cleanup_stale_locks",
 ]  # fmt: skip
 EDIT_SCHEDULES = [
     "jobs.add_job", "jobs.change_job", "jobs.delete_job", "jobs.add_trigger",
@@ -43,9 +45,12 @@ def sees_tracebacks(user) -> bool:
 def sync_roles(group_model, permission_model) -> None:
     """Create or update the role groups (idempotent; migrations pass historical models).
 
-    A permission of a model that does not exist yet at that point of the migration
-    history is left out; the migration that adds the model syncs the roles again.
+    A permission that does not exist yet at that point of the migration history (its
+    model, or a custom permission added to the model later, e.g. cancel_execution) is
+    left out; the migration that adds it syncs the roles again. With the current models
+    (not a migration's), a missing permission is an error: a misspelt name in ROLES.
     """
+    historical = permission_model._meta.apps is not django_apps
     for role, codenames in ROLES.items():
         group, _ = group_model.objects.get_or_create(name=role)
         permissions = []
@@ -55,10 +60,25 @@ def sync_roles(group_model, permission_model) -> None:
                 content_type__app_label=app_label, codename=codename
             ).first()
             if found is None:
-                model = codename.split("_", 1)[1]
-                if permission_model.objects.filter(content_type__app_label=app_label,
-                                                   content_type__model=model).exists():  # fmt: skip
-                    raise LookupError(f"role {role}: no permission {dotted}")
-                continue
+                if historical and not _declared(permission_model, app_label, codename):
+                    continue
+                raise LookupError(f"role {role}: no permission {dotted}")
             permissions.append(found)
         group.permissions.set(permissions)
+
+
+def _declared(permission_model, app_label: str, codename: str) -> bool:
+    """Whether the model state that ``permission_model`` belongs to declares the
+    permission: a default permission of one of the app's models, or a Meta.permissions
+    entry."""
+    try:
+        app = permission_model._meta.apps.get_app_config(app_label)
+    except LookupError:
+        return False
+    for model in app.get_models():
+        opts = model._meta
+        if any(name == codename for name, _description in opts.permissions):
+            return True
+        if codename in {f"{action}_{opts.model_name}" for action in opts.default_permissions}:
+            return True
+    return False

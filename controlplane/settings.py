@@ -194,10 +194,13 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    # Two different "state" enums (nodes, executions): name them, or drf-spectacular warns.
+    # Two different "state" enums (nodes, executions) and "kind" enums (triggers, timeline
+    # entries): name them, or drf-spectacular warns.
     "ENUM_NAME_OVERRIDES": {
         "NodeStateEnum": "locks.models.SchedulerNode.State",
         "ExecutionStateEnum": "jobs.models.Execution.State",
+        "TriggerKindEnum": "jobs.models.Trigger.Kind",
+        "TimelineKindEnum": "jobs.timeline.KINDS",
     },
 }
 

@@ -42,6 +42,11 @@ urlpatterns = [
     path("executions/", jobs.execution_list, name="execution-list"),
     path("executions/<int:execution_id>/", jobs.execution_detail, name="execution-detail"),
     path("executions/<int:execution_id>/rerun/", jobs.execution_rerun, name="execution-rerun"),
+    path("executions/<int:execution_id>/cancel/", jobs.execution_cancel, name="execution-cancel"),
+    path("executions/<int:execution_id>/log/", jobs.execution_log, name="execution-log"),
+    path(
+        "executions/<int:execution_id>/log.txt", jobs.execution_log_text, name="execution-log-text"
+    ),
     # Locks and nodes (locks/views.py).
     path("locks/", locks.lock_list, name="lock-list"),
     path("locks/cleanup/", locks.lock_cleanup, name="lock-cleanup"),

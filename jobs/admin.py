@@ -3,20 +3,28 @@
 Each trigger shows its schedule in words and its next five fire times, in its own time
 zone and in UTC. Every schedule edit made here (adding, changing or deleting a job or a
 trigger) writes an audit entry with the before/after of the edited fields; the pause,
-resume and run-now actions call jobs.actions, which audit themselves.
+resume, run-now and cancel actions call jobs.actions, which audit themselves.
 """
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
+from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 
-from controlplane import audit
+from controlplane import audit, redaction
 from controlplane.admin import ReadOnlyAdmin, redacted_field
 from controlplane.roles import is_schedule_editor, sees_tracebacks
 from jobs import schedule
-from jobs.actions import run_now, set_job_paused, set_trigger_paused
+from jobs.actions import (
+    CannotCancel,
+    cancel_execution,
+    run_now,
+    set_job_paused,
+    set_trigger_paused,
+)
 from jobs.describe import describe_schedule, local_text, observes_dst, utc_text
 from jobs.edits import (
     JOB_FIELDS,
@@ -314,21 +322,87 @@ class TriggerAdmin(ScheduleDisplayMixin, _PauseActions, admin.ModelAdmin):
         super().delete_queryset(request, queryset)
 
 
+class CancelExecutionsForm(forms.Form):
+    reason = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}),
+        max_length=500,
+        help_text="Recorded in the audit log with your name, and shown on each execution.",
+    )
+
+    def clean_reason(self):
+        reason = self.cleaned_data["reason"].strip()
+        if not reason:
+            raise forms.ValidationError("A reason is required.")
+        return reason
+
+
+def _redacted_text_field(name: str, user):
+    """A read-only admin display of free text, redacted for ``user`` (log-like text:
+    values after secret-looking keys)."""
+
+    @admin.display(description=name.replace("_", " "))
+    def show(obj):
+        return redaction.text_for_user(getattr(obj, name), user)
+
+    return show
+
+
 @admin.register(Execution)
 class ExecutionAdmin(ReadOnlyAdmin):
+    actions = ["cancel_selected"]
+
     def get_fields(self, request, obj=None):
-        # Built per request: arguments redacted below the admin role, and the traceback
-        # only for roles that may see it (as on the dashboard).
+        # Built per request: arguments and result redacted below the admin role (and
+        # the free text a run writes), the traceback only for roles that may see it (as
+        # on the dashboard).
         user = request.user
         names = []
         for field in Execution._meta.fields:
-            if field.name in ("args", "kwargs"):
+            if field.name in ("args", "kwargs", "result"):
                 names.append(redacted_field(field.name, user))
+            elif field.name in ("error", "note", "progress_message"):
+                names.append(_redacted_text_field(field.name, user))
             elif field.name == "traceback" and not sees_tracebacks(user):
                 continue
             elif field.name != "id":
                 names.append(field.name)
         return names
+
+    def has_cancel_permission(self, request) -> bool:
+        return request.user.has_perm("jobs.cancel_execution")
+
+    @admin.action(
+        description="Cancel the selected executions (asks for a reason)", permissions=["cancel"]
+    )
+    def cancel_selected(self, request, queryset):
+        form = CancelExecutionsForm(request.POST if "confirm" in request.POST else None)
+        if not (form.is_bound and form.is_valid()):
+            return TemplateResponse(
+                request,
+                "admin/jobs/cancel_executions.html",
+                {
+                    **self.admin_site.each_context(request),
+                    "title": "Cancel executions",
+                    "executions": queryset.select_related("job"),
+                    "form": form,
+                    "opts": self.model._meta,
+                    "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+                },
+            )
+        for execution in queryset.order_by("pk"):
+            try:
+                done = cancel_execution(execution, request.user, form.cleaned_data["reason"])
+            except Execution.DoesNotExist:
+                continue  # pruned meanwhile: nothing left to cancel
+            except CannotCancel as e:
+                self.message_user(request, " ".join(e.messages), messages.ERROR)
+                continue
+            if done.state == Execution.State.CANCELLED:
+                text = f"Cancelled #{done.pk} of {done.job.name}: it will not run."
+            else:
+                text = f"Asked #{done.pk} of {done.job.name} to stop."
+            self.message_user(request, text, messages.SUCCESS)
+        return None
 
     def get_readonly_fields(self, request, obj=None):
         return self.get_fields(request, obj)

@@ -21,6 +21,7 @@ from drf_spectacular.utils import (
 )
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 
@@ -32,7 +33,7 @@ from controlplane.api import (
     ListPagination,
     NamePagination,
 )
-from jobs import actions, queries
+from jobs import actions, queries, runlog
 from jobs.edits import (
     JOB_FIELDS,
     TRIGGER_FIELDS,
@@ -43,12 +44,15 @@ from jobs.edits import (
 from jobs.models import Execution, Job, Trigger, database_now
 from jobs.schedule import next_fire_times
 from jobs.serializers import (
+    CancelSerializer,
     ExecutionDetailSerializer,
     ExecutionFilterSerializer,
+    ExecutionLogSerializer,
     ExecutionSerializer,
     JobCreateSerializer,
     JobPauseResultSerializer,
     JobSerializer,
+    LogQuerySerializer,
     NextFireTimesQuerySerializer,
     NextFireTimesSerializer,
     ReasonSerializer,
@@ -464,7 +468,7 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
     pagination_class = ExecutionPagination
     parser_classes = [BoundedJSONParser]
     lookup_value_regex = ANY_ID
-    action_permissions = {"rerun": "jobs.rerun_execution"}
+    action_permissions = {"rerun": "jobs.rerun_execution", "cancel": "jobs.cancel_execution"}
 
     def get_serializer_class(self):
         return ExecutionSerializer if self.action == "list" else ExecutionDetailSerializer
@@ -497,3 +501,59 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
         except DjangoValidationError as e:
             raise Conflict(" ".join(e.messages)) from None
         return _execution_response(request, execution, status.HTTP_201_CREATED)
+
+    @extend_schema(
+        summary="Cancel an execution (operator)",
+        description="Pending or dispatched: cancelled at once, it never starts. Running: "
+        "the run is asked to stop (`cancel_requested_at`); the job stops where it checks "
+        "`jobs.context.cancelled()`, and past SCHEDULER_CANCEL_GRACE it is recorded "
+        "cancelled whatever it does (an inline run's late result is ignored; a Celery "
+        "worker process is terminated). Asking a run again changes nothing more. 409 once "
+        "it has finished. Audited.",
+        request=CancelSerializer,
+        responses={200: ExecutionDetailSerializer, **errors(400, 401, 403, 404, 409, 415)},
+    )
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        execution = self.get_object()
+        body = CancelSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            execution = actions.cancel_execution(
+                execution, request.user, body.validated_data["reason"]
+            )
+        except actions.CannotCancel as e:
+            raise Conflict(" ".join(e.messages)) from None
+        except Execution.DoesNotExist:
+            raise NotFound() from None
+        return _execution_response(request, execution)
+
+    @extend_schema(
+        summary="An execution's log",
+        description="The lines the run logged or printed, in order, from `offset` (a "
+        "`seq`). Follow a run by asking again with `next_offset`: at once while `more`, "
+        "after a pause while it has not `finished`; once it has finished and `more` is "
+        "false, the log is complete, except that a run recorded `timed_out` or `cancelled` "
+        "while its inline thread went on still adds what the thread prints until it "
+        "returns. Messages are redacted below the admin role. The dashboard offers the "
+        "whole log as text at /executions/<id>/log.txt.",
+        parameters=[LogQuerySerializer],
+        responses={200: ExecutionLogSerializer, **errors(400, 401, 403, 404)},
+    )
+    @action(detail=True, methods=["get"])
+    def log(self, request, pk=None):
+        # The state first: lines read after a finished state are all of them (the engine
+        # writes a run's last lines no later than its final state).
+        execution = self.get_object()
+        params = LogQuerySerializer(data=_query(request))
+        params.is_valid(raise_exception=True)
+        offset, limit = params.validated_data["offset"], params.validated_data["limit"]
+        found = runlog.lines_from(execution, offset, limit)
+        data = {
+            "execution": execution.pk,
+            "lines": runlog.shown_to(found.lines, request.user),
+            "next_offset": offset if found.last_seq is None else found.last_seq + 1,
+            "more": found.more,
+            "finished": execution.is_finished,
+        }
+        return Response(ExecutionLogSerializer(data).data)

@@ -406,7 +406,10 @@ class Execution(models.Model):
     )
 
     class Meta:
-        permissions = [("rerun_execution", "Can rerun an execution")]
+        permissions = [
+            ("rerun_execution", "Can rerun an execution"),
+            ("cancel_execution", "Can cancel an execution"),
+        ]
         constraints = [
             # The idempotency key of scheduled fires: two nodes can never record one twice.
             models.UniqueConstraint(

@@ -217,13 +217,16 @@ def _position(execution: Execution, newer: bool) -> Cursor:
 
 def execution_chain(execution: Execution) -> dict:
     """The attempts of the same fire (the first and its retries), what this reruns, and its
-    reruns."""
+    reruns; ``live`` while any of them (or this one) is unfinished."""
     first = execution.retry_of or execution
     attempts = [first, *first.retries.select_related("job").order_by("attempt", "id")]
+    reruns = list(execution.reruns.order_by("id"))
+    members = [execution, *attempts, *reruns, *filter(None, [execution.rerun_of])]
     return {
         "attempts": attempts if len(attempts) > 1 else [],
         "rerun_of": execution.rerun_of,
-        "reruns": list(execution.reruns.order_by("id")),
+        "reruns": reruns,
+        "live": any(not member.is_finished for member in members),
     }
 
 

@@ -13,12 +13,13 @@ import zoneinfo
 from django.core.exceptions import NON_FIELD_ERRORS
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import models
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.settings import api_settings
 
 from controlplane import redaction
 from controlplane.roles import sees_tracebacks
-from jobs import registry
+from jobs import registry, runlog, timeline
 from jobs.describe import describe_schedule
 from jobs.models import (
     Execution,
@@ -409,27 +410,153 @@ class ExecutionSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+_FREE_TEXT = "Below the admin role, values after secret-looking keys read as ••••."
+
+
+class TimelineEntrySerializer(serializers.Serializer):
+    """One step of a run's story (jobs/timeline.py)."""
+
+    at = serializers.DateTimeField()
+    kind = serializers.ChoiceField(choices=timeline.KINDS)
+    actor = serializers.CharField(
+        allow_blank=True, help_text='Who or what: a user name, "trigger #3", a node or worker.'
+    )
+    message = serializers.CharField(allow_blank=True)
+    execution = serializers.IntegerField(
+        source="execution_id",
+        allow_null=True,
+        help_text="The execution this step links to (a retry, a rerun, a recovery), or null.",
+    )
+    state = serializers.CharField(
+        allow_blank=True,
+        help_text="That execution's state; for `finished`, this one's final state.",
+    )
+
+
 class ExecutionDetailSerializer(RedactedArgumentsMixin, ExecutionSerializer):
-    """An execution with its arguments, error, traceback and notes."""
+    """An execution with its arguments, error, traceback, notes, result, progress, cancel
+    request, lost lock and timeline."""
 
     args = args_field(read_only=True)
     kwargs = kwargs_field(read_only=True)
+    error = serializers.CharField(
+        read_only=True,
+        help_text="Below the admin role, values after secret-looking keys (password=...) "
+        "read as ••••.",
+    )
     traceback = serializers.CharField(
         read_only=True,
         allow_null=True,
         help_text="null for the viewer role, which sees the error line only.",
     )
+    note = serializers.CharField(
+        read_only=True,
+        help_text="Misfire and recovery notes, and why a result was not kept. " + _FREE_TEXT,
+    )
+    result = serializers.JSONField(
+        read_only=True,
+        allow_null=True,
+        help_text="What the target returned (JSON, at most SCHEDULER_RESULT_LIMIT; a result "
+        "that could not be kept is explained in `note`), redacted below the admin role.",
+    )
+    progress_total = serializers.FloatField(
+        read_only=True, allow_null=True, help_text="null: the run did not say (or knows no total)."
+    )
+    progress_message = serializers.CharField(read_only=True, help_text=_FREE_TEXT)
+    cancel_requested_by = serializers.CharField(read_only=True)
+    cancel_reason = serializers.CharField(read_only=True)
+    fence = serializers.IntegerField(
+        read_only=True,
+        allow_null=True,
+        help_text="Fencing token of the latest start of this run (larger for every later "
+        "start of any run).",
+    )
+    timeline = serializers.SerializerMethodField(
+        help_text="The run's story in order: created, claimed, started, its events "
+        "(progress milestones, lock lost, cancel requested, notes), finished, and the retry "
+        "or reruns that followed it."
+    )
 
     class Meta(ExecutionSerializer.Meta):
-        fields = [*ExecutionSerializer.Meta.fields, "args", "kwargs", "error", "traceback", "note"]
+        fields = [
+            *ExecutionSerializer.Meta.fields, "args", "kwargs", "reason", "error", "traceback",
+            "note", "result", "progress_done", "progress_total", "progress_message",
+            "progress_at", "cancel_requested_at", "cancel_requested_by", "cancel_reason",
+            "lock_lost_at", "fence", "timeline",
+        ]  # fmt: skip
         read_only_fields = fields
+
+    @extend_schema_field(TimelineEntrySerializer(many=True))
+    def get_timeline(self, execution: Execution) -> list:
+        story = timeline.timeline(execution, self._user())
+        return TimelineEntrySerializer(story.entries, many=True).data
+
+    def _user(self):
+        return getattr(self.context.get("request"), "user", None)
 
     def to_representation(self, instance):
         data = super().to_representation(instance)
-        request = self.context.get("request")
-        if not sees_tracebacks(getattr(request, "user", None)):
+        user = self._user()
+        if not sees_tracebacks(user):
             data["traceback"] = None
+        data["result"] = redaction.for_user(data["result"], user)
+        for name in ("error", "note", "progress_message"):
+            data[name] = redaction.text_for_user(data[name], user)
         return data
+
+
+class LogQuerySerializer(serializers.Serializer):
+    offset = serializers.IntegerField(
+        required=False,
+        default=0,
+        min_value=0,
+        max_value=2**31 - 1,
+        help_text="The `seq` of the first line wanted: 0, or the `next_offset` of the "
+        "previous answer.",
+    )
+    limit = serializers.IntegerField(
+        required=False,
+        default=runlog.API_LIMIT,
+        min_value=1,
+        max_value=runlog.API_MAX_LIMIT,
+        help_text=f"Lines per answer ({runlog.API_LIMIT} by default, at most "
+        f"{runlog.API_MAX_LIMIT}).",
+    )
+
+
+class LogLineSerializer(serializers.Serializer):
+    seq = serializers.IntegerField(help_text="0, 1, 2, ... in the order the run wrote them.")
+    at = serializers.DateTimeField(help_text="When the line was produced (database time).")
+    level = serializers.CharField(help_text="A logging level name, or STDOUT/STDERR for print.")
+    message = serializers.CharField(source="shown", allow_blank=True, help_text=_FREE_TEXT)
+    truncation = serializers.BooleanField(
+        help_text="This is the line the scheduler wrote when the run's output passed "
+        "SCHEDULER_LOG_LIMIT: later output was not kept."
+    )
+
+
+class ExecutionLogSerializer(serializers.Serializer):
+    execution = serializers.IntegerField()
+    lines = LogLineSerializer(many=True)
+    next_offset = serializers.IntegerField(
+        help_text="The offset to ask for next: the seq after the last line here (the same "
+        "offset when there was none)."
+    )
+    more = serializers.BooleanField(
+        help_text="Lines after these were already written: ask again at once."
+    )
+    finished = serializers.BooleanField(
+        help_text="The execution had finished before these lines were read: once `more` is "
+        "false as well, the log is complete (but for a timed-out or cancelled run whose "
+        "inline thread went on: what it prints until it returns is still added)."
+    )
+
+
+class CancelSerializer(serializers.Serializer):
+    reason = StrictCharField(
+        max_length=REASON_MAX,
+        help_text="Required; recorded in the audit log with your name and shown on the execution.",
+    )
 
 
 class ExecutionFilterSerializer(serializers.Serializer):

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import ValidationError
+from django.http import Http404, HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -24,9 +25,10 @@ from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseClientRedirect
 
 from controlplane import limits
+from controlplane.redaction import text_for_user
 from controlplane.roles import sees_tracebacks
-from jobs import actions, queries
-from jobs.models import Execution, Job, Trigger, database_now
+from jobs import actions, queries, runlog, timeline
+from jobs.models import Execution, ExecutionEvent, Job, Trigger, database_now
 from jobs.schedule import next_fire_times
 
 REASON_MAX = 500
@@ -293,16 +295,118 @@ def execution_list(request):
 @permission_required("jobs.view_execution", raise_exception=True)
 @vary_on_headers("HX-Request")
 def execution_detail(request, execution_id: int):
+    # Read first: a log read after a finished state has every line (the engine writes the
+    # last lines no later than the state), so the page can stop following it.
     execution = _get_execution(execution_id)
+    target = _htmx_target(request)
+    if target == "execution-status":
+        context = _status_context(request, execution)
+        return render(request, "jobs/_execution_status.html", context)
+    if target == "execution-timeline":
+        context = _timeline_context(request, execution)
+        return render(request, "jobs/_execution_timeline.html", context)
+    if target == "execution-chain":
+        context = {"execution": execution, "chain": queries.execution_chain(execution)}
+        return render(request, "jobs/_execution_chain.html", context)
+    lines, total = runlog.tail(execution)
+    context = {
+        **_status_context(request, execution),
+        **_timeline_context(request, execution),
+        "chain": queries.execution_chain(execution),
+        "log_lines": runlog.shown_to(lines, request.user),
+        "log_total": total,
+        "after": lines[-1].seq if lines else -1,
+        "more": False,
+        "finished": execution.is_finished,
+        "late_output_states": LATE_OUTPUT_STATES,
+    }
+    return render(request, "jobs/execution_detail.html", context)
+
+
+# A run recorded in one of these states while its inline thread went on (past its
+# timeout, past the cancel grace) can still add lines: what it prints until it returns.
+LATE_OUTPUT_STATES = (Execution.State.TIMED_OUT, Execution.State.CANCELLED)
+
+
+class LogAfterForm(forms.Form):
+    #: The seq of the last line shown; -1 when none is.
+    after = forms.IntegerField(min_value=-1, max_value=2**31 - 2)
+
+
+@require_GET
+@permission_required("jobs.view_execution", raise_exception=True)
+@vary_on_headers("HX-Request")
+def execution_log(request, execution_id: int):
+    """The log lines after ``?after=<seq>`` and the follower that asks for the next ones:
+    the execution page's live log (an htmx fragment; a plain request goes to the page)."""
+    execution = _get_execution(execution_id)  # the state first: see execution_detail
+    form = LogAfterForm(request.GET)
+    if not request.htmx:
+        return redirect(reverse("execution-detail", args=[execution.pk]) + "#execution-log")
+    if not form.is_valid():
+        return HttpResponseBadRequest("after: " + " ".join(form.errors.get("after", [])))
+    after = form.cleaned_data["after"]
+    found = runlog.lines_from(execution, after + 1, runlog.POLL_LINES)
     context = {
         "execution": execution,
-        "back": request.get_full_path(),
-        "show_traceback": sees_tracebacks(request.user),
+        "lines": runlog.shown_to(found.lines, request.user),
+        "after": after if found.last_seq is None else found.last_seq,
+        "more": found.more,
+        "finished": execution.is_finished,
+        "late_output_states": LATE_OUTPUT_STATES,
     }
+    return render(request, "jobs/_execution_log_lines.html", context)
+
+
+@require_GET
+@permission_required("jobs.view_execution", raise_exception=True)
+def execution_log_text(request, execution_id: int):
+    """The whole log as a plain-text download, streamed, redacted like the page."""
+    execution = get_object_or_404(Execution.objects.only("id"), pk=execution_id)
+    response = StreamingHttpResponse(
+        runlog.as_text(execution, request.user), content_type="text/plain; charset=utf-8"
+    )
+    response["Content-Disposition"] = f'attachment; filename="execution-{execution.pk}-log.txt"'
+    return response
+
+
+class CancelForm(forms.Form):
+    reason = forms.CharField(max_length=REASON_MAX, strip=True)
+
+
+@require_POST
+@permission_required("jobs.cancel_execution", raise_exception=True)
+def execution_cancel(request, execution_id: int):
+    execution = _get_execution(execution_id)
+    form = CancelForm(request.POST)
+    if not form.is_valid():
+        messages.error(
+            request, f"To cancel a run, give a reason (at most {REASON_MAX} characters)."
+        )
+    else:
+        asked_before = execution.cancel_requested_at is not None
+        try:
+            execution = actions.cancel_execution(
+                execution, request.user, form.cleaned_data["reason"]
+            )
+        except Execution.DoesNotExist:
+            raise Http404("No such execution.") from None
+        except ValidationError as e:  # CannotCancel (finished) included
+            messages.error(request, "Cannot cancel: " + " ".join(e.messages))
+        else:
+            messages.success(request, _cancel_message(execution, asked_before))
     if _htmx_target(request) == "execution-status":
-        return render(request, "jobs/_execution_status.html", context)
-    context["chain"] = queries.execution_chain(execution)
-    return render(request, "jobs/execution_detail.html", context)
+        context = _status_context(request, _get_execution(execution.pk))
+        return _fragment(request, "jobs/_execution_status.html", context)
+    return redirect("execution-detail", execution.pk)
+
+
+def _cancel_message(execution: Execution, asked_before: bool) -> str:
+    if execution.state == Execution.State.CANCELLED:
+        return f"Cancelled #{execution.pk}: it will not run."
+    if asked_before:
+        return f"#{execution.pk} was already asked to stop by {execution.cancel_requested_by}."
+    return f"Asked #{execution.pk} to stop."
 
 
 @require_POST
@@ -322,6 +426,64 @@ def execution_rerun(request, execution_id: int):
             messages.success(request, f"Rerun of #{original.pk} queued as #{landing.pk}.")
     url = reverse("execution-detail", args=[landing.pk])
     return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
+def _status_context(request, execution: Execution) -> dict:
+    """What _execution_status.html shows: state, times, progress, lost lock, cancel."""
+    user = request.user
+    lock_lost = None
+    if execution.lock_lost_at is not None:
+        events = execution.events.filter(kind=ExecutionEvent.Kind.LOCK_LOST)
+        lock_lost = events.order_by("at", "id").last()
+        if lock_lost is not None:
+            lock_lost.message = text_for_user(lock_lost.message, user)
+    return {
+        "execution": execution,
+        "back": request.get_full_path(),
+        "show_traceback": sees_tracebacks(user),
+        "progress": _progress(execution, user),
+        "lock_lost": lock_lost,
+        "may_cancel": (
+            user.has_perm("jobs.cancel_execution")
+            and not execution.is_finished
+            and execution.cancel_requested_at is None
+        ),
+        "cancel_grace": queries.duration_text(settings.SCHEDULER_CANCEL_GRACE),
+    }
+
+
+def _timeline_context(request, execution: Execution) -> dict:
+    return {"execution": execution, "timeline": timeline.timeline(execution, request.user)}
+
+
+def _progress(execution: Execution, user) -> dict | None:
+    """The latest progress report for the bar, or None when the run reported none."""
+    if execution.progress_at is None or execution.progress_done is None:
+        return None
+    done, total = execution.progress_done, execution.progress_total
+    percent = None
+    if total is not None:
+        # A total of 0 is a finished empty task; a done past the total shows full.
+        percent = 100 if total <= 0 else min(100, int(done * 100 / total))
+    return {
+        "done": done,
+        "total": total,
+        # <progress> needs value <= max; a total of 0 shows a full bar.
+        "value": repr(min(done, total)) if total else "1",
+        "max": repr(total) if total else "1",
+        "percent": percent,
+        "done_text": _number(done),
+        "total_text": None if total is None else _number(total),
+        "message": text_for_user(execution.progress_message, user),
+        "at": execution.progress_at,
+    }
+
+
+def _number(value: float) -> str:
+    """12.0 as 12, 12.345 as 12.35: what a person counting items expects."""
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:,.2f}".rstrip("0").rstrip(".")
 
 
 def _get_execution(execution_id: int) -> Execution:
