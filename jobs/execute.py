@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from django.conf import settings
 
 from jobs import capture, context, metrics
-from jobs.claims import Reports, Run
+from jobs.claims import Reports, Result, Run
 from jobs.context import Cancelled, RunSignals
+from jobs.retry import retry_delay
 from jobs.secrets import resolve_secrets, secret_values
+from locks.leases import Lease
 
 # Seconds between progress writes of one run ("at most about once a second").
 PROGRESS_EVERY = 1.0
@@ -153,3 +155,30 @@ def encode_result(value) -> tuple[str | None, str]:
             f"({limit}): not kept"
         )
     return text, ""
+
+
+def failure(
+    run: Run,
+    state: str,
+    ran_for: float | None,
+    error: str,
+    tb: str = "",
+    note: str = "",
+    release: Lease | None = None,
+) -> Result:
+    """A failed or timed-out run's Result, with its retry if the job has attempts left."""
+    job = run.job
+    delay = retry_delay(run.attempt, job.max_attempts, job.retry_backoff)
+    return Result(run.id, state, ran_for, 0.0, error, tb, delay, job.max_attempts, note, release)
+
+
+def outcome_result(run: Run, outcome: Outcome, note: str, release: Lease | None) -> Result:
+    """The Result to record for ``outcome``; ``note`` and ``release`` come from the job lock."""
+    note = "\n".join(n for n in (outcome.note, note) if n)
+    if outcome.state in ("succeeded", "cancelled"):
+        return Result(
+            run.id, outcome.state, outcome.ran_for, 0.0, outcome.error, note=note,
+            release=release, result=outcome.result,
+        )  # fmt: skip
+    return failure(run, outcome.state, outcome.ran_for, outcome.error, outcome.traceback, note,
+                   release)  # fmt: skip

@@ -30,9 +30,8 @@ from django.db import connection
 
 from jobs import claims, joblocks, metrics, registry
 from jobs.claims import Reports, Result, Run
-from jobs.execute import LiveRun, call_target, live_run
+from jobs.execute import LiveRun, call_target, failure, live_run, outcome_result
 from jobs.reconnect import CONNECTION_ERRORS, forget_connection, retry_on_disconnect
-from jobs.retry import retry_delay
 from locks import leases
 from locks.liveness import LivenessLease
 
@@ -188,7 +187,7 @@ class Runner:
         for run, ran_for in late:
             note, release = self._release_job_lock(run.id)
             error = f"timed out after {run.job.timeout}s"
-            results.append(_failure(run, "timed_out", ran_for, error, "", note, release))
+            results.append(failure(run, "timed_out", ran_for, error, "", note, release))
         return results
 
     def stop(self) -> None:
@@ -311,7 +310,7 @@ class Runner:
             log.exception("execution #%s: unexpected error in the runner", run.id)
             metrics.record_internal_error("runner")
             error = f"internal error: {type(e).__name__}: {e}"
-            result = _failure(run, "failed", 0.0, error, traceback.format_exc())
+            result = failure(run, "failed", 0.0, error, traceback.format_exc())
         finally:
             with self.lock:
                 live = self.live.pop(run.id, None)
@@ -353,14 +352,7 @@ class Runner:
                 self.job_seconds[job.id] = (
                     outcome.ran_for if mean is None else 0.8 * mean + 0.2 * outcome.ran_for
                 )
-        note = "\n".join(n for n in (outcome.note, note) if n)
-        if outcome.state in ("succeeded", "cancelled"):
-            return Result(
-                run.id, outcome.state, outcome.ran_for, 0.0, outcome.error, note=note,
-                release=release, result=outcome.result,
-            )  # fmt: skip
-        return _failure(run, outcome.state, outcome.ran_for, outcome.error, outcome.traceback,
-                        note, release)  # fmt: skip
+        return outcome_result(run, outcome, note, release)
 
     # --- job locks of `forbid` jobs -----------------------------------------------------
 
@@ -464,20 +456,6 @@ class StartConfirmer:
                 self.busy = False
         metrics.record_start_confirmation(len(ids))
         return slot.outcome()
-
-
-def _failure(
-    run: Run,
-    state: str,
-    ran_for: float,
-    error: str,
-    tb: str,
-    note: str = "",
-    release: leases.Lease | None = None,
-) -> Result:
-    job = run.job
-    delay = retry_delay(run.attempt, job.max_attempts, job.retry_backoff)
-    return Result(run.id, state, ran_for, 0.0, error, tb, delay, job.max_attempts, note, release)
 
 
 def _tidy_connection() -> None:

@@ -33,10 +33,9 @@ from django.db import close_old_connections, connection, transaction
 
 from jobs import capture, claims, joblocks, metrics, registry
 from jobs.claims import Result, Run
-from jobs.execute import LiveRun, call_target, live_run
+from jobs.execute import LiveRun, call_target, failure, live_run, outcome_result
 from jobs.reconnect import CONNECTION_ERRORS, forget_connection, retry_on_disconnect
 from jobs.recorder import REPORT_EVERY, aged, write_results
-from jobs.retry import retry_delay
 from locks.liveness import LivenessLease, liveness_margin
 
 log = logging.getLogger("jobs.worker")
@@ -141,7 +140,7 @@ def run_execution(execution_id: int, hostname: str | None = None) -> str:
             log.exception("execution #%s: unexpected error in the worker", run.id)
             metrics.record_internal_error("worker")
             error = f"internal error: {type(e).__name__}: {e}"
-            result = _failure(run, "failed", 0.0, error, traceback.format_exc())
+            result = failure(run, "failed", 0.0, error, traceback.format_exc())
         if result is None:
             return "lost"
         # Its last lines and progress are written with its result.
@@ -207,22 +206,7 @@ def _run(live: LiveRun, worker: str, lease: LivenessLease) -> Result | None:
         )
     finally:
         note, release = joblocks.release(held, run.id) if held is not None else ("", None)
-    note = "\n".join(n for n in (outcome.note, note) if n)
-    if outcome.state in ("succeeded", "cancelled"):
-        return Result(
-            run.id, outcome.state, outcome.ran_for, 0.0, outcome.error, note=note,
-            release=release, result=outcome.result,
-        )  # fmt: skip
-    return _failure(run, outcome.state, outcome.ran_for, outcome.error, outcome.traceback, note,
-                    release)  # fmt: skip
-
-
-def _failure(
-    run: Run, state: str, ran_for: float, error: str, tb: str, note: str = "", release=None
-) -> Result:
-    job = run.job
-    delay = retry_delay(run.attempt, job.max_attempts, job.retry_backoff)
-    return Result(run.id, state, ran_for, 0.0, error, tb, delay, job.max_attempts, note, release)
+    return outcome_result(run, outcome, note, release)
 
 
 def _call_target(run: Run, args: list, kwargs: dict):
