@@ -8,7 +8,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from rest_framework import exceptions, parsers, permissions, serializers
-from rest_framework.pagination import CursorPagination
+from rest_framework.pagination import Cursor, CursorPagination
 
 from controlplane import limits
 from locks.leases import LockError
@@ -148,6 +148,42 @@ class ListPagination(CursorPagination):
 
 class NamePagination(ListPagination):
     ordering = "name"
+
+
+class NameListPagination(ListPagination):
+    """ListPagination over a list of dicts in memory (e.g. the registered targets), by
+    their unique ``name``: the same body, parameters and errors as every other list."""
+
+    def paginate_list(self, items: list[dict], request) -> list[dict]:
+        self.page_size = self.get_page_size(request)
+        self.base_url = request.build_absolute_uri()
+        self.request = request
+        items = sorted(items, key=lambda item: item["name"])
+        cursor = self.decode_cursor(request)
+        if cursor is None:
+            start, end = 0, self.page_size
+        elif cursor.reverse:
+            end = sum(1 for item in items if item["name"] < cursor.position)
+            start = max(0, end - self.page_size)
+        else:
+            start = sum(1 for item in items if item["name"] <= cursor.position)
+            end = start + self.page_size
+        page = items[start:end]
+        self._next = (
+            self.encode_cursor(Cursor(0, False, page[-1]["name"]))
+            if page and end < len(items)
+            else None
+        )
+        self._previous = (
+            self.encode_cursor(Cursor(0, True, page[0]["name"])) if page and start > 0 else None
+        )
+        return page
+
+    def get_next_link(self):
+        return self._next
+
+    def get_previous_link(self):
+        return self._previous
 
 
 class IdPagination(ListPagination):

@@ -198,6 +198,9 @@ class JobAdmin(_PauseActions, admin.ModelAdmin):
     readonly_fields = ["managed_by"]
     actions = ["pause_selected", "resume_selected", "run_selected_now"]
 
+    class Media:
+        js = ["jobs/target_help.js"]
+
     def get_fieldsets(self, request, obj=None):
         fields = list(JOB_FIELDS)
         if obj is not None and obj.managed_by:

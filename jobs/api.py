@@ -31,9 +31,10 @@ from controlplane.api import (
     Conflict,
     IdPagination,
     ListPagination,
+    NameListPagination,
     NamePagination,
 )
-from jobs import actions, queries, runlog
+from jobs import actions, catalogue, queries, registry, runlog
 from jobs.edits import (
     JOB_FIELDS,
     TRIGGER_FIELDS,
@@ -57,6 +58,7 @@ from jobs.serializers import (
     NextFireTimesSerializer,
     ReasonSerializer,
     RunNowSerializer,
+    TargetSerializer,
     TriggerFilterSerializer,
     TriggerPauseResultSerializer,
     TriggerSerializer,
@@ -71,6 +73,7 @@ def register(router) -> None:
     router.register("jobs", JobViewSet, basename="api-job")
     router.register("triggers", TriggerViewSet, basename="api-trigger")
     router.register("executions", ExecutionViewSet, basename="api-execution")
+    router.register("targets", TargetViewSet, basename="api-target")
 
 
 # --- schema helpers ----------------------------------------------------------------------
@@ -557,3 +560,36 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
             "finished": execution.is_finished,
         }
         return Response(ExecutionLogSerializer(data).data)
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="List the registered job targets",
+        responses={200: TargetSerializer(many=True), **errors(400, 401, 403)},
+    ),
+    retrieve=extend_schema(
+        summary="Show a job target",
+        responses={200: TargetSerializer, **errors(401, 403, 404)},
+    ),
+)
+class TargetViewSet(viewsets.ViewSet):
+    """The target catalogue: what each registered target does, the parameters it takes
+    (which an operator may override) and the jobs that use it. Read with the job view
+    permission, like the jobs themselves."""
+
+    # Only for RolePermission, which asks for the view permission of this model.
+    queryset = Job.objects.none()
+    lookup_field = "name"
+    lookup_value_regex = r"[^/]+"
+    pagination_class = NameListPagination
+
+    def list(self, request):
+        paginator = self.pagination_class()
+        page = paginator.paginate_list(catalogue.catalogue(), request)
+        return paginator.get_paginated_response(TargetSerializer(page, many=True).data)
+
+    def retrieve(self, request, name=None):
+        try:
+            return Response(TargetSerializer(catalogue.entry(name)).data)
+        except registry.UnknownTarget as e:
+            raise NotFound(str(e)) from None

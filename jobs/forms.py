@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django import forms
+from django.urls import reverse_lazy
 
 from jobs import registry
 from jobs.models import Job, Trigger
@@ -24,7 +25,14 @@ def _target_choices() -> list[tuple[str, str]]:
 
 class JobForm(forms.ModelForm):
     # A choice among registered targets: a dotted path typed by a user is never imported.
-    target = forms.ChoiceField(choices=_target_choices, required=False)
+    target = forms.ChoiceField(
+        choices=_target_choices,
+        required=False,
+        # jobs/target_help.js shows the chosen target's description and parameters.
+        widget=forms.Select(attrs={"data-target-help": reverse_lazy("target-help")}),
+        help_text="What the job runs. See all targets and their parameters on the dashboard's "
+        "Targets page.",
+    )
     # Not a model field: the admin records it as the reason of the audit entries it writes
     # for this save (the job's and its inline triggers').
     reason = _reason_field()

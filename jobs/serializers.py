@@ -19,7 +19,7 @@ from rest_framework.settings import api_settings
 
 from controlplane import redaction
 from controlplane.roles import sees_tracebacks
-from jobs import registry, runlog, timeline
+from jobs import catalogue, registry, runlog, timeline
 from jobs.describe import describe_schedule
 from jobs.models import (
     Execution,
@@ -581,3 +581,36 @@ class ExecutionFilterSerializer(serializers.Serializer):
                 {"created_to": ["Must be after the start of the range."]}
             )
         return attrs
+
+
+class TargetParameterSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    kind = serializers.ChoiceField(
+        choices=list(catalogue.KINDS.values()),
+        help_text="How a job passes it: in args (positional), kwargs (keyword), either, or "
+        "collected by *args (var_positional) or **kwargs (var_keyword).",
+    )
+    type = serializers.CharField(
+        help_text='The JSON types accepted, e.g. "int", "str | null"; "any" when untyped.'
+    )
+    required = serializers.BooleanField()
+    has_default = serializers.BooleanField()
+    default = serializers.JSONField(allow_null=True, help_text="null when has_default is false.")
+    overridable = serializers.BooleanField(
+        help_text="Whether an operator may change it in a run-now (else a schedule editor)."
+    )
+
+
+class TargetJobSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+
+
+class TargetSerializer(serializers.Serializer):
+    """A registered job target: its contract and the jobs that name it."""
+
+    name = serializers.CharField()
+    description = serializers.CharField()
+    module = serializers.CharField(help_text="The Python module that registered it.")
+    parameters = TargetParameterSerializer(many=True)
+    jobs = TargetJobSerializer(many=True)

@@ -27,7 +27,7 @@ from django_htmx.http import HttpResponseClientRedirect
 from controlplane import limits
 from controlplane.redaction import text_for_user
 from controlplane.roles import sees_tracebacks
-from jobs import actions, queries, runlog, timeline
+from jobs import actions, catalogue, queries, registry, runlog, timeline
 from jobs.models import Execution, ExecutionEvent, Job, Trigger, database_now
 from jobs.schedule import next_fire_times
 
@@ -528,3 +528,28 @@ def _reason(request) -> str | None:
     """The optional reason an operator gave; None when it is too long."""
     reason = request.POST.get("reason", "").strip()
     return reason if len(reason) <= REASON_MAX else None
+
+
+# --- targets --------------------------------------------------------------------------
+
+
+@require_GET
+@permission_required("jobs.view_job", raise_exception=True)
+def target_list(request):
+    context = {
+        "targets": catalogue.catalogue(),
+        "unregistered": sorted(catalogue.unregistered_targets().items()),
+    }
+    return render(request, "jobs/target_list.html", context)
+
+
+@require_GET
+@permission_required("jobs.view_job", raise_exception=True)
+def target_help(request):
+    """The description and parameters of the target named by ``?target=``, for job forms."""
+    name = request.GET.get("target", "")
+    try:
+        target = catalogue.entry(name) if name else None
+    except registry.UnknownTarget:
+        target = None
+    return render(request, "jobs/_target_help.html", {"target": target, "name": name})
