@@ -223,6 +223,8 @@ class Trigger(models.Model):
         SKIP = "skip", "Record missed fires as skipped"
         FIRE_ALL = "fire_all", "Fire every missed fire (bounded per pass)"
 
+    # Indexed: a job's triggers (job pages, the API, a job's delete) and the claim of
+    # celery jobs' triggers only (SELECT_DUE_CELERY_TRIGGERS walks them by job).
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="triggers")
     kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.CRON)
     cron = models.CharField(
@@ -335,7 +337,12 @@ class Execution(models.Model):
 
     FINAL_STATES = ("succeeded", "failed", "timed_out", "cancelled", "abandoned", "skipped")
 
-    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="executions")
+    # No index of its own: execution_job_recent_idx leads with job_id.
+    job = models.ForeignKey(
+        Job, on_delete=models.CASCADE, related_name="executions", db_index=False
+    )
+    # Indexed: deleting a trigger sets its executions' trigger_id to NULL (Django asks
+    # WHERE trigger_id IN (...)); one_execution_per_fire covers scheduled rows only.
     trigger = models.ForeignKey(
         Trigger, on_delete=models.SET_NULL, null=True, blank=True, related_name="executions"
     )
@@ -352,6 +359,7 @@ class Execution(models.Model):
         null=True,
         blank=True,
         related_name="retries",
+        db_index=False,
         help_text="The first attempt, for retries.",
     )
     rerun_of = models.ForeignKey(
@@ -360,10 +368,15 @@ class Execution(models.Model):
         null=True,
         blank=True,
         related_name="reruns",
+        db_index=False,
         help_text="The execution this one runs again (reruns and recoveries).",
     )
     requested_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        db_index=False,
     )
     created_at = models.DateTimeField(db_default=Now())
     run_after = models.DateTimeField(db_default=Now(), help_text="Pending until this time.")
@@ -431,7 +444,29 @@ class Execution(models.Model):
             ),
             # Execution history, newest first, and per job.
             models.Index(fields=["-created_at", "-id"], name="execution_recent_idx"),
+            # ... and per job (the job page, the executions page's job filter, the jobs
+            # list's last result; also the job FK's own index: a job's delete finds its
+            # executions through it).
             models.Index(fields=["job", "-created_at"], name="execution_job_recent_idx"),
+            # A chain's retries and reruns (the execution page), and the FK lookups of a
+            # delete (SET_NULL). Mostly NULL: indexing only the set rows keeps every insert
+            # and non-HOT update of the hot path from adding a NULL entry to each.
+            models.Index(
+                fields=["retry_of"],
+                name="execution_retry_of_idx",
+                condition=Q(retry_of__isnull=False),
+            ),
+            models.Index(
+                fields=["rerun_of"],
+                name="execution_rerun_of_idx",
+                condition=Q(rerun_of__isnull=False),
+            ),
+            # A user's delete (SET_NULL) finds the runs they asked for.
+            models.Index(
+                fields=["requested_by"],
+                name="execution_requested_by_idx",
+                condition=Q(requested_by__isnull=False),
+            ),
             # The executions page filtered by node, state or origin, newest first. Without
             # them a filter whose rows are all old (a dead node, last month's incident) walks
             # execution_recent_idx through the whole table. Succeeded and scheduled rows are

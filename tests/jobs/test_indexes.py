@@ -1,0 +1,123 @@
+"""Every index on the hot tables is there for a named query, and that query uses it.
+
+Each insert of the claim and each non-HOT update of the recorder pays for every index of
+jobs_execution, so an index stays only while a query needs it. Adding one means naming
+its query here (the second test then fails until it does).
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection, transaction
+
+from jobs import claims
+
+pytestmark = pytest.mark.django_db
+
+# index -> the query (by name or by what it serves) that needs it.
+JUSTIFIED = {
+    "jobs_execution": {
+        "jobs_execution_pkey": "every lookup by id",
+        "one_execution_per_fire": "INSERT_FIRES' ON CONFLICT: a fire time is recorded once",
+        "execution_pending_idx": "SELECT_PENDING: runnable pending executions by run_after",
+        "execution_unfinished_idx": "recovery and OWN_UNFINISHED: a node's unfinished runs",
+        "execution_recent_idx": "the executions list and API, newest first",
+        "execution_job_recent_idx": "a job's executions (page, filter) and the job FK",
+        "execution_node_recent_idx": "the executions list filtered by node",
+        "execution_state_recent_idx": "the executions list filtered by a state",
+        "execution_origin_recent_idx": "the executions list filtered by origin",
+        "execution_failed_recent_idx": "the overview's latest failures",
+        "execution_retry_of_idx": "a chain's retries, and the FK's SET_NULL",
+        "execution_rerun_of_idx": "a chain's reruns, and the FK's SET_NULL",
+        "execution_requested_by_idx": "a user's delete (SET_NULL)",
+        "jobs_execution_trigger_id_84043c4b": "a trigger's delete (SET_NULL)",
+    },
+    "jobs_trigger": {
+        "jobs_trigger_pkey": "every lookup by id",
+        "trigger_due_idx": "SELECT_DUE_TRIGGERS and the node's sleep: due triggers by time",
+        "jobs_trigger_job_id_75294936": "a job's triggers; SELECT_DUE_CELERY_TRIGGERS",
+    },
+}
+
+
+def indexes(table: str) -> set[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s", [table])
+        return {row[0] for row in cursor.fetchall()}
+
+
+def plan(query: str, params=()) -> str:
+    """EXPLAIN of ``query`` with scans and sorts discouraged: on the (near empty) test
+    tables the planner would otherwise scan and sort, or pick any index that is smallest."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        for setting in ("enable_seqscan", "enable_sort", "enable_bitmapscan"):
+            cursor.execute(f"SET LOCAL {setting} = off")
+        cursor.execute("EXPLAIN " + query, params)
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
+@pytest.mark.parametrize("table", sorted(JUSTIFIED))
+def test_every_index_of_the_hot_tables_is_justified(table):
+    assert indexes(table) == set(JUSTIFIED[table])
+
+
+def test_mostly_null_foreign_keys_are_indexed_only_where_set():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'jobs_execution'"
+        )
+        defs = dict(cursor.fetchall())
+    for column in ("retry_of_id", "rerun_of_id", "requested_by_id"):
+        (name,) = [n for n, d in defs.items() if f"({column})" in d]
+        assert f"WHERE ({column} IS NOT NULL)" in defs[name]
+    assert not any(d.endswith("(job_id)") for d in defs.values()), "job_id indexed twice"
+
+
+@pytest.mark.parametrize(
+    ("query", "params", "index"),
+    [
+        (claims.SELECT_PENDING, [True, 10], "execution_pending_idx"),
+        (claims.SELECT_DUE_TRIGGERS, [10], "trigger_due_idx"),
+        (
+            "SELECT id FROM jobs_execution WHERE node = 'n' AND state IN ('dispatched', 'running')",
+            [],
+            "execution_unfinished_idx",
+        ),
+        ("SELECT id FROM jobs_execution WHERE retry_of_id = 1", [], "execution_retry_of_idx"),
+        ("SELECT id FROM jobs_execution WHERE rerun_of_id = 1", [], "execution_rerun_of_idx"),
+        (
+            "SELECT id FROM jobs_execution WHERE requested_by_id IN (1, 2)",
+            [],
+            "execution_requested_by_idx",
+        ),
+        (
+            "SELECT id FROM jobs_execution WHERE job_id IN (1, 2)",
+            [],
+            "execution_job_recent_idx",
+        ),
+        (
+            "SELECT id FROM jobs_execution WHERE trigger_id IN (1, 2)",
+            [],
+            "jobs_execution_trigger_id_84043c4b",
+        ),
+        (
+            "SELECT id FROM jobs_execution WHERE job_id = 1 ORDER BY created_at DESC LIMIT 50",
+            [],
+            "execution_job_recent_idx",
+        ),
+        (
+            "SELECT id FROM jobs_execution ORDER BY created_at DESC, id DESC LIMIT 50",
+            [],
+            "execution_recent_idx",
+        ),
+        (
+            "SELECT id FROM jobs_execution WHERE state IN ('failed', 'timed_out', 'abandoned')"
+            " ORDER BY created_at DESC, id DESC LIMIT 10",
+            [],
+            "execution_failed_recent_idx",
+        ),
+    ],
+    ids=lambda value: value if isinstance(value, str) and value.endswith("idx") else None,
+)
+def test_the_named_query_uses_its_index(query, params, index):
+    assert index in plan(query, params)
