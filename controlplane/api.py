@@ -160,7 +160,8 @@ class NameListPagination(ListPagination):
         self.request = request
         items = sorted(items, key=lambda item: item["name"])
         cursor = self.decode_cursor(request)
-        if cursor is None:
+        # An empty ?cursor= decodes to a cursor without a position: the first page.
+        if cursor is None or cursor.position is None:
             start, end = 0, self.page_size
         elif cursor.reverse:
             end = sum(1 for item in items if item["name"] < cursor.position)

@@ -82,6 +82,12 @@ FROM unnest(%s::bigint[], %s::timestamptz[], %s::timestamptz[])
 WHERE t.id = v.id
 """
 
+# Both writes of a claim in one statement (one round trip): the fires, and the triggers
+# advanced. A data-modifying CTE runs to completion whether or not it is read.
+INSERT_FIRES_AND_ADVANCE = (
+    "WITH advanced AS (" + ADVANCE_TRIGGERS.strip() + ")\n" + INSERT_FIRES.strip()
+)
+
 # Pending executions (manual runs, reruns, retries, recoveries) whose time has come,
 # locked with SKIP LOCKED so each is handed to exactly one node; the node then takes the
 # ones it can start (TAKE_PENDING) and leaves the rest, unlocked at commit, to others.
@@ -531,14 +537,15 @@ def claim_due_triggers(
                 claimed.caught_up += sum(1 for when in plan.fire if when < late)
         claimed.triggers = len(advance_ids)
         claimed.claimed_at = rows[0][-1]
+        advance = [advance_ids, advance_next, advance_last]
         if fires.job_ids:
-            cursor.execute(INSERT_FIRES, fires.params(node_id))
+            cursor.execute(INSERT_FIRES_AND_ADVANCE, advance + fires.params(node_id))
             inserted = cursor.fetchall()
             claimed.runs = _runs_from_rows(inserted)
             claimed.fired = len(claimed.runs)
             claimed.skipped = sum(1 for r in inserted if r[4] == "skipped")
-        if advance_ids:
-            cursor.execute(ADVANCE_TRIGGERS, [advance_ids, advance_next, advance_last])
+        elif advance_ids:  # e.g. triggers whose window ended: nothing to record
+            cursor.execute(ADVANCE_TRIGGERS, advance)
         # The job's settings came with the triggers (no JOB_SETTINGS round trip).
         for run in claimed.runs:
             run.job = jobs[run.job_id]
