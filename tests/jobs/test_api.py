@@ -479,7 +479,10 @@ def test_it_lets_only_admins_change_a_trigger_and_audits_it(api, user_of, who, t
     assert response.status_code == 200
     trigger.refresh_from_db()
     assert trigger.cron == "0 3 * * *"
-    assert trigger.next_fire_at == before + timedelta(hours=1)
+    # The next 03:00 in Kolkata: an hour after the old 02:00 fire, or, between 02:00 and
+    # 03:00 there, 23 hours before it (that fire is then tomorrow's).
+    assert trigger.next_fire_at - before in (timedelta(hours=1), timedelta(hours=-23))
+    assert database_now() < trigger.next_fire_at <= database_now() + timedelta(days=1)
     [entry] = audit_entries("trigger.change")
     assert (entry.user, entry.reason) == (user_of(who), "later")
     assert (entry.before, entry.after) == ({"cron": "0 2 * * *"}, {"cron": "0 3 * * *"})
