@@ -69,6 +69,8 @@ def test_a_remembered_port_taken_by_another_program_is_replaced(checkouts):
     first = run_devdb("start", a).stdout.strip()
     assert run_devdb("stop", a).returncode == 0
     with socket.socket() as squatter:
+        # The stopped server's connections may linger in TIME_WAIT on that port.
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", port_of(first)))
         squatter.listen()
         again = run_devdb("start", a)
