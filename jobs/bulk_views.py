@@ -110,6 +110,7 @@ def execution_bulk(request):
             "action": action,
             "selection": selection,
             "shown_ids": selection.ids[:SHOWN_IDS],
+            "more_ids": max(0, selection.matched - SHOWN_IDS),
             "all_matching": form.cleaned_data["all_matching"],
         }
     )
