@@ -403,3 +403,9 @@ def test_search_and_prefix_queries_are_served_by_their_indexes(job):
     assert "execution_error_trgm_idx" in found and "execution_args_trgm_idx" in found
     found = explain(*queries.filter_executions(node="node-4").values("id").query.sql_with_params())
     assert "execution_node_prefix_idx" in found and "~>=~" in found
+
+
+def test_the_overviews_recent_failures_redact_the_error_below_admin(client_for, job):
+    make_execution(job, state="failed", error="connect failed: password=hunter2xyz")
+    assert "hunter2xyz" not in client_for("viewer").get("/").content.decode()
+    assert "hunter2xyz" in client_for("admin").get("/").content.decode()
