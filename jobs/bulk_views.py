@@ -33,7 +33,11 @@ class BulkForm(forms.Form):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # Any positive id is a valid choice; which exist is bulk.by_ids' business.
-        self.fields["ids"].valid_value = lambda value: str(value).isdigit() and int(value) > 0
+        self.fields["ids"].valid_value = _is_id
+
+
+def _is_id(value) -> bool:
+    return str(value).isdigit() and 0 < int(value) < 2**63
 
     def clean(self):
         data = super().clean()
@@ -49,6 +53,8 @@ def may_act(user, action: str | None = None) -> bool:
 
 def filter_params(data) -> list[tuple[str, str]]:
     """The list's filters in a query dict, as (name, value) pairs to carry on."""
+    # Imported here: jobs.views (the list, whose filter form this reuses) imports this
+    # module for the list's bulk bar.
     from jobs.views import ExecutionFilterForm
 
     return [(name, data[name]) for name in ExecutionFilterForm.FILTERS if data.get(name)]

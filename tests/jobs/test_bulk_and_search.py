@@ -409,3 +409,9 @@ def test_the_overviews_recent_failures_redact_the_error_below_admin(client_for, 
     make_execution(job, state="failed", error="connect failed: password=hunter2xyz")
     assert "hunter2xyz" not in client_for("viewer").get("/").content.decode()
     assert "hunter2xyz" in client_for("admin").get("/").content.decode()
+
+
+@pytest.mark.parametrize("bad", ["x", "0", "-1", str(2**63)])
+def test_the_confirm_page_refuses_a_bad_id(client_for, bad):
+    response = client_for("operator").get(f"/executions/bulk/?action=rerun&ids={bad}")
+    assert response.status_code == 400
