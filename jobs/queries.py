@@ -273,8 +273,6 @@ def execution_page(qs: QuerySet[Execution], cursor: Cursor | None, limit: int, k
         else:
             newer = _position(rows[0], newer=True) if rows and more_newer else None
         older = _position(rows[-1], newer=False) if rows else None
-        if not rows and cursor is not None:
-            older = Cursor(cursor.created_at, cursor.id, newer=False)
         return Page(with_timings(rows), newer, older)
     found, last = _read(qs, cursor, limit + 1, keep, newer=False)
     rows = found[:limit]
@@ -289,6 +287,7 @@ def execution_page(qs: QuerySet[Execution], cursor: Cursor | None, limit: int, k
 # With ``keep``, the columns it reads stay loaded.
 _KEEP_DEFERRED = ("traceback", "note")
 KEEP_SCAN_CHUNKS = 20
+KEEP_CHUNK = 200
 
 
 def _read(qs, cursor: Cursor | None, wanted: int, keep, newer: bool):
@@ -298,7 +297,7 @@ def _read(qs, cursor: Cursor | None, wanted: int, keep, newer: bool):
         _OLDER_THAN, ("-created_at", "-id"))  # fmt: skip
     position = cursor
     kept: list[Execution] = []
-    chunk = wanted if keep is None else max(wanted, 200)
+    chunk = wanted if keep is None else max(wanted, KEEP_CHUNK)
     for _ in range(1 if keep is None else KEEP_SCAN_CHUNKS):
         page = qs
         if position is not None:

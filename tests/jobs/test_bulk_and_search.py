@@ -415,3 +415,17 @@ def test_the_overviews_recent_failures_redact_the_error_below_admin(client_for, 
 def test_the_confirm_page_refuses_a_bad_id(client_for, bad):
     response = client_for("operator").get(f"/executions/bulk/?action=rerun&ids={bad}")
     assert response.status_code == 400
+
+
+def test_a_search_page_cut_short_by_hidden_rows_links_on_to_the_rest(api, job, monkeypatch):
+    monkeypatch.setattr(queries, "KEEP_CHUNK", 2)
+    monkeypatch.setattr(queries, "KEEP_SCAN_CHUNKS", 1)
+    visible = make_execution(job, kwargs={"note": "match-me"})
+    hidden = {make_execution(job, kwargs={"token": "match-me"}).pk for _ in range(5)}
+    url, seen, pages = LIST + "?q=match-me&page_size=1", [], 0
+    while url and pages < 10:
+        data = api("viewer").get(url).json()
+        seen += [e["id"] for e in data["results"]]
+        url, pages = data["next"], pages + 1
+    assert seen == [visible.pk] and not hidden & set(seen)
+    assert pages > 1  # the first pages, cut short by hidden rows, linked on
