@@ -33,6 +33,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    # TrigramExtension and the GIN indexes behind the executions list's text search.
+    "django.contrib.postgres",
     "rest_framework",
     # Hashed API tokens: knox's hashing and authentication, with our token model
     # (controlplane.ApiToken: named, with last use). Its own AuthToken is swapped out.
@@ -375,6 +377,8 @@ SCHEDULER_RESULT_LIMIT = env_int("SCHEDULER_RESULT_LIMIT", 64 * 1024, minimum=0)
 # Seconds a running job has to stop after a cancel request before it is recorded
 # cancelled anyway (its late result refused; a Celery worker's process is terminated).
 SCHEDULER_CANCEL_GRACE = env_float("SCHEDULER_CANCEL_GRACE", 30.0, minimum=0)
+# Most executions one bulk rerun or cancel may act on; more matches are refused.
+SCHEDULER_BULK_LIMIT = env_int("SCHEDULER_BULK_LIMIT", 10_000, minimum=1)
 # A node's Prometheus endpoint (run_scheduler --metrics-port/--metrics-addr): 0 is off.
 SCHEDULER_METRICS_PORT = env_int("SCHEDULER_METRICS_PORT", 0, minimum=0)
 SCHEDULER_METRICS_ADDR = env_str("SCHEDULER_METRICS_ADDR", "127.0.0.1")

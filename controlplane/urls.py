@@ -8,6 +8,7 @@ from controlplane import api_tokens, metrics
 from controlplane import views as cp
 from controlplane.api_docs import SchemaView, docs_view
 from jobs import api as jobs_api
+from jobs import bulk_views as jobs_bulk
 from jobs import views as jobs
 from locks import api as locks_api
 from locks import views as locks
@@ -42,6 +43,7 @@ urlpatterns = [
     path("targets/", jobs.target_list, name="target-list"),
     path("targets/help/", jobs.target_help, name="target-help"),
     path("executions/", jobs.execution_list, name="execution-list"),
+    path("executions/bulk/", jobs_bulk.execution_bulk, name="execution-bulk"),
     path("executions/<int:execution_id>/", jobs.execution_detail, name="execution-detail"),
     path("executions/<int:execution_id>/rerun/", jobs.execution_rerun, name="execution-rerun"),
     path("executions/<int:execution_id>/cancel/", jobs.execution_cancel, name="execution-cancel"),

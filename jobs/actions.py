@@ -66,6 +66,15 @@ def run_now(job: Job, by, args=None, kwargs=None, reason: str = "") -> Execution
 @transaction.atomic
 def rerun(original: Execution, by, reason: str = "") -> Execution:
     """Run an execution again: a new row with its arguments and fire time, linked to it."""
+    execution = queue_rerun(original, by, reason)
+    audit.record(by, "execution.rerun", "execution", original.pk, reason,
+                 after={"execution": execution.pk})  # fmt: skip
+    return execution
+
+
+def queue_rerun(original: Execution, by, reason: str = "") -> Execution:
+    """The rerun itself, unaudited: rerun() audits it, a bulk rerun (jobs/bulk.py) audits
+    all of its reruns in one entry."""
     if original.state in (Execution.State.PENDING, Execution.State.DISPATCHED):
         raise ValidationError({"execution": f"#{original.pk} has not run yet ({original.state})."})
     if original.job.target:
@@ -83,8 +92,6 @@ def rerun(original: Execution, by, reason: str = "") -> Execution:
         requested_by=_user(by),
         reason=reason,
     )
-    audit.record(by, "execution.rerun", "execution", original.pk, reason,
-                 after={"execution": execution.pk})  # fmt: skip
     return execution
 
 
@@ -124,9 +131,24 @@ def cancel_execution(execution: Execution, by, reason: str) -> Execution:
     stop cooperatively, and past the grace it is recorded cancelled. Finished: refused
     with CannotCancel. Cancelling a run already asked to stop changes nothing more.
     """
+    before, after, _changed = request_cancel(execution, by, reason)
+    audit.record(by, "execution.cancel", "execution", execution.pk, reason, {"state": before},
+                 after)  # fmt: skip
+    execution.refresh_from_db()
+    return execution
+
+
+def request_cancel(execution: Execution, by, reason: str) -> tuple[str, dict, bool]:
+    """The cancel itself, unaudited (cancel_execution() audits it, a bulk cancel audits
+    all of its cancels in one entry); call it inside a transaction.
+
+    Returns the state before, what changed (for the audit entry) and whether this call
+    changed anything (False for a run already asked to stop).
+    """
     if not reason or not reason.strip():
         raise ValidationError({"reason": "A reason is required to cancel a run."})
     who = audit.actor_of(by)[1]
+    changed = True
     params = {"id": execution.pk, "by": who, "reason": reason.strip()}
     with connection.cursor() as cursor:
         cursor.execute("SELECT state FROM jobs_execution WHERE id = %s FOR UPDATE", [execution.pk])
@@ -146,16 +168,15 @@ def cancel_execution(execution: Execution, by, reason: str) -> Execution:
                     message=reason.strip(),
                 )
                 cursor.execute(claims.NOTIFY_RUN_SIGNAL, [str(execution.pk)])
+            else:
+                changed = False  # already asked to stop
         else:
             cursor.execute(CANCEL_UNSTARTED, params)
     if before == Execution.State.RUNNING:
         after = {"state": before, "cancel_requested": True}
     else:
         after = {"state": "cancelled"}
-    audit.record(by, "execution.cancel", "execution", execution.pk, reason, {"state": before},
-                 after)  # fmt: skip
-    execution.refresh_from_db()
-    return execution
+    return before, after, changed
 
 
 def set_trigger_paused(trigger: Trigger, paused: bool, by, reason: str = "") -> bool:

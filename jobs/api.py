@@ -21,7 +21,7 @@ from drf_spectacular.utils import (
 )
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 
@@ -34,7 +34,7 @@ from controlplane.api import (
     NameListPagination,
     NamePagination,
 )
-from jobs import actions, catalogue, queries, registry, runlog
+from jobs import actions, bulk, catalogue, queries, registry, runlog, search
 from jobs.edits import (
     JOB_FIELDS,
     TRIGGER_FIELDS,
@@ -45,6 +45,8 @@ from jobs.edits import (
 from jobs.models import Execution, Job, Trigger, database_now
 from jobs.schedule import next_fire_times
 from jobs.serializers import (
+    BulkActionSerializer,
+    BulkResultSerializer,
     CancelSerializer,
     ExecutionDetailSerializer,
     ExecutionFilterSerializer,
@@ -426,6 +428,8 @@ class ExecutionPagination(ListPagination):
     """
 
     ordering = ("-created_at", "-id")
+    #: Rows found by a text search that the reader may not find (search.visible_match).
+    keep = None
 
     def paginate_queryset(self, queryset, request, view=None):
         self.base_url = request.build_absolute_uri()
@@ -437,7 +441,7 @@ class ExecutionPagination(ListPagination):
                 cursor = queries.Cursor.decode(token)
             except ValueError as e:
                 raise serializers.ValidationError({self.cursor_query_param: [str(e)]}) from None
-        self.page = queries.execution_page(queryset, cursor, self.page_size)
+        self.page = queries.execution_page(queryset, cursor, self.page_size, self.keep)
         return self.page.rows
 
     def _link(self, position) -> str | None:
@@ -471,7 +475,13 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
     pagination_class = ExecutionPagination
     parser_classes = [BoundedJSONParser]
     lookup_value_regex = ANY_ID
-    action_permissions = {"rerun": "jobs.rerun_execution", "cancel": "jobs.cancel_execution"}
+    # A bulk action needs the permission of the action it asks for (bulk.PERMISSIONS),
+    # checked in bulk(); rerun_execution here keeps viewers out before the body is read.
+    action_permissions = {
+        "rerun": "jobs.rerun_execution",
+        "cancel": "jobs.cancel_execution",
+        "bulk": "jobs.rerun_execution",
+    }
 
     def get_serializer_class(self):
         return ExecutionSerializer if self.action == "list" else ExecutionDetailSerializer
@@ -480,6 +490,9 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
         params = ExecutionFilterSerializer(data=_query(request))
         params.is_valid(raise_exception=True)
         executions = queries.filter_executions(**params.validated_data)
+        text = params.validated_data.get("q")
+        if text and search.needs_recheck(request.user):
+            self.paginator.keep = lambda e: search.visible_match(e, text, request.user)
         page = self.paginate_queryset(executions.select_related("requested_by"))
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
@@ -530,6 +543,53 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
         except Execution.DoesNotExist:
             raise NotFound() from None
         return _execution_response(request, execution)
+
+    @extend_schema(
+        summary="Rerun or cancel many executions (operator)",
+        description="The executions by `ids`, or every one the executions list's `filter` "
+        "matches (its query parameters' names and values; below the admin role, `q` does "
+        "not find values redacted for you). Each is rerun or cancelled as its own rerun or "
+        "cancel would be, in batches; one that cannot take the action (a finished run "
+        "cannot be cancelled, a pending one not rerun) is counted in `not_acted`, with "
+        "why. A reason is required. More than SCHEDULER_BULK_LIMIT (default 10,000) "
+        "matches: 400 naming the count and the limit, and nothing is done. One audit "
+        "entry (`execution.bulk_rerun` or `execution.bulk_cancel`) names every execution "
+        "acted on.",
+        request=BulkActionSerializer,
+        responses={200: BulkResultSerializer, **errors(400, 401, 403, 415)},
+    )
+    @action(detail=False, methods=["post"])
+    def bulk(self, request):
+        body = BulkActionSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        if not request.user.has_perm(bulk.PERMISSIONS[data["action"]]):
+            raise PermissionDenied(f"Your role may not {data['action']} executions.")
+        selector = "ids" if "ids" in data else "filter"
+        try:
+            if selector == "ids":
+                selection = bulk.by_ids(data["ids"])
+            else:
+                selection = bulk.by_filter(data["filter"], request.user)
+        except bulk.TooMany as e:
+            raise serializers.ValidationError({selector: e.messages}) from None
+        how = {selector: request.data[selector]}
+        outcome = bulk.run(data["action"], selection, request.user, data["reason"], how)
+        result = {
+            "action": outcome.action,
+            "matched": outcome.matched,
+            "acted": outcome.acted_count,
+            "executions": outcome.acted,
+            "created": outcome.created,
+            "not_acted": outcome.not_acted_count,
+            "not_acted_reasons": [
+                {"why": why, "count": len(ids), "executions": ids}
+                for why, ids in outcome.not_acted.items()
+            ],
+            "missing": outcome.missing,
+            "audit_entry": outcome.audit_entry,
+        }
+        return Response(BulkResultSerializer(result).data)
 
     @extend_schema(
         summary="An execution's log",

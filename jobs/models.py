@@ -6,13 +6,15 @@ import re
 import zoneinfo
 
 from django.conf import settings
+from django.contrib.postgres.indexes import GinIndex, OpClass
 from django.core.exceptions import ValidationError
 from django.db import connection, models
-from django.db.models import Q
+from django.db.models import F, Q
 from django.db.models.functions import Now
 
 from controlplane import limits
 from jobs import registry, schedule, secrets
+from jobs.search import ArgumentsText
 
 
 def validate_target(value: str) -> None:
@@ -472,7 +474,14 @@ class Execution(models.Model):
             # execution_recent_idx through the whole table. Succeeded and scheduled rows are
             # most of the table and found at once by execution_recent_idx, so the state and
             # origin indexes leave them out and stay small.
-            models.Index(fields=["node", "-created_at", "-id"], name="execution_node_recent_idx"),
+            # The node filter matches a prefix of the node id (LIKE 'prefix%'):
+            # varchar_pattern_ops lets the btree serve that range, and equality too.
+            models.Index(
+                OpClass(F("node"), name="varchar_pattern_ops"),
+                F("created_at").desc(),
+                F("id").desc(),
+                name="execution_node_prefix_idx",
+            ),
             models.Index(
                 fields=["state", "-created_at", "-id"],
                 name="execution_state_recent_idx",
@@ -489,6 +498,15 @@ class Execution(models.Model):
                 name="execution_failed_recent_idx",
                 condition=Q(state__in=["failed", "timed_out", "abandoned"]),
             ),
+            # The executions list's text search (jobs/search.py), ILIKE '%text%' over the
+            # error and the arguments at any table size. Most runs succeed with no error:
+            # the error index holds only the rows that have one.
+            GinIndex(
+                OpClass(F("error"), name="gin_trgm_ops"),
+                name="execution_error_trgm_idx",
+                condition=~Q(error=""),
+            ),
+            GinIndex(OpClass(ArgumentsText(), name="gin_trgm_ops"), name="execution_args_trgm_idx"),
         ]
 
     def __str__(self) -> str:

@@ -10,15 +10,29 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from cron_descriptor import ExpressionDescriptor, Options
-from django.db.models import BooleanField, OuterRef, Prefetch, Q, QuerySet, Subquery
+from django.db.models import (
+    BooleanField,
+    F,
+    Func,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+    Subquery,
+    TextField,
+    Value,
+)
 from django.db.models.expressions import RawSQL
+from django.db.models.functions import Left, Now
 
 from controlplane import redaction
 from controlplane.models import AuditEntry
+from jobs import search
 from jobs.models import Execution, Job, Trigger
 
 PAGE_SIZE = 50
@@ -169,8 +183,16 @@ def filter_executions(
     node: str = "",
     created_from: datetime | None = None,
     created_to: datetime | None = None,
+    since: timedelta | None = None,
+    q: str = "",
 ) -> QuerySet[Execution]:
-    """Executions matching the list's filters (empty ones ignored); ``created_to`` excluded."""
+    """Executions matching the list's filters (empty ones ignored); ``created_to`` excluded.
+
+    ``node`` is a prefix of the node id (execution_node_prefix_idx); ``since`` a window
+    back from the database's now (the overview's counts link with it); ``q`` text in the
+    error or arguments, as stored: below the admin role, callers check the rows found
+    again with search.visible_match.
+    """
     qs = Execution.objects.all()
     if job is not None:
         qs = qs.filter(job=job)
@@ -179,36 +201,114 @@ def filter_executions(
     if origin:
         qs = qs.filter(origin=origin)
     if node:
-        qs = qs.filter(node=node)
+        qs = qs.filter(node__startswith=node)
     if created_from is not None:
         qs = qs.filter(created_at__gte=created_from)
     if created_to is not None:
         qs = qs.filter(created_at__lt=created_to)
+    if since is not None:
+        qs = qs.filter(created_at__gte=Now() - since)
+    if q:
+        qs = qs.filter(search.matching(q))
     return qs
 
 
-def execution_page(qs: QuerySet[Execution], cursor: Cursor | None, limit: int) -> Page:
+# "15m", "24h", "7d": the windows the overview counts over, as a query parameter.
+_WINDOW = re.compile(r"^([1-9][0-9]{0,3})([mhd])$")
+_WINDOW_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+WINDOW_MAX = timedelta(days=366)
+
+
+def parse_window(text: str) -> timedelta:
+    """'24h' -> 24 hours. Raises ValueError, saying what is accepted, for anything else."""
+    found = _WINDOW.match(text)
+    if found is None:
+        raise ValueError('A window is a whole number and a unit, m, h or d: "24h", "7d".')
+    window = timedelta(**{_WINDOW_UNITS[found[2]]: int(found[1])})
+    if window > WINDOW_MAX:
+        raise ValueError(f"A window is at most {WINDOW_MAX.days} days.")
+    return window
+
+
+def window_text(window: timedelta) -> str:
+    """The inverse of parse_window for whole days, hours or minutes."""
+    seconds = int(window.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    raise ValueError(f"{window} is not a whole number of minutes")
+
+
+# The first line of the error (bounded): what the executions list shows of it.
+ERROR_FIRST_LINE = Left(
+    Func(F("error"), Value("\n"), Value(1), function="split_part", output_field=TextField()),
+    1000,
+)
+
+
+def with_error_lines(rows: list[Execution], user) -> list[Execution]:
+    """Set ``error_line`` on each row (from execution_page) to its error's first line as
+    ``user`` may see it: redacted below the admin role like the error on its own page."""
+    for e in rows:
+        e.error_line = redaction.text_for_user(getattr(e, "error_first_line", "") or "", user)
+    return rows
+
+
+def execution_page(qs: QuerySet[Execution], cursor: Cursor | None, limit: int, keep=None) -> Page:
     """One page of ``qs`` after (older) or before (newer) ``cursor``, newest first.
 
     Reads limit + 1 rows: the extra one only says whether there is a further page.
+    ``keep(execution)``, when given, drops rows the SQL found but the reader may not
+    (search.visible_match): rows are then read in chunks until the page is full, for
+    at most KEEP_SCAN_CHUNKS chunks; a page cut short there links on from the last row
+    read, so the next page goes on where this one stopped.
     """
-    qs = qs.select_related("job").defer(*_LIST_DEFERRED)
+    qs = qs.select_related("job").defer(*(_LIST_DEFERRED if keep is None else _KEEP_DEFERRED))
     if cursor is not None and cursor.newer:
-        after = RawSQL(_NEWER_THAN, (cursor.created_at, cursor.id), output_field=BooleanField())
-        found = list(qs.filter(after).order_by("created_at", "id")[: limit + 1])
+        found, last = _read(qs, cursor, limit + 1, keep, newer=True)
         rows = found[:limit][::-1]
-        more_newer = len(found) > limit
-        newer = _position(rows[0], newer=True) if rows and more_newer else None
+        more_newer = len(found) > limit or last is not None
+        if last is not None:
+            newer = last
+        else:
+            newer = _position(rows[0], newer=True) if rows and more_newer else None
         older = _position(rows[-1], newer=False) if rows else None
         return Page(with_timings(rows), newer, older)
-    if cursor is not None:
-        before = RawSQL(_OLDER_THAN, (cursor.created_at, cursor.id), output_field=BooleanField())
-        qs = qs.filter(before)
-    found = list(qs.order_by("-created_at", "-id")[: limit + 1])
+    found, last = _read(qs, cursor, limit + 1, keep, newer=False)
     rows = found[:limit]
     newer = _position(rows[0], newer=True) if rows and cursor is not None else None
-    older = _position(rows[-1], newer=False) if len(found) > limit else None
+    if last is not None:
+        older = last
+    else:
+        older = _position(rows[-1], newer=False) if len(found) > limit else None
     return Page(with_timings(rows), newer, older)
+
+
+# With ``keep``, the columns it reads stay loaded.
+_KEEP_DEFERRED = ("traceback", "note")
+KEEP_SCAN_CHUNKS = 20
+KEEP_CHUNK = 200
+
+
+def _read(qs, cursor: Cursor | None, wanted: int, keep, newer: bool):
+    """Up to ``wanted`` rows from ``cursor`` in one direction, and the position of the
+    last row read when the scan stopped early (None when it did not)."""
+    template, order = (_NEWER_THAN, ("created_at", "id")) if newer else (
+        _OLDER_THAN, ("-created_at", "-id"))  # fmt: skip
+    position = cursor
+    kept: list[Execution] = []
+    chunk = wanted if keep is None else max(wanted, KEEP_CHUNK)
+    for _ in range(1 if keep is None else KEEP_SCAN_CHUNKS):
+        page = qs
+        if position is not None:
+            bound = (position.created_at, position.id)
+            page = page.filter(RawSQL(template, bound, output_field=BooleanField()))
+        found = list(page.order_by(*order)[:chunk])
+        kept += found if keep is None else [e for e in found if keep(e)]
+        if len(kept) >= wanted or len(found) < chunk:
+            return kept[:wanted], None
+        position = _position(found[-1], newer=newer)
+    return kept[:wanted], position
 
 
 def _position(execution: Execution, newer: bool) -> Cursor:

@@ -19,7 +19,7 @@ from rest_framework.settings import api_settings
 
 from controlplane import redaction
 from controlplane.roles import sees_tracebacks
-from jobs import catalogue, registry, runlog, timeline
+from jobs import catalogue, queries, registry, runlog, search, timeline
 from jobs.describe import describe_schedule
 from jobs.models import (
     Execution,
@@ -574,6 +574,25 @@ class ExecutionFilterSerializer(serializers.Serializer):
         help_text="Created before (naive times are UTC); must be after created_from.",
     )
 
+    since = StrictCharField(
+        required=False,
+        help_text='Created within this window back from the database\'s now: "15m", "24h", '
+        '"7d" (at most 366 days). The overview\'s counts link with it.',
+    )
+    q = StrictCharField(
+        required=False,
+        min_length=search.Q_MIN,
+        max_length=search.Q_MAX,
+        help_text="Text in the error or the arguments (any case). Below the admin role, "
+        "values that are redacted for you (••••) are not searched.",
+    )
+
+    def validate_since(self, value):
+        try:
+            return queries.parse_window(value)
+        except ValueError as e:
+            raise serializers.ValidationError(str(e)) from None
+
     def validate(self, attrs):
         start, end = attrs.get("created_from"), attrs.get("created_to")
         if start and end and end <= start:
@@ -581,6 +600,77 @@ class ExecutionFilterSerializer(serializers.Serializer):
                 {"created_to": ["Must be after the start of the range."]}
             )
         return attrs
+
+
+class BulkActionSerializer(serializers.Serializer):
+    """A bulk rerun or cancel: the executions by ``ids``, or by ``filter`` (the list's)."""
+
+    action = serializers.ChoiceField(choices=[("rerun", "rerun"), ("cancel", "cancel")])
+    ids = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=2**63 - 1),
+        required=False,
+        allow_empty=False,
+        help_text="The executions to act on. Give either this or `filter`.",
+    )
+    filter = serializers.DictField(
+        required=False,
+        help_text="The executions list's filters, by its query parameters' names (job, "
+        "state, origin, node, created_from, created_to, since, q): every execution they "
+        "match. `{}` matches all. Give either this or `ids`.",
+    )
+    reason = StrictCharField(
+        max_length=REASON_MAX,
+        help_text="Required; recorded in the audit log (and on each rerun).",
+    )
+
+    def validate_filter(self, value):
+        unknown = sorted(set(value) - set(ExecutionFilterSerializer().fields))
+        if unknown:
+            raise serializers.ValidationError(f"Unknown filters: {', '.join(unknown)}.")
+        params = ExecutionFilterSerializer(data=value)
+        if not params.is_valid():
+            raise serializers.ValidationError(params.errors)
+        return params.validated_data
+
+    def validate_reason(self, value):
+        if not value.strip():
+            raise serializers.ValidationError("A reason is required for a bulk action.")
+        return value.strip()
+
+    def validate(self, attrs):
+        if ("ids" in attrs) == ("filter" in attrs):
+            raise serializers.ValidationError(
+                {"non_field_errors": ["Give either ids or filter (and not both)."]}
+            )
+        return attrs
+
+
+class BulkNotActedSerializer(serializers.Serializer):
+    why = serializers.CharField()
+    count = serializers.IntegerField()
+    executions = serializers.ListField(child=serializers.IntegerField())
+
+
+class BulkResultSerializer(serializers.Serializer):
+    action = serializers.CharField()
+    matched = serializers.IntegerField(help_text="Executions selected (that exist).")
+    acted = serializers.IntegerField(help_text="Executions rerun or cancelled.")
+    executions = serializers.ListField(
+        child=serializers.IntegerField(), help_text="The ids of the executions acted on."
+    )
+    created = serializers.ListField(
+        child=serializers.IntegerField(),
+        help_text="For rerun: the new executions, in the order of `executions`.",
+    )
+    not_acted = serializers.IntegerField(
+        help_text="Executions that could not take the action (e.g. a finished run cannot "
+        "be cancelled); `not_acted_reasons` says why."
+    )
+    not_acted_reasons = BulkNotActedSerializer(many=True)
+    missing = serializers.ListField(
+        child=serializers.IntegerField(), help_text="Ids given that do not exist."
+    )
+    audit_entry = serializers.IntegerField(help_text="The one audit entry of this action.")
 
 
 class TargetParameterSerializer(serializers.Serializer):

@@ -27,7 +27,7 @@ from django_htmx.http import HttpResponseClientRedirect
 from controlplane import limits
 from controlplane.redaction import text_for_user
 from controlplane.roles import sees_tracebacks
-from jobs import actions, catalogue, queries, registry, runlog, timeline
+from jobs import actions, bulk_views, catalogue, queries, registry, runlog, search, timeline
 from jobs.models import Execution, ExecutionEvent, Job, Trigger, database_now
 from jobs.schedule import next_fire_times
 
@@ -83,7 +83,15 @@ class ExecutionFilterForm(forms.Form):
     origin = forms.ChoiceField(
         choices=[("", "any origin"), *Execution.Origin.choices], required=False
     )
-    node = forms.CharField(required=False, max_length=200, strip=True)
+    node = forms.CharField(required=False, max_length=200, strip=True, label="Node (id or prefix)")
+    q = forms.CharField(
+        required=False,
+        min_length=search.Q_MIN,
+        max_length=search.Q_MAX,
+        strip=True,
+        label="Error or arguments contain",
+    )
+    since = forms.CharField(required=False, max_length=10, strip=True, widget=forms.HiddenInput)
     created_from = UTCDateTimeField(required=False, label="Created from (UTC)")
     created_to = UTCDateTimeField(required=False, label="Created before (UTC)")
     cursor = forms.CharField(required=False, widget=forms.HiddenInput)
@@ -100,6 +108,15 @@ class ExecutionFilterForm(forms.Form):
         except ValueError as e:
             raise ValidationError(str(e)) from None
 
+    def clean_since(self):
+        text = self.cleaned_data["since"]
+        if not text:
+            return None
+        try:
+            return queries.parse_window(text)
+        except ValueError as e:
+            raise ValidationError(str(e)) from None
+
     def clean(self):
         data = super().clean()
         start, end = data.get("created_from"), data.get("created_to")
@@ -107,10 +124,19 @@ class ExecutionFilterForm(forms.Form):
             self.add_error("created_to", "Must be after the start of the range.")
         return data
 
+    FILTERS = ("job", "state", "origin", "node", "created_from", "created_to", "since", "q")
+
     def filters(self) -> dict:
         data = self.cleaned_data
-        names = ("job", "state", "origin", "node", "created_from", "created_to")
-        return {name: data[name] for name in names}
+        return {name: data[name] for name in self.FILTERS}
+
+    def keep(self, user):
+        """The recheck of a text search's rows for ``user`` (search.visible_match), or
+        None when every row the SQL finds may be shown."""
+        text = self.cleaned_data.get("q")
+        if text and search.needs_recheck(user):
+            return lambda e: search.visible_match(e, text, user)
+        return None
 
 
 # --- jobs ---------------------------------------------------------------------------
@@ -281,11 +307,17 @@ def _get_trigger(trigger_id: int) -> Trigger:
 def execution_list(request):
     form = ExecutionFilterForm(request.GET)
     page = None
+    context = {"form": form}
     if form.is_valid():
         limit = form.cleaned_data["limit"] or queries.PAGE_SIZE
-        executions = queries.filter_executions(**form.filters())
-        page = queries.execution_page(executions, form.cleaned_data["cursor"], limit)
-    context = {"form": form, "page": page}
+        executions = queries.filter_executions(**form.filters()).annotate(
+            error_first_line=queries.ERROR_FIRST_LINE
+        )
+        keep = form.keep(request.user)
+        page = queries.execution_page(executions, form.cleaned_data["cursor"], limit, keep)
+        queries.with_error_lines(page.rows, request.user)
+        context.update(bulk_views.bulk_context(request, form))
+    context["page"] = page
     if _htmx_target(request) == "executions":
         return render(request, "jobs/_execution_table.html", context)
     return render(request, "jobs/execution_list.html", context)

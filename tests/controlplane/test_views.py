@@ -125,7 +125,8 @@ def test_the_overview_counts_executions_by_state_over_the_last_24_hours(client_f
     counts = dict(response.context["state_counts"])
     assert counts["succeeded"] == 3 and counts["failed"] == 1 and counts["running"] == 1
     assert counts["pending"] == 0 and len(counts) == len(Execution.State.values)
-    assert 'href="/executions/?state=failed"' in response.content.decode()
+    # Each count links to exactly the window it counts.
+    assert 'href="/executions/?state=failed&amp;since=24h"' in response.content.decode()
 
 
 def test_the_overview_lists_the_next_due_triggers_of_unpaused_jobs(client_for):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from django.db import connection, transaction
 
-from jobs import claims
+from jobs import claims, queries
 
 pytestmark = pytest.mark.django_db
 
@@ -23,7 +23,9 @@ JUSTIFIED = {
         "execution_unfinished_idx": "recovery and OWN_UNFINISHED: a node's unfinished runs",
         "execution_recent_idx": "the executions list and API, newest first",
         "execution_job_recent_idx": "a job's executions (page, filter) and the job FK",
-        "execution_node_recent_idx": "the executions list filtered by node",
+        "execution_node_prefix_idx": "the executions list filtered by a node (id or prefix)",
+        "execution_error_trgm_idx": "the executions list's text search q, in errors",
+        "execution_args_trgm_idx": "the executions list's text search q, in arguments",
         "execution_state_recent_idx": "the executions list filtered by a state",
         "execution_origin_recent_idx": "the executions list filtered by origin",
         "execution_failed_recent_idx": "the overview's latest failures",
@@ -121,3 +123,38 @@ def test_mostly_null_foreign_keys_are_indexed_only_where_set():
 )
 def test_the_named_query_uses_its_index(query, params, index):
     assert index in plan(query, params)
+
+
+def bitmap_plan(query: str, params=()) -> str:
+    """EXPLAIN of ``query`` with only bitmap scans allowed: a GIN index answers only those."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        for setting in ("enable_seqscan", "enable_indexscan", "enable_indexonlyscan"):
+            cursor.execute(f"SET LOCAL {setting} = off")
+        cursor.execute("EXPLAIN " + query, params)
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
+def list_query(**filters) -> tuple[str, tuple]:
+    """The executions list's own SQL for these filters (jobs.queries.filter_executions)."""
+    return queries.filter_executions(**filters).values("id").query.sql_with_params()
+
+
+def test_a_text_search_reads_both_trigram_indexes():
+    found = bitmap_plan(*list_query(q="connection refused"))
+    assert "execution_error_trgm_idx" in found
+    assert "execution_args_trgm_idx" in found
+    assert "BitmapOr" in found
+
+
+def test_a_node_prefix_is_a_range_of_the_node_index():
+    sql, params = list_query(node="worker-1")
+    found = plan(sql, params)
+    assert "execution_node_prefix_idx" in found
+    assert "~>=~" in found  # the prefix became an index range, not a filter
+
+
+def test_the_node_filter_still_reads_its_index_newest_first():
+    query = (
+        "SELECT id FROM jobs_execution WHERE node = 'n' ORDER BY created_at DESC, id DESC LIMIT 50"
+    )
+    assert "execution_node_prefix_idx" in plan(query)
