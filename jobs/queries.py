@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cron_descriptor import ExpressionDescriptor, Options
-from django.db.models import BooleanField, OuterRef, Prefetch, Q, QuerySet, Subquery
+from django.db.models import (
+    BooleanField,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+    Subquery,
+    prefetch_related_objects,
+)
 from django.db.models.expressions import RawSQL
 
 from controlplane import redaction
@@ -51,10 +59,14 @@ def job_rows(jobs: QuerySet[Job]) -> list[Job]:
         .order_by("-created_at")
         .values("pk")[:1]
     )
-    rows = list(
-        jobs.annotate(last_finished_id=Subquery(last_finished)).prefetch_related(
-            Prefetch("triggers", queryset=Trigger.objects.order_by("id"), to_attr="trigger_list")
-        )
+    return job_rows_of(list(jobs.annotate(last_finished_id=Subquery(last_finished))))
+
+
+def job_rows_of(rows: list[Job]) -> list[Job]:
+    """job_rows() for jobs already loaded with a ``last_finished_id`` annotation (a
+    page of the jobs list), in two more queries."""
+    prefetch_related_objects(
+        rows, Prefetch("triggers", queryset=Trigger.objects.order_by("id"), to_attr="trigger_list")
     )
     last = Execution.objects.only("id", "job_id", "state", "created_at", "finished_at").in_bulk(
         [job.last_finished_id for job in rows if job.last_finished_id]

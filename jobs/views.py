@@ -76,9 +76,9 @@ class UTCDateTimeField(forms.DateTimeField):
 
 
 class ExecutionFilterForm(forms.Form):
-    job = forms.ModelChoiceField(
-        queryset=Job.objects.only("id", "name"), required=False, empty_label="any job"
-    )
+    # A searchable picker (a text box with suggestions from /jobs/names/): a job's name,
+    # or its id, so links like ?job=12 keep working. Resolved to the Job in clean_job.
+    job = forms.CharField(required=False, max_length=200, strip=True)
     state = forms.ChoiceField(choices=[("", "any state"), *Execution.State.choices], required=False)
     origin = forms.ChoiceField(
         choices=[("", "any origin"), *Execution.Origin.choices], required=False
@@ -90,6 +90,17 @@ class ExecutionFilterForm(forms.Form):
     limit = forms.IntegerField(
         required=False, min_value=1, max_value=queries.MAX_PAGE_SIZE, widget=forms.HiddenInput
     )
+
+    def clean_job(self) -> Job | None:
+        value = self.cleaned_data["job"]
+        if not value:
+            return None
+        job = Job.objects.only("id", "name").filter(name=value).first()
+        if job is None and value.isdigit():
+            job = Job.objects.only("id", "name").filter(pk=int(value)).first()
+        if job is None:
+            raise ValidationError(f"No job named {value!r} (or with that id).")
+        return job
 
     def clean_cursor(self):
         token = self.cleaned_data["cursor"]
@@ -114,13 +125,6 @@ class ExecutionFilterForm(forms.Form):
 
 
 # --- jobs ---------------------------------------------------------------------------
-
-
-@require_GET
-@permission_required("jobs.view_job", raise_exception=True)
-def job_list(request):
-    jobs = queries.job_rows(Job.objects.all())
-    return render(request, "jobs/job_list.html", {"jobs": jobs, "back": request.get_full_path()})
 
 
 @require_GET
@@ -229,7 +233,8 @@ def _set_trigger_paused(request, trigger: Trigger, paused: bool):
 
 
 def _job_changed(request, job: Job):
-    """The job's row (jobs page) or schedule section (job page) for htmx; else PRG."""
+    """The job's row (jobs page: jobs/job_list.py) or schedule section (job page) for
+    htmx; else PRG."""
     target = _htmx_target(request)
     if target == f"job-{job.pk}":
         row = queries.job_rows(Job.objects.filter(pk=job.pk))[0]
