@@ -125,7 +125,8 @@ def filter_jobs(
 
 def target_choices() -> list[str]:
     """Every target or Celery task some job uses, for the filter's suggestions."""
-    used = Job.objects.values_list("target", "celery_task").distinct()
+    # order_by(): without it the model's ordering by name joins the DISTINCT.
+    used = Job.objects.order_by().values_list("target", "celery_task").distinct()
     return sorted({name for pair in used for name in pair if name})
 
 

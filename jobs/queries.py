@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -83,15 +84,22 @@ def job_rows_of(rows: list[Job]) -> list[Job]:
 def summary(trigger: Trigger) -> str:
     """A human reading of the schedule: cron in words, the interval, or the one-off time."""
     if trigger.kind == Trigger.Kind.CRON:
-        options = Options()
-        options.use_24hour_time_format = True
-        try:
-            return ExpressionDescriptor(trigger.cron, options).get_description()
-        except Exception:  # cron_descriptor raises several kinds on odd input
-            return ""
+        return _cron_words(trigger.cron)
     if trigger.kind == Trigger.Kind.INTERVAL and trigger.interval:
         return f"every {duration_text(trigger.interval)}"
     return ""
+
+
+# Cached: cron_descriptor parses its translation catalogue for every description (about
+# half a millisecond), and a page of jobs repeats the same few expressions.
+@functools.lru_cache(maxsize=4096)
+def _cron_words(cron: str) -> str:
+    options = Options()
+    options.use_24hour_time_format = True
+    try:
+        return ExpressionDescriptor(cron, options).get_description()
+    except Exception:  # cron_descriptor raises several kinds on odd input
+        return ""
 
 
 def recent_executions(job: Job, limit: int = RECENT_EXECUTIONS) -> list[Execution]:
