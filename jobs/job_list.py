@@ -60,6 +60,10 @@ class JobListForm(forms.Form):
     page = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
 
 
+class JobNamesForm(forms.Form):
+    q = forms.CharField(required=False, max_length=200, strip=True)
+
+
 def annotated_jobs() -> QuerySet[Job]:
     """Jobs with ``next_fire_sort`` (earliest next fire of an unpaused trigger; NULL when
     the job is paused), ``last_finished_id`` and ``last_state`` (its latest finished run).
@@ -175,7 +179,10 @@ def job_menu(request, job_id: int):
 def job_names(request):
     """Up to NAMES_LIMIT job names containing ``?q=`` (prefix matches first), as the
     ``<option>`` elements of a datalist: the searchable job pickers' suggestions."""
-    q = request.GET.get("q", "").strip()[:200]
+    form = JobNamesForm(request.GET)
+    if not form.is_valid():  # too long, or a NUL PostgreSQL cannot compare: no suggestions
+        return render(request, "jobs/_job_names.html", {"names": []})
+    q = form.cleaned_data["q"]
     jobs = Job.objects.all()
     if q:
         jobs = jobs.filter(name__icontains=q)

@@ -8,6 +8,7 @@ that changed.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC
 
 from django import forms
@@ -96,7 +97,7 @@ class ExecutionFilterForm(forms.Form):
         if not value:
             return None
         job = Job.objects.only("id", "name").filter(name=value).first()
-        if job is None and value.isdigit():
+        if job is None and re.fullmatch(r"[0-9]{1,18}", value):  # an id fits a bigint
             job = Job.objects.only("id", "name").filter(pk=int(value)).first()
         if job is None:
             raise ValidationError(f"No job named {value!r} (or with that id).")

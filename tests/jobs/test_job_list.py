@@ -214,6 +214,18 @@ def test_names_escapes_and_is_bounded(client_for):
     assert "<b>" not in html and "&lt;b&gt;" in html
 
 
+def test_odd_input_gets_no_suggestions_or_a_clear_error_never_a_500(client_for, jobs):
+    client = client_for("viewer")
+    # A NUL anywhere in a query string is refused before any view (a 400).
+    assert client.get("/jobs/names/", {"q": "\x00"}).status_code == 400
+    response = client.get("/jobs/names/", {"q": "x" * 201})
+    assert response.status_code == 200 and b"<option" not in response.content
+    assert "Fix the filters above" in client.get("/jobs/", {"q": "x" * 201}).content.decode()
+    for job in ("x" * 201, "²", "9" * 30):
+        response = client.get("/executions/", {"job": job})
+        assert response.status_code == 200 and response.context["page"] is None
+
+
 def test_names_and_menu_need_a_login_and_the_view_permission(client_for, jobs, django_user_model):
     job = jobs["billing sync"]
     for url in ("/jobs/names/?q=b", f"/jobs/{job.pk}/menu/", "/jobs/?q=b"):
