@@ -16,6 +16,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import ValidationError
+from django.db.models import Q
 from django.http import Http404, HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -96,9 +97,12 @@ class ExecutionFilterForm(forms.Form):
         value = self.cleaned_data["job"]
         if not value:
             return None
-        job = Job.objects.only("id", "name").filter(name=value).first()
-        if job is None and re.fullmatch(r"[0-9]{1,18}", value):  # an id fits a bigint
-            job = Job.objects.only("id", "name").filter(pk=int(value)).first()
+        match = Q(name=value)
+        if re.fullmatch(r"[0-9]{1,18}", value):  # an id fits a bigint
+            match |= Q(pk=int(value))
+        # One query; a job named "12" wins over the job whose id is 12.
+        found = list(Job.objects.only("id", "name").filter(match)[:2])
+        job = next((j for j in found if j.name == value), found[0] if found else None)
         if job is None:
             raise ValidationError(f"No job named {value!r} (or with that id).")
         return job

@@ -259,6 +259,12 @@ def test_executions_filter_takes_a_job_name_or_id(client_for, jobs):
     assert '<select name="job"' not in html
 
 
+def test_a_job_named_like_an_id_wins_over_the_id(client_for, jobs):
+    numbered = make_job(str(jobs["cache warmup"].pk), target="demo.noop")
+    response = client_for("viewer").get("/executions/", {"job": numbered.name})
+    assert response.context["form"].cleaned_data["job"] == numbered
+
+
 def test_executions_filter_names_an_unknown_job(client_for, jobs):
     response = client_for("viewer").get("/executions/", {"job": "no such job"})
     assert response.context["page"] is None
