@@ -9,6 +9,7 @@ from controlplane import views as cp
 from controlplane.api_docs import SchemaView, docs_view
 from jobs import api as jobs_api
 from jobs import bulk_views as jobs_bulk
+from jobs import job_list
 from jobs import views as jobs
 from locks import api as locks_api
 from locks import views as locks
@@ -33,7 +34,9 @@ urlpatterns = [
     path("tokens/", cp.token_list, name="token-list"),
     path("tokens/<int:token_id>/revoke/", cp.token_revoke, name="token-revoke"),
     # Jobs, triggers and executions (jobs/views.py).
-    path("jobs/", jobs.job_list, name="job-list"),
+    path("jobs/", job_list.job_list, name="job-list"),
+    path("jobs/names/", job_list.job_names, name="job-names"),
+    path("jobs/<int:job_id>/menu/", job_list.job_menu, name="job-menu"),
     path("jobs/<int:job_id>/", jobs.job_detail, name="job-detail"),
     path("jobs/<int:job_id>/run/", jobs.job_run, name="job-run"),
     path("jobs/<int:job_id>/pause/", jobs.job_pause, name="job-pause"),

@@ -53,6 +53,7 @@ from jobs.serializers import (
     ExecutionLogSerializer,
     ExecutionSerializer,
     JobCreateSerializer,
+    JobFilterSerializer,
     JobPauseResultSerializer,
     JobSerializer,
     LogQuerySerializer,
@@ -254,7 +255,7 @@ class _ScheduleViewSet(viewsets.ModelViewSet):
 # --- jobs --------------------------------------------------------------------------------
 
 
-@_crud_schema(JobSerializer, "job")
+@_crud_schema(JobSerializer, "job", list_params=[JobFilterSerializer])
 @extend_schema_view(
     create=extend_schema(
         summary="Create a job, and its triggers with it (admin)",
@@ -283,6 +284,15 @@ class JobViewSet(_ScheduleViewSet):
 
     def get_serializer_class(self):
         return JobCreateSerializer if self.action == "create" else JobSerializer
+
+    def filter_queryset(self, queryset):
+        if self.action != "list":
+            return queryset
+        params = JobFilterSerializer(data=_query(self.request))
+        params.is_valid(raise_exception=True)
+        if params.validated_data.get("q"):
+            queryset = queryset.filter(name__icontains=params.validated_data["q"])
+        return queryset
 
     def perform_create(self, serializer):
         super().perform_create(serializer)

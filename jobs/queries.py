@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from django.db.models import (
     Subquery,
     TextField,
     Value,
+    prefetch_related_objects,
 )
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Left, Now
@@ -65,10 +67,14 @@ def job_rows(jobs: QuerySet[Job]) -> list[Job]:
         .order_by("-created_at")
         .values("pk")[:1]
     )
-    rows = list(
-        jobs.annotate(last_finished_id=Subquery(last_finished)).prefetch_related(
-            Prefetch("triggers", queryset=Trigger.objects.order_by("id"), to_attr="trigger_list")
-        )
+    return job_rows_of(list(jobs.annotate(last_finished_id=Subquery(last_finished))))
+
+
+def job_rows_of(rows: list[Job]) -> list[Job]:
+    """job_rows() for jobs already loaded with a ``last_finished_id`` annotation (a
+    page of the jobs list), in two more queries."""
+    prefetch_related_objects(
+        rows, Prefetch("triggers", queryset=Trigger.objects.order_by("id"), to_attr="trigger_list")
     )
     last = Execution.objects.only("id", "job_id", "state", "created_at", "finished_at").in_bulk(
         [job.last_finished_id for job in rows if job.last_finished_id]
@@ -85,15 +91,22 @@ def job_rows(jobs: QuerySet[Job]) -> list[Job]:
 def summary(trigger: Trigger) -> str:
     """A human reading of the schedule: cron in words, the interval, or the one-off time."""
     if trigger.kind == Trigger.Kind.CRON:
-        options = Options()
-        options.use_24hour_time_format = True
-        try:
-            return ExpressionDescriptor(trigger.cron, options).get_description()
-        except Exception:  # cron_descriptor raises several kinds on odd input
-            return ""
+        return _cron_words(trigger.cron)
     if trigger.kind == Trigger.Kind.INTERVAL and trigger.interval:
         return f"every {duration_text(trigger.interval)}"
     return ""
+
+
+# Cached: cron_descriptor parses its translation catalogue for every description (about
+# half a millisecond), and a page of jobs repeats the same few expressions.
+@functools.lru_cache(maxsize=4096)
+def _cron_words(cron: str) -> str:
+    options = Options()
+    options.use_24hour_time_format = True
+    try:
+        return ExpressionDescriptor(cron, options).get_description()
+    except Exception:  # cron_descriptor raises several kinds on odd input
+        return ""
 
 
 def recent_executions(job: Job, limit: int = RECENT_EXECUTIONS) -> list[Execution]:

@@ -340,6 +340,15 @@ class TriggerPauseResultSerializer(TriggerSerializer):
         fields = [*TriggerSerializer.Meta.fields, "changed"]
 
 
+class JobFilterSerializer(serializers.Serializer):
+    q = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=200,
+        help_text="Only jobs whose name contains this text (case-insensitive); empty: all.",
+    )
+
+
 class TriggerFilterSerializer(serializers.Serializer):
     job = serializers.IntegerField(required=False, min_value=1, help_text="Only this job's.")
 

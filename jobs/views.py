@@ -8,6 +8,7 @@ that changed.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC
 
 from django import forms
@@ -15,6 +16,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import ValidationError
+from django.db.models import Q
 from django.http import Http404, HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -76,9 +78,9 @@ class UTCDateTimeField(forms.DateTimeField):
 
 
 class ExecutionFilterForm(forms.Form):
-    job = forms.ModelChoiceField(
-        queryset=Job.objects.only("id", "name"), required=False, empty_label="any job"
-    )
+    # A searchable picker (a text box with suggestions from /jobs/names/): a job's name,
+    # or its id, so links like ?job=12 keep working. Resolved to the Job in clean_job.
+    job = forms.CharField(required=False, max_length=200, strip=True)
     state = forms.ChoiceField(choices=[("", "any state"), *Execution.State.choices], required=False)
     origin = forms.ChoiceField(
         choices=[("", "any origin"), *Execution.Origin.choices], required=False
@@ -98,6 +100,20 @@ class ExecutionFilterForm(forms.Form):
     limit = forms.IntegerField(
         required=False, min_value=1, max_value=queries.MAX_PAGE_SIZE, widget=forms.HiddenInput
     )
+
+    def clean_job(self) -> Job | None:
+        value = self.cleaned_data["job"]
+        if not value:
+            return None
+        match = Q(name=value)
+        if re.fullmatch(r"[0-9]{1,18}", value):  # an id fits a bigint
+            match |= Q(pk=int(value))
+        # One query; a job named "12" wins over the job whose id is 12.
+        found = list(Job.objects.only("id", "name").filter(match)[:2])
+        job = next((j for j in found if j.name == value), found[0] if found else None)
+        if job is None:
+            raise ValidationError(f"No job named {value!r} (or with that id).")
+        return job
 
     def clean_cursor(self):
         token = self.cleaned_data["cursor"]
@@ -140,13 +156,6 @@ class ExecutionFilterForm(forms.Form):
 
 
 # --- jobs ---------------------------------------------------------------------------
-
-
-@require_GET
-@permission_required("jobs.view_job", raise_exception=True)
-def job_list(request):
-    jobs = queries.job_rows(Job.objects.all())
-    return render(request, "jobs/job_list.html", {"jobs": jobs, "back": request.get_full_path()})
 
 
 @require_GET
@@ -255,7 +264,8 @@ def _set_trigger_paused(request, trigger: Trigger, paused: bool):
 
 
 def _job_changed(request, job: Job):
-    """The job's row (jobs page) or schedule section (job page) for htmx; else PRG."""
+    """The job's row (jobs page: jobs/job_list.py) or schedule section (job page) for
+    htmx; else PRG."""
     target = _htmx_target(request)
     if target == f"job-{job.pk}":
         row = queries.job_rows(Job.objects.filter(pk=job.pk))[0]

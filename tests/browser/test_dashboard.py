@@ -26,6 +26,12 @@ def was_not_reloaded(page) -> bool:
     return page.evaluate("window.__not_reloaded === true")
 
 
+def open_row_menu(row) -> None:
+    """Open a jobs-list row's actions menu and wait for its actions to load."""
+    row.locator("details.row-menu > summary").click()
+    row.locator("details.row-menu .menu-actions").wait_for()
+
+
 def test_an_operator_logs_in_and_sees_the_overview(page_for, live_server):
     page = page_for("operator")
     assert page.url == f"{live_server.url}/"
@@ -59,6 +65,7 @@ def test_run_now_from_the_jobs_page_appears_and_succeeds(page_for, live_server, 
     page.goto(f"{live_server.url}/jobs/")
     screenshot(page, "jobs")
     row = page.locator(f"#job-{job.pk}")
+    open_row_menu(row)
     row.locator("summary", has_text="Run now").click()
     row.locator("button", has_text="Run now").click()
     page.get_by_text("Open execution #").wait_for()
@@ -98,11 +105,14 @@ def test_pause_and_resume_a_trigger(page_for, live_server):
     page.goto(f"{live_server.url}/jobs/")
     mark_page(page)
     row = page.locator(f"#job-{job.pk}")
+    open_row_menu(row)
     row.locator(".job-trigger button", has_text="Pause").click()
-    page.locator(f"#job-{job.pk} .job-trigger button", has_text="Resume").wait_for()
+    # The answer is the row, swapped in place: the trigger shows paused, the menu closed.
+    page.locator(f"#job-{job.pk} .job-schedule .state-pending", has_text="paused").wait_for()
     assert Trigger.objects.get(pk=trigger.pk).paused
-    page.locator(f"#job-{job.pk} .job-trigger button", has_text="Resume").click()
-    page.locator(f"#job-{job.pk} .job-trigger button", has_text="Pause").wait_for()
+    open_row_menu(row)
+    row.locator(".job-trigger button", has_text="Resume").click()
+    page.locator(f"#job-{job.pk} .job-schedule .state-pending").wait_for(state="detached")
     assert not Trigger.objects.get(pk=trigger.pk).paused
     assert was_not_reloaded(page)
     actions = list(
@@ -165,6 +175,8 @@ def test_only_those_allowed_see_action_buttons(page_for, live_server, role, sees
     seen = set()
     for path in ["/jobs/", f"/executions/{finished.pk}/", "/locks/"]:
         page.goto(f"{live_server.url}{path}")
+        if path == "/jobs/":
+            open_row_menu(page.locator(f"#job-{job.pk}"))
         for label in ACTION_BUTTONS:
             if page.locator("button, a.button, summary", has_text=label).count():
                 seen.add(label)

@@ -11,7 +11,10 @@ from django.core.management import call_command
 from django.http import Http404, HttpResponse
 from django.urls import path
 
-PAGES = ("executions", "executions_filtered", "overview", "locks", "jobs")
+PAGES = (
+    "executions", "executions_filtered", "executions_search", "overview", "locks", "job",
+    "jobs", "jobs_search", "jobs_sorted", "jobs_failing",
+)  # fmt: skip
 
 
 @pytest.fixture
@@ -38,7 +41,18 @@ def test_it_prints_a_table_and_a_json_line_with_every_page(bench_output):
     assert summary["target_p95_ms"] == 150
     assert summary["pages"]["executions_filtered"]["url"].startswith("/executions/?job=")
     assert "state=failed" in summary["pages"]["executions_filtered"]["url"]
-    assert summary["pages"]["jobs"]["meets_target"] is None  # the issue sets no target there
+    pages = summary["pages"]
+    assert pages["executions_search"]["url"] == "/executions/?q=upstream+refused"
+    job_id = pages["executions_filtered"]["url"].split("job=")[1].split("&")[0]
+    assert pages["job"]["url"] == f"/jobs/{job_id}/"
+    assert pages["jobs_search"]["url"] == "/jobs/?q=seed+job+0"  # "seed job 001" less 2
+    assert pages["jobs_sorted"]["url"] == "/jobs/?sort=last_result"
+    # Every page has the issue's target (and the figures say whether it was met).
+    assert {p["target_p95_ms"] for p in pages.values()} == {150}
+    assert all(isinstance(p["meets_target"], bool) for p in pages.values())
+    server = summary["server"]
+    assert server["version"] and server["fsync"] in ("on", "off")
+    assert any(line.startswith("server: PostgreSQL ") for line in table)
 
 
 def test_every_page_answers_200_as_the_bench_superuser(bench_output):

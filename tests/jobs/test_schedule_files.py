@@ -388,7 +388,7 @@ def test_the_api_admin_and_dashboard_say_a_job_is_managed_and_edits_are_overwrit
     assert "Managed by the schedule file <code>schedules/prod.toml</code>" in page
     assert (
         "managed by <code>schedules/prod.toml</code>"
-        in client_for("viewer").get("/jobs/").content.decode()
+        in client_for("viewer").get(f"/jobs/{job.pk}/menu/").content.decode()
     )
 
     # The next apply puts back what the file says, and says so.

@@ -123,3 +123,25 @@ def test_running_it_again_adds_more_and_keeps_one_execution_per_fire(transaction
     fires = Execution.objects.filter(origin="schedule")
     assert fires.count() > 1.8 * first  # the second run's fires did not collide
     assert fires.count() == fires.values("trigger_id", "scheduled_for").distinct().count()
+
+
+def _execution_indexes() -> dict[str, str]:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'jobs_execution'"
+        )
+        return dict(cursor.fetchall())
+
+
+def test_a_large_seed_drops_the_secondary_indexes_and_builds_them_again(db):
+    before = _execution_indexes()
+    out = seed(executions=300, jobs=3, days=2, rebuild_indexes="yes")
+    assert Execution.objects.count() == 300
+    # The same indexes (PostgreSQL prints a rebuilt predicate's casts differently).
+    assert _execution_indexes().keys() == before.keys()
+    unique = {"jobs_execution_pkey", "one_execution_per_fire"}
+    assert f"dropped {len(before.keys() - unique)} secondary indexes" in out
+    assert "index execution_recent_idx:" in out
+    assert "rows/s" in out

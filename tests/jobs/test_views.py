@@ -211,7 +211,12 @@ def action_forms(html: str) -> list[str]:
 
 def test_viewers_see_no_action_buttons(client_for, job, finished):
     client = client_for("viewer")
-    for url in ("/jobs/", f"/jobs/{job.pk}/", f"/executions/{finished.pk}/"):
+    for url in (
+        "/jobs/",
+        f"/jobs/{job.pk}/menu/",
+        f"/jobs/{job.pk}/",
+        f"/executions/{finished.pk}/",
+    ):
         html = client.get(url).content.decode()
         assert action_forms(html) == [], url
         assert "Run now" not in html and "Rerun" not in html
@@ -219,7 +224,7 @@ def test_viewers_see_no_action_buttons(client_for, job, finished):
 
 def test_operators_see_run_pause_and_rerun_buttons(client_for, job, trigger, finished):
     client = client_for("operator")
-    listed = action_forms(client.get("/jobs/").content.decode())
+    listed = action_forms(client.get(f"/jobs/{job.pk}/menu/").content.decode())
     assert f"/jobs/{job.pk}/run/" in listed
     assert f"/jobs/{job.pk}/pause/" in listed
     assert f"/triggers/{trigger.pk}/pause/" in listed
@@ -236,7 +241,7 @@ def test_operators_see_run_pause_and_rerun_buttons(client_for, job, trigger, fin
 def test_a_paused_job_and_trigger_offer_resume(client_for, job, trigger):
     actions.set_job_paused(job, True, None)
     actions.set_trigger_paused(trigger, True, None)
-    listed = action_forms(client_for("operator").get("/jobs/").content.decode())
+    listed = action_forms(client_for("operator").get(f"/jobs/{job.pk}/menu/").content.decode())
     assert f"/jobs/{job.pk}/resume/" in listed
     assert f"/triggers/{trigger.pk}/resume/" in listed
 
@@ -281,7 +286,7 @@ def test_jobs_page_shows_triggers_next_fire_and_last_result(client_for, job, tri
     assert row.next_fire == trigger.next_fire_at
     assert row.last_result.pk == latest.pk
     html = response.content.decode()
-    assert "<code>0 2 * * *</code>" in html and "Asia/Kolkata" in html
+    assert '<code title="At 02:00">0 2 * * *</code>' in html and "Asia/Kolkata" in html
     assert "At 02:00" in html
     assert trigger.next_fire_at.strftime("%Y-%m-%d %H:%M:%S") in html
     assert f'href="/executions/{latest.pk}/"' in html
@@ -376,8 +381,8 @@ def test_pause_from_htmx_answers_with_the_fragment_of_the_page_it_came_from(clie
     client = client_for("operator")
     row = client.post(f"/jobs/{job.pk}/pause/", {"next": "/jobs/"}, **htmx(f"job-{job.pk}"))
     html = row.content.decode()
-    assert html.lstrip().startswith(f'<tbody id="job-{job.pk}"')
-    assert f"/jobs/{job.pk}/resume/" in html
+    assert html.lstrip().startswith(f'<tr id="job-{job.pk}"')
+    assert "job paused" in html  # its actions are in the row's menu, loaded on opening
     assert html.count("Paused job nightly.") == 1
     schedule = client.post(f"/jobs/{job.pk}/resume/", **htmx("job-schedule"))
     html = schedule.content.decode()
