@@ -18,8 +18,9 @@ from django.db import connection
 from django.db.models import Count, DateTimeField, F, Func, Q
 from django.urls import reverse
 
-from controlplane import redaction
+from controlplane import durations, redaction
 from controlplane.models import AuditEntry
+from jobs.describe import describe_schedule
 from jobs.models import Execution, Trigger
 from locks.maintenance import stale_locks
 from locks.models import SchedulerNode
@@ -68,20 +69,10 @@ FROM (
 
 
 def format_duration(delta: timedelta | None) -> str:
-    """A short human duration: 4.2s, 3m 12s, 2h 5m, 3d 4h (absolute value)."""
+    """A duration's size in controlplane.durations' format (absolute value); "-" for None."""
     if delta is None:
         return "-"
-    seconds = abs(delta.total_seconds())
-    if seconds < 60:
-        return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m {secs}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours}h {minutes}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d {hours}h"
+    return durations.duration(abs(delta.total_seconds()))
 
 
 def expiry_text(expires_in: timedelta | None) -> str:
@@ -89,8 +80,8 @@ def expiry_text(expires_in: timedelta | None) -> str:
     if expires_in is None:
         return "-"
     if expires_in.total_seconds() > 0:
-        return f"in {format_duration(expires_in)}"
-    return f"expired {format_duration(expires_in)} ago"
+        return durations.relative(expires_in)
+    return f"expired {durations.ago(expires_in)}"
 
 
 def nodes_with_age():
@@ -171,10 +162,11 @@ def upcoming_fires(limit: int = UPCOMING_SHOWN):
     triggers = list(triggers)
     for trigger in triggers:
         trigger.due_text = (
-            f"in {format_duration(trigger.due_in)}"
+            durations.relative(trigger.due_in)
             if trigger.due_in.total_seconds() >= 0
-            else f"due {format_duration(trigger.due_in)} ago"
+            else f"due {durations.ago(trigger.due_in)}"
         )
+        trigger.schedule_text = describe_schedule(trigger)
     return triggers
 
 

@@ -1,6 +1,6 @@
 """{% load durations %}: controlplane.durations as template filters.
 
-    {{ seconds|duration }}   {{ lag_ms|duration_ms }}   {{ delta|relative }}   {{ age|ago }}
+{{ seconds|duration }}   {{ lag_ms|duration_ms }}   {{ delta|relative }}   {{ age|ago }}
 """
 
 from __future__ import annotations
