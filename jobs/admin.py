@@ -245,7 +245,7 @@ class JobAdmin(_PauseActions, admin.ModelAdmin):
         if not job.triggers.exists():
             messages.warning(
                 request,
-                f"{job.name} has no trigger: it runs only when someone runs it (Run now on "
+                f"The job {job.name} has no trigger: it runs only when someone runs it (Run now on "
                 "the dashboard, the admin's action or the API). Add a trigger to schedule it.",
             )
 
