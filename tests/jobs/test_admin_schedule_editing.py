@@ -219,3 +219,9 @@ def test_admin_times_show_seconds_and_zone(admin_client):
     assert "2026-12-04 14:00:55 UTC" in page
     assert "p.m." not in page
     assert Execution.objects.count() == 1
+
+
+def test_a_new_trigger_invites_typing_its_schedule(admin_client):
+    page = admin_client.get("/admin/jobs/trigger/add/").content.decode()
+    assert "its description and next fire times show here as you type" in page
+    assert "Run at (UTC)" in page and 'list="id_timezone-zones"' in page
