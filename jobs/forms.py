@@ -104,7 +104,7 @@ class TriggerForm(forms.ModelForm):
         max_length=64,
         initial="UTC",
         widget=TimeZoneInput,
-        help_text="An IANA name such as Europe/Berlin (any case); start type to search. Run "
+        help_text="An IANA name such as Europe/Berlin (any case): start typing to search. Run "
         "at, start and end are in this zone.",
     )
 
@@ -117,23 +117,24 @@ class TriggerForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        zone_name = self._zone_name()
-        zone = self._zone(zone_name) or UTC
+        saved_zone = self._zone(self._saved_zone_name()) or UTC
+        zone_name = self._typed_zone_name() or self._saved_zone_name()
         for name, label in LOCAL_TIME_FIELDS.items():
             if name not in self.fields:
                 continue
             self.fields[name].label = f"{label} ({zone_name})"
             value = self.initial.get(name)
             if isinstance(value, datetime) and value.tzinfo is not None:
-                # Naive wall-clock time in the trigger's zone: the widgets show it as it is.
-                self.initial[name] = value.astimezone(zone).replace(tzinfo=None)
+                # Naive wall-clock time in the zone it was saved with: the widgets show it
+                # as it is (and a form posted back unchanged reads as unchanged).
+                self.initial[name] = value.astimezone(saved_zone).replace(tzinfo=None)
 
-    def _zone_name(self) -> str:
-        if self.is_bound:
-            typed = self.data.get(self.add_prefix("timezone"))
-            if typed:
-                return schedule.canonical_zone_name(typed)
+    def _saved_zone_name(self) -> str:
         return self.initial.get("timezone") or self.instance.timezone or "UTC"
+
+    def _typed_zone_name(self) -> str:
+        typed = self.data.get(self.add_prefix("timezone")) if self.is_bound else ""
+        return schedule.canonical_zone_name(typed) if typed else ""
 
     @staticmethod
     def _zone(name: str) -> ZoneInfo | None:
