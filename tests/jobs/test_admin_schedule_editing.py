@@ -225,3 +225,14 @@ def test_a_new_trigger_invites_typing_its_schedule(admin_client):
     page = admin_client.get("/admin/jobs/trigger/add/").content.decode()
     assert "its description and next fire times show here as you type" in page
     assert "Run at (UTC)" in page and 'list="id_timezone-zones"' in page
+
+
+def test_changing_the_zone_keeps_the_wall_clock_times_typed(admin_client):
+    trigger = berlin_trigger(start_at=datetime(2030, 7, 1, 7, tzinfo=UTC))  # 09:00 in Berlin
+    response = post_trigger(
+        admin_client, trigger, timezone="America/New_York",
+        start_at_0="2030-07-01", start_at_1="09:00:00",
+    )  # fmt: skip
+    assert response.status_code == 302
+    trigger.refresh_from_db()
+    assert trigger.start_at == datetime(2030, 7, 1, 13, tzinfo=UTC)  # 09:00 EDT
