@@ -55,7 +55,7 @@ class ScheduleDisplayMixin:
     job's inline; jobs/static/jobs/trigger_form.js refreshes it (htmx, debounced) from
     the preview endpoint while the schedule is typed, before saving."""
 
-    @admin.display(description="schedule")
+    @admin.display(description="in words, and next fires")
     def schedule_description(self, trigger: Trigger):
         if trigger.pk is None:
             context = {"unsaved": True}

@@ -101,6 +101,7 @@ class TriggerForm(forms.ModelForm):
     its own time zone (entered and shown so), stored as instants."""
 
     timezone = forms.CharField(
+        label="Time zone",
         max_length=64,
         initial="UTC",
         widget=TimeZoneInput,

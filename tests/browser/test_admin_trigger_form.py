@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from jobs.models import Trigger
+from tests.browser.conftest import screenshot
 from tests.jobs.factories import make_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -44,6 +45,7 @@ def test_the_trigger_page_switches_kind_canonicalises_the_zone_and_previews_live
     page.fill("#id_cron", "30 6 * * *")
     preview.get_by_text("At 06:30 (America/New_York time)").wait_for()
     assert preview.locator("th", has_text="America/New_York").count() == 1
+    screenshot(page, "admin-trigger-form")
     page.fill("#id_cron", "61 * * * *")
     preview.get_by_text("Cannot preview this schedule yet").wait_for()
     trigger.refresh_from_db()
