@@ -355,11 +355,11 @@ def field_diff(before, after) -> list[tuple[str, str, str]] | None:
 
 def _object_url(entry: AuditEntry, trigger_jobs: dict[int, int]) -> str | None:
     kind, oid = entry.object_type, entry.object_id
-    if kind == "job" and oid.isdigit():
+    if kind == "job" and _is_id(oid):
         return reverse("job-detail", args=[int(oid)])
-    if kind == "execution" and oid.isdigit():
+    if kind == "execution" and _is_id(oid):
         return reverse("execution-detail", args=[int(oid)])
-    if kind == "trigger" and oid.isdigit() and int(oid) in trigger_jobs:
+    if kind == "trigger" and _is_id(oid) and int(oid) in trigger_jobs:
         return reverse("job-detail", args=[trigger_jobs[int(oid)]])
     if kind == "lock":
         return f"{reverse('lock-list')}?{urlencode({'name': oid})}"
