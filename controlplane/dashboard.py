@@ -18,9 +18,10 @@ from django.db import connection
 from django.db.models import Count, DateTimeField, F, Func, Q
 from django.urls import reverse
 
-from controlplane import redaction
+from controlplane import durations, redaction
 from controlplane.models import AuditEntry
-from jobs.models import Execution, Trigger
+from jobs.describe import describe_schedule
+from jobs.models import Execution, Job, Trigger
 from locks.maintenance import stale_locks
 from locks.models import SchedulerNode
 
@@ -68,20 +69,10 @@ FROM (
 
 
 def format_duration(delta: timedelta | None) -> str:
-    """A short human duration: 4.2s, 3m 12s, 2h 5m, 3d 4h (absolute value)."""
+    """A duration's size in controlplane.durations' format (absolute value); "-" for None."""
     if delta is None:
         return "-"
-    seconds = abs(delta.total_seconds())
-    if seconds < 60:
-        return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m {secs}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours}h {minutes}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d {hours}h"
+    return durations.duration(abs(delta.total_seconds()))
 
 
 def expiry_text(expires_in: timedelta | None) -> str:
@@ -89,8 +80,8 @@ def expiry_text(expires_in: timedelta | None) -> str:
     if expires_in is None:
         return "-"
     if expires_in.total_seconds() > 0:
-        return f"in {format_duration(expires_in)}"
-    return f"expired {format_duration(expires_in)} ago"
+        return durations.relative(expires_in)
+    return f"expired {durations.ago(expires_in)}"
 
 
 def nodes_with_age():
@@ -171,10 +162,11 @@ def upcoming_fires(limit: int = UPCOMING_SHOWN):
     triggers = list(triggers)
     for trigger in triggers:
         trigger.due_text = (
-            f"in {format_duration(trigger.due_in)}"
+            durations.relative(trigger.due_in)
             if trigger.due_in.total_seconds() >= 0
-            else f"due {format_duration(trigger.due_in)} ago"
+            else f"due {durations.ago(trigger.due_in)}"
         )
+        trigger.schedule_text = describe_schedule(trigger)
     return triggers
 
 
@@ -294,25 +286,80 @@ def audit_page(
 
 
 def describe_audit_entries(entries: list[AuditEntry], user) -> None:
-    """Attach ``object_url`` and compact ``before_json``/``after_json`` to each entry, the
-    arguments in them redacted for ``user`` (controlplane.redaction)."""
-    trigger_ids = [
-        int(e.object_id) for e in entries if e.object_type == "trigger" and e.object_id.isdigit()
-    ]
-    trigger_jobs = dict(Trigger.objects.filter(id__in=trigger_ids).values_list("id", "job_id"))
+    """Attach ``object_url``, ``object_label`` (names, not ids: "job nightly-report") and
+    ``diff`` (field, before, after for each changed field) to each entry, and compact
+    ``before_json``/``after_json`` for values that are not field sets; the arguments in
+    them redacted for ``user`` (controlplane.redaction). Three queries for a page."""
+
+    def ids(kind: str) -> list[int]:
+        return [int(e.object_id) for e in entries if e.object_type == kind and _is_id(e.object_id)]
+
+    trigger_rows = Trigger.objects.filter(id__in=ids("trigger")).values_list(
+        "id", "job_id", "job__name"
+    )
+    trigger_jobs = {pk: (job_id, name) for pk, job_id, name in trigger_rows}
+    job_names = dict(Job.objects.filter(id__in=ids("job")).values_list("id", "name"))
+    execution_jobs = dict(
+        Execution.objects.filter(id__in=ids("execution")).values_list("id", "job__name")
+    )
+    names = {"job": job_names, "execution": execution_jobs}
     for entry in entries:
-        entry.object_url = _object_url(entry, trigger_jobs)
-        entry.before_json = _compact_json(redaction.audit_values(entry.before, user))
-        entry.after_json = _compact_json(redaction.audit_values(entry.after, user))
+        entry.object_url = _object_url(entry, {k: v[0] for k, v in trigger_jobs.items()})
+        entry.object_label = _object_label(entry, names, trigger_jobs)
+        before = redaction.audit_values(entry.before, user)
+        after = redaction.audit_values(entry.after, user)
+        entry.diff = field_diff(before, after)
+        entry.before_json = _compact_json(before)
+        entry.after_json = _compact_json(after)
+
+
+def _is_id(value: str) -> bool:
+    # isdigit() alone lets "²" and 30-digit numbers through to an integer column.
+    return value.isascii() and value.isdigit() and len(value) <= 18
+
+
+def _object_label(entry: AuditEntry, names: dict, trigger_jobs: dict) -> str:
+    """What the entry is about, by name; a deleted object by the name it had then."""
+    kind, oid = entry.object_type, entry.object_id
+    recorded = entry.before if isinstance(entry.before, dict) else entry.after
+    recorded_name = recorded.get("name") if isinstance(recorded, dict) else None
+    if kind == "job" and _is_id(oid):
+        name = names["job"].get(int(oid)) or recorded_name
+        return f"job {name}" if name else f"job #{oid}"
+    if kind == "trigger" and _is_id(oid):
+        job = trigger_jobs.get(int(oid))
+        return f"trigger #{oid} of {job[1]}" if job else f"trigger #{oid}"
+    if kind == "execution" and _is_id(oid):
+        job_name = names["execution"].get(int(oid))
+        return f"execution #{oid} of {job_name}" if job_name else f"execution #{oid}"
+    return f"{kind} {oid}"
+
+
+def field_diff(before, after) -> list[tuple[str, str, str]] | None:
+    """(field, before, after) as compact JSON for each field that differs ("" for a side
+    that has no such field: a creation or a deletion); None unless the recorded values
+    are field sets (objects), which are then shown as they are."""
+    if not isinstance(before, dict | None) or not isinstance(after, dict | None):
+        return None
+    if before is None and after is None:
+        return None
+    before, after = before or {}, after or {}
+    keys = list(before) + [k for k in after if k not in before]
+    return [
+        (k, _compact_value(before[k]) if k in before else "",
+         _compact_value(after[k]) if k in after else "")
+        for k in keys
+        if k not in before or k not in after or before[k] != after[k]
+    ]  # fmt: skip
 
 
 def _object_url(entry: AuditEntry, trigger_jobs: dict[int, int]) -> str | None:
     kind, oid = entry.object_type, entry.object_id
-    if kind == "job" and oid.isdigit():
+    if kind == "job" and _is_id(oid):
         return reverse("job-detail", args=[int(oid)])
-    if kind == "execution" and oid.isdigit():
+    if kind == "execution" and _is_id(oid):
         return reverse("execution-detail", args=[int(oid)])
-    if kind == "trigger" and oid.isdigit() and int(oid) in trigger_jobs:
+    if kind == "trigger" and _is_id(oid) and int(oid) in trigger_jobs:
         return reverse("job-detail", args=[trigger_jobs[int(oid)]])
     if kind == "lock":
         return f"{reverse('lock-list')}?{urlencode({'name': oid})}"
@@ -324,4 +371,9 @@ def _object_url(entry: AuditEntry, trigger_jobs: dict[int, int]) -> str | None:
 def _compact_json(value) -> str:
     if value is None:
         return ""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str, ensure_ascii=False)
+
+
+def _compact_value(value) -> str:
+    """A field's value in a diff: JSON, null included."""
     return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str, ensure_ascii=False)

@@ -210,6 +210,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
+# Dates and times with seconds and zone in the admin ("2026-12-04 14:00:55 UTC").
+FORMAT_MODULE_PATH = ["controlplane.formats"]
 
 STATIC_URL = "static/"
 # Where collectstatic puts the files WhiteNoise serves with DEBUG off (the image:

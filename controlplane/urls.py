@@ -4,7 +4,7 @@ from django.urls import include, path
 from django_prometheus.exports import ExportToDjangoView
 from rest_framework.routers import DefaultRouter
 
-from controlplane import api_tokens, metrics
+from controlplane import api_tokens, favicon, metrics
 from controlplane import views as cp
 from controlplane.api_docs import SchemaView, docs_view
 from jobs import api as jobs_api
@@ -25,6 +25,7 @@ api_tokens.register(router)
 
 urlpatterns = [
     path("", cp.overview, name="overview"),
+    path("favicon.ico", favicon.favicon, name="favicon"),
     path("healthz", cp.healthz, name="healthz"),
     path("readyz", cp.readyz, name="readyz"),
     path("metrics", ExportToDjangoView, name="metrics"),

@@ -1,23 +1,29 @@
 """The admin: define jobs and their schedules; executions are read-only history.
 
 Each trigger shows its schedule in words and its next five fire times, in its own time
-zone and in UTC. Every schedule edit made here (adding, changing or deleting a job or a
+zone and in UTC (one column when the zone is UTC), updated while it is typed. A trigger
+form shows only its kind's fields and reads its date-times in its own zone (jobs.forms).
+Every schedule edit made here (adding, changing or deleting a job or a
 trigger) writes an audit entry with the before/after of the edited fields; the pause,
 resume, run-now and cancel actions call jobs.actions, which audit themselves.
 """
 
 from __future__ import annotations
 
+import re
+
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpResponseBadRequest
+from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
-from django.utils.html import format_html, format_html_join
+from django.urls import path, reverse
+from django.utils.html import format_html
 
 from controlplane import audit, redaction
 from controlplane.admin import ReadOnlyAdmin, redacted_field
 from controlplane.roles import is_schedule_editor, sees_tracebacks
-from jobs import schedule
 from jobs.actions import (
     CannotCancel,
     cancel_execution,
@@ -25,7 +31,7 @@ from jobs.actions import (
     set_job_paused,
     set_trigger_paused,
 )
-from jobs.describe import describe_schedule, local_text, observes_dst, utc_text
+from jobs.describe import describe_schedule
 from jobs.edits import (
     JOB_FIELDS,
     TRIGGER_FIELDS,
@@ -36,77 +42,31 @@ from jobs.edits import (
 )
 from jobs.forms import JobForm, TriggerAdminForm, TriggerForm
 from jobs.models import Execution, Job, Trigger, database_now
+from jobs.schedule_preview import form_preview, trigger_preview
 
-UPCOMING_FIRES = 5
+# What the preview endpoint reads: the schedule, not the job or the misfire settings.
+PREVIEW_FIELDS = ["kind", "cron", "timezone", "interval", "run_at", "start_at", "end_at"]
+# The form prefix of an inline trigger ("triggers-3"), or none on a trigger's own page.
+PREVIEW_PREFIX = re.compile(r"triggers-\d{1,4}")
 
 
 class ScheduleDisplayMixin:
-    """Read-only schedule facts for a trigger, on its own page and on its job's inline."""
+    """A trigger's schedule in words and its next fire times, on its own page and on its
+    job's inline; jobs/static/jobs/trigger_form.js refreshes it (htmx, debounced) from
+    the preview endpoint while the schedule is typed, before saving."""
 
-    @admin.display(description="schedule in words")
+    @admin.display(description="in words, and next fires")
     def schedule_description(self, trigger: Trigger):
-        text = describe_schedule(trigger)
-        lines = [text]
-        if trigger.kind == Trigger.Kind.CRON and trigger.cron:
-            lines.append(self._dst_note(trigger))
-        window = [
-            f"{word} {utc_text(when)}"
-            for word, when in (("from", trigger.start_at), ("until", trigger.end_at))
-            if when
-        ]
-        if window:
-            lines.append(f"Window: {' '.join(window)}.")
-        return format_html_join("", "<div>{}</div>", ((line,) for line in lines if line))
-
-    @staticmethod
-    def _dst_note(trigger: Trigger) -> str:
-        try:
-            zone = trigger.tzinfo()
-            fixed = schedule.is_fixed_time(trigger.cron)
-        except Exception:  # an invalid cron or zone on a form being corrected
-            return ""
-        if not observes_dst(zone, database_now().year):
-            return ""
-        if fixed:
-            return (
-                "Fixed time: across DST changes it fires once per matching local time; a "
-                "time skipped in spring fires just after the gap, a time repeated in autumn "
-                "fires at its first occurrence."
-            )
-        return (
-            "Wildcard: it follows elapsed time across DST changes; skipped local times do "
-            "not fire and a repeated hour fires again."
-        )
-
-    @admin.display(description=f"next {UPCOMING_FIRES} fire times")
-    def upcoming_fires(self, trigger: Trigger):
         if trigger.pk is None:
-            return "Shown once the trigger is saved."
-        try:
-            fires = schedule.next_fire_times(trigger, database_now(), UPCOMING_FIRES)
-            zone = trigger.tzinfo()
-        except ValueError as e:
-            return str(e)
-        if not fires:
-            return "None: the trigger has finished (its window or one-off time has passed)."
-        rows = format_html_join(
-            "",
-            "<tr><td>{}</td><td>{}</td></tr>",
-            ((local_text(when, zone), utc_text(when)) for when in fires),
-        )
-        paused = ""
-        if trigger.paused or (trigger.job_id and trigger.job.paused):
-            paused = "Paused: these times fire only once it is resumed."
+            context = {"unsaved": True}
+        else:
+            context = trigger_preview(trigger, database_now())
         return format_html(
-            '<table class="upcoming-fires"><thead><tr><th>{}</th><th>UTC</th></tr></thead>'
-            "<tbody>{}</tbody></table>{}",
-            trigger.timezone,
-            rows,
-            format_html("<p>{}</p>", paused) if paused else "",
+            '<div class="trigger-preview" aria-live="polite" hx-get="{}" '
+            'hx-trigger="schedule-changed delay:400ms" hx-swap="innerHTML">{}</div>',
+            reverse("admin:jobs_trigger_preview"),
+            render_to_string("admin/jobs/_trigger_preview.html", context),
         )
-
-
-# --- Audit of schedule edits -------------------------------------------------------------
 
 
 # --- Audit of schedule edits ------------------------------------------------------------
@@ -176,16 +136,20 @@ class _PauseActions:
         self._set_paused(request, queryset, False)
 
 
+# htmx (vendored by django-htmx) for the live preview, then the trigger form's own code.
+TRIGGER_FORM_JS = ["django_htmx/htmx-2.min.js", "jobs/trigger_form.js"]
+
+
 class TriggerInline(ScheduleDisplayMixin, admin.StackedInline):
     model = Trigger
     form = TriggerForm
     extra = 0
     fields = [
         "kind", "cron", "timezone", "interval", "run_at", "start_at", "end_at",
-        "misfire_policy", "misfire_grace", "paused", "schedule_description", "upcoming_fires",
+        "schedule_description", "misfire_policy", "misfire_grace", "paused",
         "next_fire_at", "last_fire_at",
     ]  # fmt: skip
-    readonly_fields = ["schedule_description", "upcoming_fires", "next_fire_at", "last_fire_at"]
+    readonly_fields = ["schedule_description", "next_fire_at", "last_fire_at"]
 
 
 @admin.register(Job)
@@ -199,7 +163,8 @@ class JobAdmin(_PauseActions, admin.ModelAdmin):
     actions = ["pause_selected", "resume_selected", "run_selected_now"]
 
     class Media:
-        js = ["jobs/target_help.js"]
+        js = ["jobs/target_help.js", *TRIGGER_FORM_JS]
+        css = {"all": ["jobs/trigger_form.css"]}
 
     def get_fieldsets(self, request, obj=None):
         fields = list(JOB_FIELDS)
@@ -249,6 +214,18 @@ class JobAdmin(_PauseActions, admin.ModelAdmin):
         if formset.model is not Trigger:
             return super().save_formset(request, form, formset, change)
         reason = _reason(form)
+        # A row added and left as it came (Django's formsets skip those) is not a schedule:
+        # say so, rather than let the job look scheduled when it is not.
+        left_empty = sum(
+            1 for f in formset.extra_forms if not f.has_changed() and f not in formset.deleted_forms
+        )
+        if left_empty:
+            rows = "row was" if left_empty == 1 else f"{left_empty} rows were"
+            messages.warning(
+                request,
+                f"The new trigger {rows} left empty and not saved: choose a kind and fill in "
+                "its schedule to add a trigger.",
+            )
         existing = [f.instance.pk for f in formset.initial_forms if f.instance.pk]
         before = locked_snapshots(Trigger, existing, TRIGGER_FIELDS)
         deleting = [f.instance.pk for f in formset.deleted_forms if f.instance.pk]
@@ -261,6 +238,16 @@ class JobAdmin(_PauseActions, admin.ModelAdmin):
             _audit_change(request, "trigger", trigger, before.get(trigger.pk, {}), after, reason)
         for pk in deleting:
             audit.record(request.user, "trigger.delete", "trigger", pk, reason, before.get(pk))
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        job = form.instance
+        if not job.triggers.exists():
+            messages.warning(
+                request,
+                f"The job {job.name} has no trigger: it runs only when someone runs it (Run now on "
+                "the dashboard, the admin's action or the API). Add a trigger to schedule it.",
+            )
 
     def delete_model(self, request, obj):
         audit.record(request.user, "job.delete", "job", obj.pk, "", job_snapshot_with_triggers(obj))
@@ -282,8 +269,33 @@ class TriggerAdmin(ScheduleDisplayMixin, _PauseActions, admin.ModelAdmin):
     ]  # fmt: skip
     list_filter = ["kind", "paused"]
     list_select_related = ["job"]
-    readonly_fields = ["schedule_description", "upcoming_fires", "next_fire_at", "last_fire_at"]
+    readonly_fields = ["schedule_description", "next_fire_at", "last_fire_at"]
     actions = ["pause_selected", "resume_selected"]
+
+    class Media:
+        js = TRIGGER_FORM_JS
+        css = {"all": ["jobs/trigger_form.css"]}
+
+    def get_urls(self):
+        preview = path(
+            "preview/",
+            self.admin_site.admin_view(self.preview_view),
+            name="jobs_trigger_preview",
+        )
+        return [preview, *super().get_urls()]
+
+    def preview_view(self, request):
+        """The schedule preview of a trigger form being typed (GET, nothing saved): its
+        fields, under ``prefix`` for a job page's inline trigger."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        prefix = request.GET.get("prefix", "")
+        if prefix and not PREVIEW_PREFIX.fullmatch(prefix):
+            return HttpResponseBadRequest("prefix: not a trigger form's prefix.")
+        form_class = self.get_form(request, None, fields=PREVIEW_FIELDS)
+        form = form_class(request.GET, prefix=prefix or None)
+        context = form_preview(form, database_now())
+        return TemplateResponse(request, "admin/jobs/_trigger_preview.html", context)
 
     def get_fieldsets(self, request, obj=None):
         return _editable_fieldsets(

@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 
 from cron_descriptor import Options, get_description
 
+from controlplane import durations
 from jobs.models import Trigger
 
 _CRON_OPTIONS = Options()
@@ -41,15 +42,6 @@ def describe_cron(expr: str) -> str:
     return text
 
 
-def _duration(seconds: int) -> str:
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        count, seconds = divmod(seconds, size)
-        if count:
-            parts.append(f"{count}{unit}")
-    return " ".join(parts) or "0s"
-
-
 def observes_dst(zone: ZoneInfo, year: int) -> bool:
     return (
         datetime(year, 1, 1, tzinfo=zone).utcoffset()
@@ -74,7 +66,7 @@ def describe_schedule(trigger: Trigger) -> str:
     if trigger.kind == Trigger.Kind.INTERVAL:
         if not trigger.interval:
             return "Every ? (no interval)"
-        return f"Every {_duration(trigger.interval)}"
+        return f"Every {durations.duration(trigger.interval)}"
     if trigger.run_at is None:
         return "Once (no date-time)"
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import re
 import zoneinfo
 
@@ -12,7 +13,7 @@ from django.db import connection, models
 from django.db.models import F, Q
 from django.db.models.functions import Now
 
-from controlplane import limits
+from controlplane import durations, limits
 from jobs import registry, schedule, secrets
 from jobs.search import ArgumentsText
 
@@ -281,8 +282,10 @@ class Trigger(models.Model):
         if self.kind == self.Kind.CRON:
             return f"cron {self.cron} ({self.timezone})"
         if self.kind == self.Kind.INTERVAL:
-            return f"every {self.interval}s"
-        return f"once at {self.run_at}"
+            return f"every {durations.duration(self.interval)}"
+        if self.run_at is None:
+            return "once (no date-time)"
+        return f"once at {self.run_at.astimezone(datetime.UTC):%Y-%m-%d %H:%M:%S} UTC"
 
     def clean(self):
         errors = {}

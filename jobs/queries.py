@@ -32,7 +32,7 @@ from django.db.models import (
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Left, Now
 
-from controlplane import redaction
+from controlplane import durations, redaction
 from controlplane.models import AuditEntry
 from jobs import search
 from jobs.models import Execution, Job, Trigger
@@ -89,11 +89,11 @@ def job_rows_of(rows: list[Job]) -> list[Job]:
 
 
 def summary(trigger: Trigger) -> str:
-    """A human reading of the schedule: cron in words, the interval, or the one-off time."""
+    """A cron expression in words ("" for the other kinds, whose line says it all)."""
     if trigger.kind == Trigger.Kind.CRON:
         return _cron_words(trigger.cron)
-    if trigger.kind == Trigger.Kind.INTERVAL and trigger.interval:
-        return f"every {duration_text(trigger.interval)}"
+    # An interval trigger's line (jobs/_trigger.html) already states its rate: saying
+    # "every 1m" again here would state it twice.
     return ""
 
 
@@ -371,18 +371,5 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
 
 
 def duration_text(seconds: float | None) -> str:
-    """850 ms, 12.3 s, 4 min 05 s, 2 h 03 min; empty for None."""
-    if seconds is None:
-        return ""
-    sign, seconds = ("-", -seconds) if seconds < 0 else ("", seconds)
-    if seconds < 1:
-        text = f"{seconds * 1000:.0f} ms"
-    elif seconds < 60:
-        text = f"{seconds:.1f} s"
-    elif seconds < 3600:
-        text = f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
-    elif seconds < 86400:
-        text = f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
-    else:
-        text = f"{int(seconds // 86400)} d {int(seconds % 86400 // 3600):02d} h"
-    return sign + text
+    """850ms, 12s, 4m 05s, 2h 03m (controlplane.durations); empty for None."""
+    return durations.duration(seconds)

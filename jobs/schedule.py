@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import heapq
 import re
+import zoneinfo
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from itertools import chain, islice
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -114,6 +116,26 @@ def validate_cron(expr: str) -> None:
 def validate_timezone(name: str) -> None:
     """Raise ValueError unless ``name`` is an IANA time zone name such as Europe/London."""
     _zone(name)
+
+
+@cache
+def zone_names() -> tuple[str, ...]:
+    """Every IANA time zone name this host knows, sorted (the admin's searchable list)."""
+    return tuple(sorted(zoneinfo.available_timezones() - _HOST_ZONES))
+
+
+@cache
+def _zone_names_by_lower_case() -> dict[str, str]:
+    return {name.lower(): name for name in zone_names()}
+
+
+def canonical_zone_name(name: str) -> str:
+    """The IANA spelling of a zone name typed in any case ("europe/berlin" gives
+    "Europe/Berlin"); anything else comes back as it was, for validation to refuse."""
+    if not isinstance(name, str):
+        return name
+    name = name.strip()
+    return _zone_names_by_lower_case().get(name.lower(), name)
 
 
 def _zone(name: str) -> ZoneInfo:

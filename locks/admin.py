@@ -6,7 +6,9 @@ from django.db.models import F
 from django.db.models.functions import Now
 from django.template.response import TemplateResponse
 
+from controlplane import durations
 from controlplane.admin import ReadOnlyAdmin
+from controlplane.dashboard import expiry_text
 from locks.maintenance import LockError, force_release, stale_locks
 from locks.models import Lock, SchedulerNode
 
@@ -89,8 +91,7 @@ class LockAdmin(ReadOnlyAdmin):
     def expires(self, lock):
         if lock.expires_in is None:
             return "-"
-        seconds = lock.expires_in.total_seconds()
-        return f"{seconds:.0f}s" if seconds > 0 else f"expired {-seconds:.0f}s ago"
+        return expiry_text(lock.expires_in)
 
 
 @admin.register(SchedulerNode)
@@ -106,4 +107,4 @@ class SchedulerNodeAdmin(ReadOnlyAdmin):
 
     @admin.display(description="heartbeat age", ordering="last_heartbeat")
     def heartbeat_age(self, node):
-        return f"{node.age.total_seconds():.1f}s"
+        return durations.ago(node.age)

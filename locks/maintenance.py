@@ -7,7 +7,7 @@ from datetime import datetime
 
 from django.db import connection, transaction
 
-from controlplane import audit
+from controlplane import audit, durations
 from locks.leases import NOTIFY_RELEASED, LockError
 
 # A held lock is stale when its holder can no longer release it: the lease ran out,
@@ -22,9 +22,9 @@ SELECT name, holder, token, locked_at, locked_until, execution_id, reason FROM (
             WHEN e.state IN ('succeeded', 'failed', 'timed_out', 'cancelled', 'abandoned',
                              'skipped')
                 THEN format('held for execution #%%s, which is %%s', e.id, e.state)
+            -- Worded in Python (_worded), in the dashboard's one duration format.
             WHEN l.locked_until < now()
-                THEN format('expired %%s ago and never released',
-                            date_trunc('second', now() - l.locked_until))
+                THEN format('expired %%s', extract(epoch FROM now() - l.locked_until))
         END AS reason
     FROM locks_lock l
     LEFT JOIN locks_schedulernode n ON n.id = l.holder
@@ -100,7 +100,15 @@ def stale_locks(names: list[str] | None = None) -> list[StaleLock]:
     """Held locks whose holder can no longer release them, each with the reason."""
     with connection.cursor() as cursor:
         cursor.execute(STALE_LOCKS, {"names": names})
-        return [StaleLock(*row) for row in cursor.fetchall()]
+        return [StaleLock(*row[:-1], _worded(row[-1])) for row in cursor.fetchall()]
+
+
+def _worded(reason: str) -> str:
+    """ "expired <seconds>" from STALE_LOCKS as "expired 1m 30s ago and never released"."""
+    kind, _, seconds = reason.partition(" ")
+    if kind != "expired":
+        return reason
+    return f"expired {durations.ago(int(float(seconds)))} and never released"
 
 
 def force_release(name: str, by, reason: str) -> dict:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.db.models import BooleanField, ExpressionWrapper, F, Q, Window
@@ -16,6 +17,7 @@ from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import reswap, retarget
 
+from controlplane import durations
 from controlplane.dashboard import (
     UNFINISHED_STATES,
     DbNow,
@@ -25,6 +27,7 @@ from controlplane.dashboard import (
     running_counts,
 )
 from jobs.models import Execution
+from locks.leader import LEADER_LOCK
 from locks.leases import InvalidLockName, validate_lock_name
 from locks.maintenance import LockError, cleanup_stale_locks, force_release, stale_locks
 from locks.models import Lock, SchedulerNode
@@ -98,6 +101,9 @@ def lock_release(request, name):
         raise Http404(f"there is no lock named {name!r}")
     context = {
         "lock": locks[0],
+        "leader_lease": name == LEADER_LOCK,
+        "heartbeat": durations.duration(settings.SCHEDULER_HEARTBEAT_INTERVAL),
+        "leader_lease_time": durations.duration(settings.SCHEDULER_LEADER_LEASE),
         "form": form,
         "show_all": show_all,
         "inline": bool(request.htmx),
@@ -151,7 +157,11 @@ def _get_locks(show_all: bool = False, name: str = "", after: str = "") -> dict:
         lock.stale_reason = stale.get(lock.name, "")
         lock.holder_state = node_states.get(lock.holder, "")
         lock.expires_text = expiry_text(lock.expires_in)
+        lock.status = _lock_status(lock)
+    query = {"all": "1" if show_all else "", "name": name, "after": after}
     return {
+        # The list polls this URL (the same view of the locks) to stay current.
+        "poll_url": reverse("lock-list") + _query({k: v for k, v in query.items() if v}),
         "locks": rows,
         "show_all": show_all,
         "name": name,
@@ -159,6 +169,22 @@ def _get_locks(show_all: bool = False, name: str = "", after: str = "") -> dict:
         "next_after": rows[-1].name if more else "",
         "stale_count": len(stale),
     }
+
+
+def _query(params: dict) -> str:
+    return f"?{urlencode(params)}" if params else ""
+
+
+def _lock_status(lock: Lock) -> str:
+    """free, held, stale (its holder can no longer release it) or expired (its lease ran
+    out and nobody released it: stale too). A lock past its lease is never "held"."""
+    if not lock.held:
+        return "free"
+    if lock.expires_in is not None and lock.expires_in.total_seconds() <= 0:
+        return "expired"
+    if lock.stale_reason:
+        return "stale"
+    return "held"
 
 
 def _get_nodes() -> dict:

@@ -79,9 +79,9 @@ def test_the_overview_shows_live_and_dead_nodes_with_heartbeat_age(client_for):
     page = client_for("viewer").get("/").content.decode()
 
     live, down = page.split("Dead and stopped")
-    assert "live-1" in live and "2.0s ago" in live
-    assert "dead-1" in down and "5m 0s ago" in down and "by live-1" in down
-    assert "stopped-1" in down and "3h 0m ago" in down
+    assert "live-1" in live and "2s ago" in live
+    assert "dead-1" in down and "5m ago" in down and "by live-1" in down
+    assert "stopped-1" in down and "3h ago" in down
     assert 'class="badge state-dead">dead<' in down
 
 
@@ -195,7 +195,7 @@ def test_the_overview_shows_recent_fire_lag(client_for):
 
     lag = response.context["lag"]
     assert (lag.fires, lag.p50_ms, lag.max_ms) == (4, 25.0, 400.0)
-    assert "25.0 ms" in response.content.decode()
+    assert ">25ms<" in response.content.decode() and ">400ms<" in response.content.decode()
 
 
 def test_the_overview_live_sections_answer_htmx_polling_alone(client_for):
@@ -239,13 +239,16 @@ def test_the_audit_log_shows_who_did_what_to_which_object_and_why(client_for):
     page = client_for("viewer").get("/audit/").content.decode()
 
     assert "2024-05-01 12:30:00" in page and "maintenance window" in page
-    assert f'<a href="/jobs/{job.pk}/">job {job.pk}</a>' in page
-    assert '<a href="/executions/42/">execution 42</a>' in page
+    assert f'<a href="/jobs/{job.pk}/">job j</a>' in page
+    assert '<a href="/executions/42/">execution #42</a>' in page
     assert '<a href="/locks/?name=a%2Fb%3Ac">lock a/b:c</a>' in page
-    assert f'<a href="/jobs/{job.pk}/">trigger {trigger.pk}</a>' in page
+    assert f'<a href="/jobs/{job.pk}/">trigger #{trigger.pk} of j</a>' in page
     assert '<a href="/nodes/">node n-1</a>' in page
     assert "widget 9" in page and 'href="/widget' not in page
-    assert "{&quot;paused&quot;:false}" in page and "{&quot;paused&quot;:true}" in page
+    assert (
+        '<code>paused</code>: <code class="json">false</code> &rarr; <code class="json">true</code>'
+        in page
+    )
 
 
 def test_an_audit_reason_and_actor_with_html_render_escaped(client_for, role_users):

@@ -20,10 +20,11 @@ def cron_trigger(cron: str, timezone: str = "Europe/London", **options) -> Trigg
     return Trigger.objects.create(job=job, kind="cron", cron=cron, timezone=timezone, **options)
 
 
-def _split(value: datetime | None) -> tuple[str, str]:
+def _split(value: datetime | None, zone=UTC) -> tuple[str, str]:
+    # The admin reads and shows a trigger's date-times in the trigger's own zone.
     if value is None:
         return "", ""
-    value = value.astimezone(UTC)
+    value = value.astimezone(zone)
     return value.strftime("%Y-%m-%d"), value.strftime("%H:%M:%S")
 
 
@@ -40,7 +41,7 @@ def trigger_fields(trigger: Trigger, prefix: str = "") -> dict:
     if trigger.paused:
         data[f"{prefix}paused"] = "on"
     for name in ("run_at", "start_at", "end_at"):
-        day, time = _split(getattr(trigger, name))
+        day, time = _split(getattr(trigger, name), trigger.tzinfo())
         data[f"{prefix}{name}_0"], data[f"{prefix}{name}_1"] = day, time
     return data
 

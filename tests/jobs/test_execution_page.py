@@ -446,7 +446,7 @@ def test_cancelling_a_running_run_asks_it_to_stop_and_says_what_happens_next(
     assert f"Asked #{execution.pk} to stop." in html
     when = execution.cancel_requested_at.strftime("%Y-%m-%d %H:%M:%S")
     assert f"Cancel requested by otto</strong>: stuck, at {when} UTC." in html
-    assert "30.0 s after the request" in html
+    assert "30s after the request" in html
     if executor == "inline":
         assert (
             "A thread cannot be killed" in html and "whatever it returns later is ignored" in html
@@ -462,7 +462,7 @@ def test_the_cancel_grace_shown_is_the_setting(client_for, job, settings):
     settings.SCHEDULER_CANCEL_GRACE = 90
     execution = running(job)
     client = client_for("operator")
-    assert "past 1 min 30 s it is recorded cancelled" in page(client, execution)
+    assert "past 1m 30s it is recorded cancelled" in page(client, execution)
 
 
 def test_cancel_from_htmx_answers_with_the_status_and_its_message(client_for, job):

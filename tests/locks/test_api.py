@@ -245,7 +245,7 @@ def test_a_lock_shows_its_lease_holder_liveness_and_staleness_in_database_time(a
     assert dead["stale_reason"] == "holder node gone is dead"
     assert expired["holder_state"] is None  # not a scheduler node
     assert expired["expires_in_seconds"] == -90.0 and expired["held"] is True
-    assert expired["stale_reason"] == "expired 00:01:30 ago and never released"
+    assert expired["stale_reason"] == "expired 1m 30s ago and never released"
     assert idle["holder"] == "" and idle["holder_state"] is None
     assert (idle["held"], idle["stale"], idle["stale_reason"]) == (False, False, None)
     assert idle["locked_at"] is None and idle["execution_id"] is None
@@ -505,7 +505,7 @@ def test_operators_and_their_token_clean_up_stale_locks_audited_with_their_user(
     assert set(released) == {"dead-node", "expired"}
     assert released["dead-node"]["reason"] == "holder node gone is dead"
     assert released["dead-node"]["holder"] == "gone" and released["dead-node"]["token"] == 4
-    assert released["expired"]["reason"] == "expired 00:01:30 ago and never released"
+    assert released["expired"]["reason"] == "expired 1m 30s ago and never released"
     assert set(released["expired"]) == {
         "name", "holder", "token", "locked_at", "locked_until", "execution_id", "reason"
     }  # fmt: skip

@@ -76,12 +76,12 @@ def test_it_shows_holder_liveness_held_since_expiry_token_execution_and_stale_re
 
     assert "node active" in page and "node dead" in page
     assert "not a scheduler node" in page
-    assert "in 5m 0s" in page  # 300 s of lease left, in database time
+    assert "in 5m" in page  # 300 s of lease left, in database time
     assert "expired 1m 30s ago" in page
     assert ">11<" in page
     assert f'href="/executions/{execution.pk}/"' in page
     assert "holder node gone is dead" in page
-    assert "expired 00:01:30 ago and never released" in page  # the stale reason
+    assert "expired 1m 30s ago and never released" in page  # the stale reason
     assert page.count('class="badge stale">stale<') == 2
 
 
@@ -111,7 +111,7 @@ def test_an_htmx_request_gets_only_the_lock_table(client_for):
     held_lock("busy")
     response = client_for("viewer").get("/locks/?all=1", headers=HTMX)
     content = response.content.decode()
-    assert content.lstrip().startswith('<div id="locks">')
+    assert content.lstrip().startswith('<div id="locks"')
     assert "<html" not in content and "busy" in content
     assert "HX-Request" in response["Vary"]
 
@@ -197,7 +197,7 @@ def test_force_release_by_htmx_returns_the_refreshed_table_with_the_message(clie
     page = response.content.decode()
     assert response.status_code == 200
     assert response["HX-Retarget"] == "#locks" and response["HX-Reswap"] == "outerHTML"
-    assert page.lstrip().startswith('<div id="locks">')
+    assert page.lstrip().startswith('<div id="locks"')
     assert "Released stuck: it was held by worker-9 with token 7" in page
     assert "idle" in page  # the "show all" choice survives the action
     assert Lock.objects.get(name="stuck").holder == ""
@@ -362,7 +362,7 @@ def test_cleanup_with_nothing_stale_says_so(client_for):
 def test_cleanup_by_htmx_returns_the_refreshed_table(client_for, stale_and_healthy):
     response = client_for("operator").post(reverse("lock-cleanup"), headers=HTMX)
     page = response.content.decode()
-    assert page.lstrip().startswith('<div id="locks">')
+    assert page.lstrip().startswith('<div id="locks"')
     assert "Released 2 stale locks" in page
     table = page.split("</ul>")[1]
     assert "<code>healthy</code>" in table and "<code>expired</code>" not in table
@@ -420,7 +420,7 @@ def test_the_nodes_page_shows_each_node_live_first_with_its_running_executions(c
     page = client_for("viewer").get("/nodes/").content.decode()
 
     assert page.index("live-b") < page.index("old-dead")
-    assert "3.0s ago" in page and "10m 0s ago" in page
+    assert "3s ago" in page and "10m ago" in page
     assert "9.9" in page and ">live-b<" in page  # declared dead by
     assert 'href="/executions/?node=live-b">2<' in page
     assert f'href="/executions/{running[0].pk}/"' in page
