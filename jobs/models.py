@@ -6,6 +6,7 @@ import re
 import zoneinfo
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
 from django.db import connection, models
 from django.db.models import Q
@@ -568,3 +569,59 @@ class ExecutionEvent(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.execution_id} {self.kind} {self.message[:60]}"
+
+
+#: Upper bounds (ms) of the fire-lag histogram's buckets; the last bucket is everything
+#: above the last bound. The triggers of migration 0012 bucket lags with these same
+#: bounds (jobs_lag_bucket); a test checks that the two agree.
+LAG_BUCKET_BOUNDS_MS = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
+
+
+class RunRollup(models.Model):
+    """Finished runs of one job, per minute or per hour of their creation, per final state.
+
+    Written only by the database: statement-level triggers on jobs_execution (migration
+    0012) add each row's contribution when it reaches a final state and move it when its
+    state or times change, whichever process wrote it (node, Celery worker, recovery,
+    cancel, a misfire's skip, an admin edit). The dashboard's trends and 24-hour counts
+    read these rows, never a day of executions. Deleting executions (pruning) leaves the
+    rollup alone: it has its own retention.
+    """
+
+    class Grain(models.TextChoices):
+        MINUTE = "minute"
+        HOUR = "hour"
+
+    # No index of its own: one_rollup_row_per_bucket leads with job_id.
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="+", db_index=False)
+    grain = models.CharField(max_length=6, choices=Grain.choices)
+    #: The start of the minute or hour (UTC) in which the executions were created.
+    bucket = models.DateTimeField()
+    state = models.CharField(max_length=12, choices=Execution.State.choices)
+    runs = models.IntegerField(default=0)
+    #: Runs with both a start and a finish time, whose durations the next two sum up.
+    timed_runs = models.IntegerField(default=0)
+    duration_ms_sum = models.FloatField(default=0)
+    #: The longest run ever added to this row (a max cannot be taken back).
+    duration_ms_max = models.FloatField(null=True)
+    #: Scheduled fires with a dispatch time: dispatched_at - scheduled_for.
+    lag_fires = models.IntegerField(default=0)
+    lag_ms_sum = models.FloatField(default=0)
+    lag_ms_max = models.FloatField(null=True)
+    #: Fires per lag bucket (LAG_BUCKET_BOUNDS_MS), so percentiles can be summed over time.
+    lag_ms_hist = ArrayField(models.IntegerField(), size=len(LAG_BUCKET_BOUNDS_MS) + 1)
+
+    class Meta:
+        constraints = [
+            # The triggers' upsert key; also a job's rows by time (the job page's charts).
+            models.UniqueConstraint(
+                fields=["job", "grain", "bucket", "state"], name="one_rollup_row_per_bucket"
+            ),
+        ]
+        indexes = [
+            # The overview's trends and counts (every job, a time range) and the pruning.
+            models.Index(fields=["grain", "bucket"], name="rollup_bucket_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} {self.grain} {self.bucket:%Y-%m-%d %H:%M} {self.state}"
