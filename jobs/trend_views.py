@@ -41,6 +41,15 @@ def format_ms(ms: float | None) -> str:
     return format_duration(timedelta(milliseconds=ms))
 
 
+def bin_label(step: timedelta) -> str:
+    """What one bar of a chart covers: "hour", "6 hours", "30 minutes"."""
+    minutes = int(step.total_seconds() // 60)
+    if minutes % 60 == 0:
+        hours = minutes // 60
+        return "hour" if hours == 1 else f"{hours} hours"
+    return "minute" if minutes == 1 else f"{minutes} minutes"
+
+
 def format_rate(rate: float | None) -> str:
     return "-" if rate is None else f"{rate * 100:.1f}%"
 
@@ -67,7 +76,7 @@ def overview_charts(series: trends.Series) -> dict:
     """Runs by state (stacked), failure rate and fire lag p95 over the window."""
     starts = [b.start for b in series.bins]
     step, label = series.window.bin, series.window.label
-    per = "hour" if step == timedelta(hours=1) else f"{format_duration(step)}"
+    per = bin_label(step)
     stacks = [
         charts.Stack(state.replace("_", " "), STATE_CSS[state],
                      [b.runs.get(state, 0) for b in series.bins])
