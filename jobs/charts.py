@@ -56,7 +56,7 @@ def stacked_bars(
 ) -> SafeString:  # fmt: skip
     """Bars per time bin (``starts``, each ``step`` long), the stacks on top of each other."""
     totals = [sum(s.values[i] or 0 for s in stacks) for i in range(len(starts))]
-    top = _nice_max(max(totals, default=0))
+    top = max(_nice_max(max(totals, default=0)), 2.0)  # whole runs on the axis
     x0, x1 = LEFT, WIDTH - RIGHT
     y0, y1 = HEIGHT - BOTTOM, TOP
     span_start, span_end = starts[0], starts[-1] + step
@@ -87,11 +87,12 @@ def stacked_bars(
 def line_chart(
     title: str, starts: Sequence[datetime], step: timedelta, lines: Sequence[Stack],
     summary: str, fmt: Callable[[float], str], unit: str = "", top: float | None = None,
+    floor: float = 1.0,
 ) -> SafeString:  # fmt: skip
     """Lines through each bin's middle; a bin without a value breaks the line (and a
     lone value shows as a dot)."""
     values = [v for line in lines for v in line.values if v is not None]
-    top = top if top is not None else _nice_max(max(values, default=0))
+    top = top if top is not None else max(_nice_max(max(values, default=0)), floor)
     x0, x1 = LEFT, WIDTH - RIGHT
     y0, y1 = HEIGHT - BOTTOM, TOP
     out = _open(title, summary)
@@ -123,6 +124,8 @@ def line_chart(
 
 
 LANE_HEIGHT = 22
+#: Lanes are short and wide: a wider drawing keeps their text small when scaled to a page.
+LANES_WIDTH = 1100
 
 
 def time_lanes(
@@ -132,15 +135,16 @@ def time_lanes(
     """One lane per row (a job), its spans as bars (runs) or ticks (fires) on one time
     axis from ``start`` to ``end``; a span with a link is clickable."""
     height = TOP + LANE_HEIGHT * max(len(lanes), 1) + BOTTOM
-    x0, x1 = label_width, WIDTH - RIGHT
+    width = LANES_WIDTH
+    x0, x1 = label_width, width - RIGHT
     seconds = max((end - start).total_seconds(), 1)
 
     def x_of(when: datetime) -> float:
         offset = (when - start).total_seconds() / seconds
         return x0 + (x1 - x0) * min(max(offset, 0.0), 1.0)
 
-    out = _open(title, summary, height)
-    out += _time_axis(start, end, left=x0, bottom=height - BOTTOM, top=TOP)
+    out = _open(title, summary, height, width, css="chart lanes")
+    out += _time_axis(start, end, left=x0, bottom=height - BOTTOM, top=TOP, width=width)
     for row, lane in enumerate(lanes):
         y = TOP + row * LANE_HEIGHT
         label = lane.label if len(lane.label) <= 24 else lane.label[:23] + "…"
@@ -167,10 +171,12 @@ def time_lanes(
 # --- pieces -------------------------------------------------------------------------
 
 
-def _open(title: str, summary: str, height: int = HEIGHT) -> list[str]:
+def _open(
+    title: str, summary: str, height: int = HEIGHT, width: int = WIDTH, css: str = "chart"
+) -> list[str]:
     n = next(_chart_ids)
     return [
-        f'<svg class="chart" viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" '
+        f'<svg class="{css}" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
         f'role="img" aria-labelledby="chart-{n}-title chart-{n}-desc" '
         f'xmlns="http://www.w3.org/2000/svg">',
         f'<title id="chart-{n}-title">{escape(title)}</title>',
@@ -208,9 +214,9 @@ TICK_STEPS = [timedelta(hours=h) for h in (1, 2, 3, 6, 12, 24, 48)]
 
 def _time_axis(
     start: datetime, end: datetime, left: int = LEFT, bottom: int = HEIGHT - BOTTOM,
-    top: int = TOP,
+    top: int = TOP, width: int = WIDTH,
 ) -> list[str]:  # fmt: skip
-    x0, x1 = left, WIDTH - RIGHT
+    x0, x1 = left, width - RIGHT
     seconds = max((end - start).total_seconds(), 1)
     out = [f'<line class="axis" x1="{x0}" x2="{x1}" y1="{bottom}" y2="{bottom}"/>']
     # About six labels, on round hours (UTC).

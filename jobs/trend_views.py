@@ -125,6 +125,7 @@ def overview_charts(series: trends.Series) -> dict:
             [charts.Stack("p95", "lag", lags)],
             lag_summary,
             format_ms,
+            floor=10.0,
         ),  # fmt: skip
         "lag_summary": lag_summary,
     }
@@ -191,6 +192,7 @@ def job_charts(job: Job, series: trends.Series) -> dict:
             [charts.Stack("average", "avg", averages), charts.Stack("longest", "max", longest)],
             duration_summary,
             format_ms,
+            floor=10.0,
         ),  # fmt: skip
         "duration_summary": duration_summary,
         "success_chart": charts.line_chart(
@@ -288,7 +290,8 @@ def fire_timeline(hours: int = 24) -> dict:
     busiest = sorted(per_minute.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:BUSIEST_MINUTES]
     busiest = [(minute, sorted(names)) for minute, names in busiest if len(names) > 1]
     fires = sum(len(lane.spans) for lane in chart_lanes)
-    summary = f"{fires} fires of {len(chart_lanes)} jobs in the next {hours} hours"
+    jobs = len(chart_lanes)
+    summary = f"{fires} fires of {jobs} job{'s' if jobs != 1 else ''} in the next {hours} hours"
     if busiest:
         minute, names = busiest[0]
         summary += f"; the busiest minute, {minute:%Y-%m-%d %H:%M} UTC, has {len(names)} jobs."
