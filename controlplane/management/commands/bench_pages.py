@@ -18,7 +18,7 @@ from jobs.models import Execution, Job
 
 #: The issue's target: each of these pages renders in under this at p95 with 1M rows.
 TARGET_P95_MS = 150.0
-TARGETED = ("executions", "executions_filtered", "overview", "locks")
+TARGETED = ("executions", "executions_filtered", "overview", "locks", "overview_trends_7d", "job")
 
 JSON_KEYS = """
 The last line of output is one JSON object:
@@ -26,8 +26,8 @@ The last line of output is one JSON object:
   executions_rows   rows in jobs_execution (PostgreSQL's estimate)
   target_p95_ms     the target, 150
   pages             {key: {url, status, queries, p50_ms, p95_ms, max_ms, target_p95_ms,
-                    meets_target}} for executions, executions_filtered, overview, locks and
-                    jobs; status is the first non-200 status seen, else 200; queries is the
+                    meets_target}} for executions, executions_filtered, overview, locks,
+                    jobs, overview_trends_7d and job (a job's page, when there is a job); status is the first non-200 status seen, else 200; queries is the
                     warm-up request's SQL query count; the jobs page has no target (null)
   all_ok            every page answered 200 and every targeted page met its target
 """
@@ -115,13 +115,19 @@ class Command(BaseCommand):
         filtered = (
             f"{executions}?job={job_id}&state=failed" if job_id else f"{executions}?state=failed"
         )
-        return [
+        pages = [
             ("executions", executions),
             ("executions_filtered", filtered),
             ("overview", reverse("overview")),
             ("locks", reverse("lock-list")),
             ("jobs", reverse("job-list")),
+            # The overview's charts (loaded after it) over the longer window.
+            ("overview_trends_7d", f"{reverse('overview-trends')}?window=7d"),
         ]
+        if job_id:
+            # The job page with its strip, day of runs and charts.
+            pages.append(("job", reverse("job-detail", args=[job_id])))
+        return pages
 
     def _time_page(self, client: Client, url: str, requests: int) -> dict:
         queries = []
