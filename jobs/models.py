@@ -578,7 +578,7 @@ LAG_BUCKET_BOUNDS_MS = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 3000
 
 
 class RunRollup(models.Model):
-    """Finished runs of one job, per minute or per hour of their creation, per final state.
+    """Finished runs of one job, per minute or hour of their creation, per final state.
 
     Written only by the database: statement-level triggers on jobs_execution (migration
     0012) add each row's contribution when it reaches a final state and move it when its
@@ -586,15 +586,13 @@ class RunRollup(models.Model):
     cancel, a misfire's skip, an admin edit). The dashboard's trends and 24-hour counts
     read these rows, never a day of executions. Deleting executions (pruning) leaves the
     rollup alone: it has its own retention.
+
+    Minute and hour rows live in two tables so that each is dense on disk: a read of a
+    week of hours never reads pages full of minutes.
     """
 
-    class Grain(models.TextChoices):
-        MINUTE = "minute"
-        HOUR = "hour"
-
-    # No index of its own: one_rollup_row_per_bucket leads with job_id.
+    # No index of its own: the unique constraint of each table leads with job_id.
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="+", db_index=False)
-    grain = models.CharField(max_length=6, choices=Grain.choices)
     #: The start of the minute or hour (UTC) in which the executions were created.
     bucket = models.DateTimeField()
     state = models.CharField(max_length=12, choices=Execution.State.choices)
@@ -612,16 +610,37 @@ class RunRollup(models.Model):
     lag_ms_hist = ArrayField(models.IntegerField(), size=len(LAG_BUCKET_BOUNDS_MS) + 1)
 
     class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.job_id} {self.bucket:%Y-%m-%d %H:%M} {self.state}"
+
+
+class MinuteRollup(RunRollup):
+    """A job's finished runs per minute: the 24-hour counts' first hour, a job's day."""
+
+    class Meta:
         constraints = [
-            # The triggers' upsert key; also a job's rows by time (the job page's charts).
+            # The triggers' upsert key; also a job's rows by time (its 24-hour charts).
             models.UniqueConstraint(
-                fields=["job", "grain", "bucket", "state"], name="one_rollup_row_per_bucket"
+                fields=["job", "bucket", "state"], name="one_minute_rollup_row"
             ),
         ]
         indexes = [
-            # The overview's trends and counts (every job, a time range) and the pruning.
-            models.Index(fields=["grain", "bucket"], name="rollup_bucket_idx"),
+            # The 24-hour counts' first hour (every job) and the pruning.
+            models.Index(fields=["bucket"], name="minute_rollup_bucket_idx"),
         ]
 
-    def __str__(self) -> str:
-        return f"{self.job_id} {self.grain} {self.bucket:%Y-%m-%d %H:%M} {self.state}"
+
+class HourRollup(RunRollup):
+    """A job's finished runs per hour: the overview's counts and trends, a job's week."""
+
+    class Meta:
+        constraints = [
+            # The triggers' upsert key; also a job's rows by time (its 7-day charts).
+            models.UniqueConstraint(fields=["job", "bucket", "state"], name="one_hour_rollup_row"),
+        ]
+        indexes = [
+            # The overview's counts and trends (every job, a time range) and the pruning.
+            models.Index(fields=["bucket"], name="hour_rollup_bucket_idx"),
+        ]

@@ -1,4 +1,5 @@
-"""Trends for the dashboard, read from the run rollup (jobs.models.RunRollup), and the
+"""Trends for the dashboard, read from the run rollup (jobs.models.MinuteRollup and
+HourRollup), and the
 small bounded execution reads that sit beside them (a job's last runs, its day of runs).
 
 Nothing here scans a day of executions: finished runs are counted from the rollup's hour
@@ -13,7 +14,7 @@ from datetime import datetime, timedelta
 
 from django.db import connection
 
-from jobs.models import LAG_BUCKET_BOUNDS_MS, Execution, Job, RunRollup
+from jobs.models import LAG_BUCKET_BOUNDS_MS, Execution, HourRollup, Job, MinuteRollup
 
 FINAL_STATES = Execution.FINAL_STATES
 UNFINISHED_STATES = ("pending", "dispatched", "running")
@@ -46,12 +47,12 @@ SELECT state, sum(n)::bigint FROM (
       AND e.state NOT IN ('pending', 'dispatched', 'running')
     GROUP BY e.state
     UNION ALL
-    SELECT r.state, sum(r.runs) FROM jobs_runrollup r, w
-    WHERE r.grain = 'minute' AND r.bucket >= w.minutes_from AND r.bucket < w.hours_from
+    SELECT r.state, sum(r.runs) FROM jobs_minuterollup r, w
+    WHERE r.bucket >= w.minutes_from AND r.bucket < w.hours_from
     GROUP BY r.state
     UNION ALL
-    SELECT r.state, sum(r.runs) FROM jobs_runrollup r, w
-    WHERE r.grain = 'hour' AND r.bucket >= w.hours_from
+    SELECT r.state, sum(r.runs) FROM jobs_hourrollup r, w
+    WHERE r.bucket >= w.hours_from
     GROUP BY r.state
 ) parts
 GROUP BY state
@@ -65,8 +66,8 @@ SERIES = f"""
 SELECT date_bin(%(bin)s, r.bucket, %(origin)s) AS bin, r.state,
        sum(r.runs), sum(r.timed_runs), sum(r.duration_ms_sum), max(r.duration_ms_max),
        sum(r.lag_fires), max(r.lag_ms_max), {HIST_SUMS}
-FROM jobs_runrollup r
-WHERE r.grain = %(grain)s AND r.bucket >= %(start)s {{job_filter}}
+FROM {{table}} r
+WHERE r.bucket >= %(start)s {{job_filter}}
 GROUP BY 1, 2
 """
 BIN_ORIGIN = datetime.fromisoformat("2000-01-01T00:00:00+00:00")
@@ -94,9 +95,10 @@ class Window:
     bin: timedelta
 
     @property
-    def grain(self) -> str:
+    def table(self) -> str:
         # Hour rows for bins of an hour or more: a fraction of the minute rows to read.
-        return RunRollup.Grain.HOUR if self.bin >= timedelta(hours=1) else RunRollup.Grain.MINUTE
+        model = HourRollup if self.bin >= timedelta(hours=1) else MinuteRollup
+        return model._meta.db_table
 
 
 OVERVIEW_WINDOWS = {
@@ -211,10 +213,13 @@ def series(window: Window, job: Job | None = None) -> Series:
         cursor.execute("SELECT date_bin(%s, now(), %s)", [window.bin, BIN_ORIGIN])
         end = cursor.fetchone()[0] + window.bin
         start = end - window.span
-        params = {"bin": window.bin, "origin": BIN_ORIGIN, "grain": window.grain, "start": start}
+        params = {"bin": window.bin, "origin": BIN_ORIGIN, "start": start}
         if job is not None:
             params["job"] = job.pk
-        sql = SERIES.format(job_filter="AND r.job_id = %(job)s" if job is not None else "")
+        # Only fixed text is formatted in: a model's table and a parameter's placeholder.
+        sql = SERIES.format(
+            table=window.table, job_filter="AND r.job_id = %(job)s" if job is not None else ""
+        )
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     count = int(window.span / window.bin)

@@ -36,10 +36,15 @@ JUSTIFIED = {
     },
     # Not on jobs_execution (which gains no index for the trends), but written by its
     # triggers on every result: each index here costs the recorder too.
-    "jobs_runrollup": {
-        "jobs_runrollup_pkey": "Django's id (the admin, deletes)",
-        "one_rollup_row_per_bucket": "the triggers' upsert key; a job's trend series",
-        "rollup_bucket_idx": "the overview's 24-hour counts and trends; prune_rollup",
+    "jobs_minuterollup": {
+        "jobs_minuterollup_pkey": "Django's id (deletes)",
+        "one_minute_rollup_row": "the triggers' upsert key; a job's 24-hour series",
+        "minute_rollup_bucket_idx": "the 24-hour counts' first hour; prune_rollup",
+    },
+    "jobs_hourrollup": {
+        "jobs_hourrollup_pkey": "Django's id (deletes)",
+        "one_hour_rollup_row": "the triggers' upsert key; a job's 7-day series",
+        "hour_rollup_bucket_idx": "the overview's 24-hour counts and trends; prune_rollup",
     },
     "jobs_trigger": {
         "jobs_trigger_pkey": "every lookup by id",
@@ -134,14 +139,18 @@ def test_the_named_query_uses_its_index(query, params, index):
 
 def test_the_trend_reads_use_their_indexes():
     counts = plan(trends.STATE_COUNTS, {"hours": 24})
-    for index in ("rollup_bucket_idx", "execution_state_recent_idx", "execution_recent_idx"):
-        assert index in counts
-    series = trends.SERIES.format(job_filter="AND r.job_id = 1")
-    params = {"bin": "1 hour", "origin": trends.BIN_ORIGIN, "grain": "hour", "start": "2026-01-01"}
+    assert "minute_rollup_bucket_idx" in counts and "hour_rollup_bucket_idx" in counts
+    # The unfinished runs and the first minute: any index of jobs_execution (on these
+    # near-empty tables the planner takes the smallest), never a scan of it.
+    assert "Seq Scan" not in counts
+    series = trends.SERIES.format(table="jobs_hourrollup", job_filter="AND r.job_id = 1")
+    params = {"bin": "1 hour", "origin": trends.BIN_ORIGIN, "start": "2026-01-01"}
     # A job's series: on these near-empty tables the planner may take either index; both
     # bound the read to the window (with real statistics the job's own key wins).
-    assert re.search(r"Index Scan using (one_rollup_row_per_bucket|rollup_bucket_idx)",
+    assert re.search(r"Index Scan using (one_hour_rollup_row|hour_rollup_bucket_idx)",
                      plan(series, params))  # fmt: skip
-    assert "rollup_bucket_idx" in plan(trends.SERIES.format(job_filter=""), params)
+    every_job = trends.SERIES.format(table="jobs_hourrollup", job_filter="")
+    assert "hour_rollup_bucket_idx" in plan(every_job, params)
     assert "execution_job_recent_idx" in plan(trends.RECENT_RUNS, {"ids": [1, 2], "n": 50})
-    assert "rollup_bucket_idx" in plan(history.PRUNE_ROLLUP, {"minute_hours": 48, "hour_days": 90})
+    assert "minute_rollup_bucket_idx" in plan(history.PRUNE_MINUTE_ROLLUP, {"hours": 48})
+    assert "hour_rollup_bucket_idx" in plan(history.PRUNE_HOUR_ROLLUP, {"days": 90})

@@ -16,7 +16,8 @@ from jobs import actions, claims, history, trends
 from jobs.models import (
     LAG_BUCKET_BOUNDS_MS,
     Execution,
-    RunRollup,
+    HourRollup,
+    MinuteRollup,
     Trigger,
     database_now,
     queue_manual_run,
@@ -53,7 +54,7 @@ def expected_rollup() -> dict:
 def assert_rollup_matches_executions() -> None:
     expected = expected_rollup()
     actual = {}
-    for r in RunRollup.objects.all():
+    for r in rollup_rows():
         if r.runs == 0:
             # A contribution moved away leaves a row of zeros, nothing else.
             assert (r.timed_runs, r.lag_fires, sum(r.lag_ms_hist)) == (0, 0, 0)
@@ -70,6 +71,23 @@ def assert_rollup_matches_executions() -> None:
         )
         assert row.duration_ms_sum == pytest.approx(want["dur"], abs=0.01)
         assert row.lag_ms_hist == want["hist"]
+
+
+def rollup_rows() -> list:
+    """Every rollup row, each with its ``grain``: "minute" or "hour"."""
+    rows = []
+    for grain, model in (("minute", MinuteRollup), ("hour", HourRollup)):
+        for row in model.objects.order_by("id"):
+            row.grain = grain
+            rows.append(row)
+    return rows
+
+
+def rollup_values() -> list[dict]:
+    return [
+        *MinuteRollup.objects.order_by("id").values(),
+        *HourRollup.objects.order_by("id").values(),
+    ]
 
 
 def direct_state_counts(hours: int = 24) -> list[tuple[str, int]]:
@@ -124,7 +142,7 @@ def test_the_rollup_counts_what_a_real_node_records_on_every_path(node):
     assert Execution.objects.get(pk=cancelled.pk).state == "cancelled"
     assert Execution.objects.get(pk=ghost.pk).state == "abandoned"
     assert_rollup_matches_executions()
-    assert RunRollup.objects.filter(job=ok, grain="minute").get().lag_fires == 1
+    assert MinuteRollup.objects.filter(job=ok).get().lag_fires == 1
     assert dashboard.state_counts() == direct_state_counts()
 
 
@@ -133,11 +151,11 @@ def test_a_changed_result_moves_its_contribution_and_other_updates_change_nothin
     job = make_job("edited")
     execution = make_execution(job)
     assert_rollup_matches_executions()
-    before = list(RunRollup.objects.order_by("id").values())
+    before = rollup_values()
 
     # Progress and heartbeats touch no column the rollup depends on.
     Execution.objects.filter(pk=execution.pk).update(progress_done=5, heartbeat_at=database_now())
-    assert list(RunRollup.objects.order_by("id").values()) == before
+    assert rollup_values() == before
 
     # An edit of the result (the admin can) moves the run from one state to the other.
     Execution.objects.filter(pk=execution.pk).update(state="failed")
@@ -171,10 +189,11 @@ def test_the_migrations_backfill_rebuilds_the_rollup_from_the_history():
     for hours in (1, 30, 200):
         make_execution(job, created_at=now - timedelta(hours=hours), state="failed")
     make_execution(job, origin="schedule", dispatched_at=now + timedelta(seconds=2))
-    RunRollup.objects.all().delete()
+    MinuteRollup.objects.all().delete()
+    HourRollup.objects.all().delete()
     with connection.cursor() as cursor:
         cursor.execute(
-            rollup_migration.rollup_upsert(
+            rollup_migration.both(
                 f"SELECT {rollup_migration.COLUMNS}, 1 AS sign FROM jobs_execution"
             )
         )
@@ -284,8 +303,9 @@ def test_rollup_rows_are_pruned_by_their_own_retention_not_with_the_executions()
     make_execution(job, created_at=now - timedelta(hours=1))
     assert history.prune_history(30) == 1
     # The 40-day-old run is gone from the history, not from the trends.
-    assert RunRollup.objects.filter(bucket__lt=now - timedelta(days=30)).count() == 2
+    old_rows = [r for r in rollup_rows() if r.bucket < now - timedelta(days=30)]
+    assert len(old_rows) == 2
 
     assert history.prune_rollup(minute_hours=48, hour_days=35) == 3
-    left = sorted((r.grain, (now - r.bucket).days) for r in RunRollup.objects.all())
+    left = sorted((r.grain, (now - r.bucket).days) for r in rollup_rows())
     assert left == [("hour", 0), ("hour", 3), ("minute", 0)]
