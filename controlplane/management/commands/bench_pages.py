@@ -27,7 +27,8 @@ The last line of output is one JSON object:
   target_p95_ms     the target, 150
   pages             {key: {url, status, queries, p50_ms, p95_ms, max_ms, target_p95_ms,
                     meets_target}} for executions, executions_filtered, overview, locks,
-                    jobs, overview_trends_7d and job (a job's page, when there is a job); status is the first non-200 status seen, else 200; queries is the
+                    jobs, overview_trends_7d and job (a job's page, when there is one);
+                    status is the first non-200 status seen, else 200; queries is the
                     warm-up request's SQL query count; the jobs page has no target (null)
   all_ok            every page answered 200 and every targeted page met its target
 """
