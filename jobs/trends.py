@@ -58,7 +58,7 @@ SELECT state, sum(n)::bigint FROM (
 GROUP BY state
 """
 
-HIST_SUMS = ", ".join(f"sum(r.lag_ms_hist[{i}])" for i in range(1, len(LAG_BUCKET_BOUNDS_MS) + 2))
+HIST_SUMS = ", ".join(f"sum(r.lag_{i})" for i in range(len(LAG_BUCKET_BOUNDS_MS) + 1))
 
 # The rollup's rows of one window, summed per bin and state. Bins are aligned on a fixed
 # origin so a bin holds the same hours on every load; the last bin holds now.

@@ -1,7 +1,6 @@
 """The rollup behind the dashboard's trends and 24-hour counts (jobs.models.MinuteRollup
 and HourRollup), kept by triggers on jobs_execution, and filled from the history there is."""
 
-import django.contrib.postgres.fields
 import django.db.models.deletion
 from django.db import migrations, models
 
@@ -21,10 +20,12 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT width_bucket(lag_ms, ARRAY[{BOUNDS}]::double precision[]) + 1 $$
 """
 
-HIST_SLOTS = ",\n        ".join(
-    f"coalesce(sum(sign) FILTER (WHERE lag_slot = {slot}), 0)"
-    for slot in range(1, len(LAG_BUCKET_BOUNDS_MS) + 2)
+SLOTS = range(len(LAG_BUCKET_BOUNDS_MS) + 1)
+LAG_COLUMNS = ", ".join(f"lag_{i}" for i in SLOTS)
+LAG_SUMS = ",\n        ".join(
+    f"coalesce(sum(sign) FILTER (WHERE lag_slot = {i + 1}), 0)" for i in SLOTS
 )
+LAG_ADDS = ",\n        ".join(f"lag_{i} = r.lag_{i} + excluded.lag_{i}" for i in SLOTS)
 
 
 def rollup_upsert(changes: str, table: str, grain: str) -> str:
@@ -52,7 +53,7 @@ def rollup_upsert(changes: str, table: str, grain: str) -> str:
     )
     INSERT INTO {table} AS r (
         job_id, bucket, state, runs, timed_runs, duration_ms_sum, duration_ms_max,
-        lag_fires, lag_ms_sum, lag_ms_max, lag_ms_hist
+        lag_fires, lag_ms_sum, lag_ms_max, {LAG_COLUMNS}
     )
     SELECT job_id, bucket, state,
         sum(sign),
@@ -62,9 +63,7 @@ def rollup_upsert(changes: str, table: str, grain: str) -> str:
         coalesce(sum(sign) FILTER (WHERE lag_ms IS NOT NULL), 0),
         coalesce(sum(sign * lag_ms), 0),
         max(lag_ms) FILTER (WHERE sign > 0),
-        ARRAY[
-        {HIST_SLOTS}
-        ]::integer[]
+        {LAG_SUMS}
     FROM contribution
     GROUP BY job_id, bucket, state
     ORDER BY job_id, bucket, state
@@ -76,11 +75,7 @@ def rollup_upsert(changes: str, table: str, grain: str) -> str:
         lag_fires = r.lag_fires + excluded.lag_fires,
         lag_ms_sum = r.lag_ms_sum + excluded.lag_ms_sum,
         lag_ms_max = greatest(r.lag_ms_max, excluded.lag_ms_max),
-        lag_ms_hist = ARRAY(
-            SELECT a + b
-            FROM unnest(r.lag_ms_hist, excluded.lag_ms_hist) WITH ORDINALITY AS u (a, b, i)
-            ORDER BY i
-        )
+        {LAG_ADDS}
     """
 
 
@@ -125,6 +120,10 @@ def both(changes: str) -> str:
 TRIGGERS = f"""
 CREATE FUNCTION jobs_execution_rollup_insert() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
+    -- Most inserts are pending or dispatched runs: nothing to add, and no upsert to plan.
+    IF NOT EXISTS (SELECT 1 FROM new_rows WHERE state IN {FINAL_STATES}) THEN
+        RETURN NULL;
+    END IF;
 {both(INSERTED)}
     RETURN NULL;
 END
@@ -132,6 +131,12 @@ $fn$;
 
 CREATE FUNCTION jobs_execution_rollup_update() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
+    -- Most updates move a run between unfinished states (claimed, started) or report
+    -- progress: unless a final state is left or reached, nothing moves.
+    IF NOT EXISTS (SELECT 1 FROM new_rows WHERE state IN {FINAL_STATES})
+       AND NOT EXISTS (SELECT 1 FROM old_rows WHERE state IN {FINAL_STATES}) THEN
+        RETURN NULL;
+    END IF;
 {both(UPDATED)}
     RETURN NULL;
 END
@@ -203,12 +208,19 @@ class Migration(migrations.Migration):
                 ("lag_fires", models.IntegerField(default=0)),
                 ("lag_ms_sum", models.FloatField(default=0)),
                 ("lag_ms_max", models.FloatField(null=True)),
-                (
-                    "lag_ms_hist",
-                    django.contrib.postgres.fields.ArrayField(
-                        base_field=models.IntegerField(), size=13
-                    ),
-                ),
+                ("lag_0", models.IntegerField(default=0)),
+                ("lag_1", models.IntegerField(default=0)),
+                ("lag_2", models.IntegerField(default=0)),
+                ("lag_3", models.IntegerField(default=0)),
+                ("lag_4", models.IntegerField(default=0)),
+                ("lag_5", models.IntegerField(default=0)),
+                ("lag_6", models.IntegerField(default=0)),
+                ("lag_7", models.IntegerField(default=0)),
+                ("lag_8", models.IntegerField(default=0)),
+                ("lag_9", models.IntegerField(default=0)),
+                ("lag_10", models.IntegerField(default=0)),
+                ("lag_11", models.IntegerField(default=0)),
+                ("lag_12", models.IntegerField(default=0)),
                 (
                     "job",
                     models.ForeignKey(
@@ -262,12 +274,19 @@ class Migration(migrations.Migration):
                 ("lag_fires", models.IntegerField(default=0)),
                 ("lag_ms_sum", models.FloatField(default=0)),
                 ("lag_ms_max", models.FloatField(null=True)),
-                (
-                    "lag_ms_hist",
-                    django.contrib.postgres.fields.ArrayField(
-                        base_field=models.IntegerField(), size=13
-                    ),
-                ),
+                ("lag_0", models.IntegerField(default=0)),
+                ("lag_1", models.IntegerField(default=0)),
+                ("lag_2", models.IntegerField(default=0)),
+                ("lag_3", models.IntegerField(default=0)),
+                ("lag_4", models.IntegerField(default=0)),
+                ("lag_5", models.IntegerField(default=0)),
+                ("lag_6", models.IntegerField(default=0)),
+                ("lag_7", models.IntegerField(default=0)),
+                ("lag_8", models.IntegerField(default=0)),
+                ("lag_9", models.IntegerField(default=0)),
+                ("lag_10", models.IntegerField(default=0)),
+                ("lag_11", models.IntegerField(default=0)),
+                ("lag_12", models.IntegerField(default=0)),
                 (
                     "job",
                     models.ForeignKey(
