@@ -177,10 +177,10 @@ def _open(
     n = next(_chart_ids)
     return [
         f'<svg class="{css}" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-        f'role="img" aria-labelledby="chart-{n}-title chart-{n}-desc" '
+        f'role="img" aria-labelledby="chart_{n}_title chart_{n}_desc" '
         f'xmlns="http://www.w3.org/2000/svg">',
-        f'<title id="chart-{n}-title">{escape(title)}</title>',
-        f'<desc id="chart-{n}-desc">{escape(summary)}</desc>',
+        f'<title id="chart_{n}_title">{escape(title)}</title>',
+        f'<desc id="chart_{n}_desc">{escape(summary)}</desc>',
         f'<text class="chart-title" x="{LEFT}" y="16">{escape(title)}</text>',
     ]
 
