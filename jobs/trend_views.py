@@ -138,7 +138,7 @@ def job_page_context(job: Job, window_key: str = "24h") -> dict:
     """The job page's strip of last runs, its day of runs on a time axis and its charts."""
     window = trends.JOB_WINDOWS[window_key]
     return {
-        "strip": strip_marks(trends.recent_runs_by_job([job.pk], STRIP_RUNS)[job.pk]),
+        "strip": run_strips([job.pk])[job.pk],
         "day_chart": day_of_runs_chart(job),
         **job_charts(job, trends.series(window, job)),
         "windows": trends.JOB_WINDOWS.values(),
@@ -205,6 +205,16 @@ def job_charts(job: Job, series: trends.Series) -> dict:
             top=1.0,
         ),  # fmt: skip
         "success_summary": rate_summary,
+    }
+
+
+def run_strips(job_ids, n: int = STRIP_RUNS) -> dict[int, list[dict]]:
+    """Each job's last ``n`` runs as the strip template shows them, in one query: for a
+    list of jobs, ``{% include "jobs/_run_strip.html" with runs=strips|get:job.pk %}``
+    or the like."""
+    return {
+        job_id: strip_marks(marks)
+        for job_id, marks in trends.recent_runs_by_job(job_ids, n).items()
     }
 
 

@@ -131,3 +131,17 @@ def test_the_timeline_shows_next_fires_of_unpaused_jobs_and_their_collisions(cli
     assert body.count('class="fire"') == 48 * 2 + 200
     assert "Cut at 200 fires: busy." in body
     assert 'href="/timeline/"' in body  # the navigation link
+
+
+def test_run_strips_for_a_list_of_jobs_render_compact(job):
+    from django.template.loader import render_to_string
+
+    from jobs.trend_views import run_strips
+
+    other = make_job("idle")
+    strips = run_strips([job.pk, other.pk])
+    assert [m["state"] for m in strips[job.pk]] == ["failed", "succeeded"]
+    assert strips[other.pk] == []
+    html = render_to_string("jobs/_run_strip.html", {"runs": strips[job.pk], "compact": True})
+    assert 'class="run-strip compact"' in html and html.count('class="run-mark s-') == 2
+    assert "No runs yet." in render_to_string("jobs/_run_strip.html", {"runs": []})

@@ -309,3 +309,41 @@ def test_rollup_rows_are_pruned_by_their_own_retention_not_with_the_executions()
     assert history.prune_rollup(minute_hours=48, hour_days=35) == 3
     left = sorted((r.grain, (now - r.bucket).days) for r in rollup_rows())
     assert left == [("hour", 0), ("hour", 3), ("minute", 0)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_writers_of_one_jobs_results_all_count():
+    """Four connections record results of the same job and minute at once (the rollup
+    rows they share are created and updated concurrently): nothing is lost or doubled."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connections, transaction
+    from django.db.models.functions import Now
+
+    job = make_job("busy")
+    now = database_now()
+    running = [
+        make_execution(job, state="running", created_at=now, finished_at=None).pk for _ in range(80)
+    ]
+    states = ["succeeded", "failed", "timed_out", "cancelled"]
+
+    def writer(worker: int) -> None:
+        try:
+            mine = running[worker::4]
+            for i in range(0, len(mine), 4):
+                with transaction.atomic():
+                    Execution.objects.filter(pk__in=mine[i : i + 4]).update(
+                        state=states[(worker + i) % 4], finished_at=Now()
+                    )
+                # New rows in a final state, racing for the same new rollup rows.
+                make_execution(job, state="skipped", created_at=now, started_at=None,
+                               finished_at=None)  # fmt: skip
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(writer, range(4)))
+
+    assert not Execution.objects.filter(state="running").exists()
+    assert_rollup_matches_executions()
+    assert dict(dashboard.state_counts())["skipped"] == 20
