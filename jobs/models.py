@@ -626,12 +626,12 @@ class RunRollup(models.Model):
     class Meta:
         abstract = True
 
+    def __str__(self) -> str:
+        return f"{self.job_id} {self.bucket:%Y-%m-%d %H:%M} {self.state}"
+
     @property
     def lag_ms_hist(self) -> list[int]:
         return [getattr(self, f"lag_{i}") for i in range(len(LAG_BUCKET_BOUNDS_MS) + 1)]
-
-    def __str__(self) -> str:
-        return f"{self.job_id} {self.bucket:%Y-%m-%d %H:%M} {self.state}"
 
 
 class MinuteRollup(RunRollup):
