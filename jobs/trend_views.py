@@ -88,7 +88,7 @@ def overview_charts(series: trends.Series) -> dict:
     runs_summary = (
         f"{series.finished} finished runs in the last {label}"
         + (f": {counts}." if counts else ".")
-        + f" Each bar is {per}."
+        + f" Each bar is {'one hour' if per == 'hour' else per}."
     )
     rates = [b.failure_rate for b in series.bins]
     worst = max(((r, b.start) for r, b in zip(rates, series.bins, strict=True) if r), default=None)
@@ -116,7 +116,7 @@ def overview_charts(series: trends.Series) -> dict:
             rate_summary,
             format_rate,
             top=1.0,
-        ),  # fmt: skip
+        ),
         "rate_summary": rate_summary,
         "lag_chart": charts.line_chart(
             "Fire lag p95",
@@ -126,7 +126,7 @@ def overview_charts(series: trends.Series) -> dict:
             lag_summary,
             format_ms,
             floor=10.0,
-        ),  # fmt: skip
+        ),
         "lag_summary": lag_summary,
     }
 
@@ -193,7 +193,7 @@ def job_charts(job: Job, series: trends.Series) -> dict:
             duration_summary,
             format_ms,
             floor=10.0,
-        ),  # fmt: skip
+        ),
         "duration_summary": duration_summary,
         "success_chart": charts.line_chart(
             "Success rate",
@@ -203,7 +203,7 @@ def job_charts(job: Job, series: trends.Series) -> dict:
             rate_summary,
             format_rate,
             top=1.0,
-        ),  # fmt: skip
+        ),
         "success_summary": rate_summary,
     }
 
