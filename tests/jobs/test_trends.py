@@ -347,3 +347,12 @@ def test_concurrent_writers_of_one_jobs_results_all_count():
     assert not Execution.objects.filter(state="running").exists()
     assert_rollup_matches_executions()
     assert dict(dashboard.state_counts())["skipped"] == 20
+
+
+@pytest.mark.django_db
+def test_deleting_a_job_deletes_its_rollup_rows_and_no_other():
+    gone, kept = make_job("gone"), make_job("kept")
+    make_execution(gone)
+    make_execution(kept)
+    gone.delete()
+    assert {r.job_id for r in rollup_rows()} == {kept.pk}
