@@ -96,8 +96,9 @@ def overview_charts(series: trends.Series) -> dict:
         f"; highest {format_rate(worst[0])} at {worst[1]:%Y-%m-%d %H:%M} UTC." if worst else "."
     )
     lags = [b.lag_ms_p95 for b in series.bins]
-    lag_summary = f"Fire lag p95 of scheduled runs over the last {label}: " + format_ms(
-        series.lag_ms_p95
+    overall_lag = series.lag_ms_p95
+    lag_summary = f"Fire lag p95 of scheduled runs over the last {label}: " + (
+        format_ms(overall_lag) if overall_lag is not None else "no scheduled run finished"
     )
     peak = max(((v, b.start) for v, b in zip(lags, series.bins, strict=True) if v), default=None)
     lag_summary += (

@@ -33,6 +33,15 @@ def test_the_overview_switches_its_trends_between_24_hours_and_7_days(page_for, 
     assert page.url == f"{live_server.url}/"
     screenshot(page, "overview_trends_7d")
 
+    # On a phone the charts shrink with the page: none is wider than the screen.
+    page.set_viewport_size({"width": 390, "height": 844})
+    widths = page.evaluate(
+        "[...document.querySelectorAll('#trends, #trends svg')]"
+        ".map(e => Math.ceil(e.getBoundingClientRect().right))"
+    )
+    assert widths and max(widths) <= 390
+    screenshot(page, "overview_trends_7d_phone")
+
 
 def test_a_square_of_the_job_page_strip_opens_its_run(page_for, live_server):
     job = make_job("strip")
