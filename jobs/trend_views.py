@@ -17,11 +17,11 @@ from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET
 
 from controlplane.dashboard import format_duration
+from controlplane.views import OVERVIEW_PERMISSIONS
 from jobs import charts, trends
 from jobs.models import Job, Trigger, database_now
 from jobs.schedule import next_fire_times
 
-OVERVIEW_PERMISSIONS = ["jobs.view_execution", "locks.view_schedulernode", "locks.view_lock"]
 STATE_CSS = {state: f"s-{state}" for state in trends.CHART_STATES}
 STRIP_RUNS = 50
 #: Fires drawn per trigger on the timeline: a once-a-second interval would otherwise
