@@ -20,6 +20,7 @@ from django.urls import reverse
 
 from controlplane import durations, redaction
 from controlplane.models import AuditEntry
+from jobs import trends
 from jobs.describe import describe_schedule
 from jobs.models import Execution, Job, Trigger
 from locks.maintenance import stale_locks
@@ -139,16 +140,9 @@ def overview() -> dict:
 def state_counts(hours: int = 24) -> list[tuple[str, int]]:
     """(state, count) of executions created in the last ``hours``, every state listed.
 
-    A range scan of execution_recent_idx: about a day's rows, whatever the history.
+    Read from the run rollup (jobs/trends.py), not from a day of executions.
     """
-    rows = dict(
-        Execution.objects.filter(created_at__gte=DbNow() - timedelta(hours=hours))
-        .order_by()
-        .values("state")
-        .annotate(n=Count("id"))
-        .values_list("state", "n")
-    )
-    return [(state, rows.get(state, 0)) for state in Execution.State.values]
+    return trends.state_counts(hours)
 
 
 def upcoming_fires(limit: int = UPCOMING_SHOWN):

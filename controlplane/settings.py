@@ -368,6 +368,13 @@ if SCHEDULER_LEADER_LEASE <= 2 * SCHEDULER_HEARTBEAT_INTERVAL:
 SCHEDULER_STALE_CLEANUP_INTERVAL = env_float("SCHEDULER_STALE_CLEANUP_INTERVAL", 60.0, minimum=1)
 # Finished executions older than this many days are deleted by the leader.
 SCHEDULER_HISTORY_RETENTION_DAYS = env_int("SCHEDULER_HISTORY_RETENTION_DAYS", 30, minimum=1)
+# The run rollup behind the dashboard's trends: its per-minute rows (the 24-hour counts
+# need a day of them) and its per-hour rows (the 7-day trends need a week), pruned with
+# the history but kept for their own time, which may outlast the executions.
+SCHEDULER_ROLLUP_MINUTE_RETENTION_HOURS = env_int(
+    "SCHEDULER_ROLLUP_MINUTE_RETENTION_HOURS", 48, minimum=26
+)
+SCHEDULER_ROLLUP_RETENTION_DAYS = env_int("SCHEDULER_ROLLUP_RETENTION_DAYS", 90, minimum=8)
 # How often the leader prunes execution history.
 SCHEDULER_PRUNE_INTERVAL = env_float("SCHEDULER_PRUNE_INTERVAL", 3600.0, minimum=1)
 # Lease of a `forbid` job's lock when the job has no timeout (kept alive while it runs).

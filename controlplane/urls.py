@@ -9,7 +9,7 @@ from controlplane import views as cp
 from controlplane.api_docs import SchemaView, docs_view
 from jobs import api as jobs_api
 from jobs import bulk_views as jobs_bulk
-from jobs import job_list
+from jobs import job_list, trend_views
 from jobs import views as jobs
 from locks import api as locks_api
 from locks import views as locks
@@ -32,6 +32,10 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("audit/", cp.audit_log, name="audit-log"),
+    # Trends and the timeline (jobs/trend_views.py).
+    path("overview/trends/", trend_views.overview_trends, name="overview-trends"),
+    path("jobs/<int:job_id>/trends/", trend_views.job_trends, name="job-trends"),
+    path("timeline/", trend_views.timeline, name="timeline"),
     path("tokens/", cp.token_list, name="token-list"),
     path("tokens/<int:token_id>/revoke/", cp.token_revoke, name="token-revoke"),
     # Jobs, triggers and executions (jobs/views.py).

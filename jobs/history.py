@@ -47,3 +47,22 @@ def prune_history(retention_days: int, batch: int = 5000, max_batches: int = 20)
             if cursor.rowcount < batch:
                 break
     return deleted
+
+
+# The rollup's minute rows serve the last day's counts and a job's 24-hour charts, its
+# hour rows the 7-day trends: each kind kept for its own retention (the bucket indexes).
+PRUNE_MINUTE_ROLLUP = """
+DELETE FROM jobs_minuterollup WHERE bucket < now() - make_interval(hours => %(hours)s)
+"""
+PRUNE_HOUR_ROLLUP = """
+DELETE FROM jobs_hourrollup WHERE bucket < now() - make_interval(days => %(days)s)
+"""
+
+
+def prune_rollup(minute_hours: int, hour_days: int) -> int:
+    """Delete run-rollup rows past their retention; returns how many."""
+    with connection.cursor() as cursor:
+        cursor.execute(PRUNE_MINUTE_ROLLUP, {"hours": minute_hours})
+        deleted = cursor.rowcount
+        cursor.execute(PRUNE_HOUR_ROLLUP, {"days": hour_days})
+        return deleted + cursor.rowcount

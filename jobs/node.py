@@ -333,6 +333,8 @@ class Node:
             if deleted:
                 log.info("pruned %s execution(s) older than %s days", deleted,
                          settings.SCHEDULER_HISTORY_RETENTION_DAYS)  # fmt: skip
+            history.prune_rollup(settings.SCHEDULER_ROLLUP_MINUTE_RETENTION_HOURS,
+                                 settings.SCHEDULER_ROLLUP_RETENTION_DAYS)  # fmt: skip
 
     def recover_dead(self) -> int:
         """Declare silent nodes dead: their unstarted runs go back to pending, their running

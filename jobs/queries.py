@@ -72,15 +72,20 @@ def job_rows(jobs: QuerySet[Job]) -> list[Job]:
 
 def job_rows_of(rows: list[Job]) -> list[Job]:
     """job_rows() for jobs already loaded with a ``last_finished_id`` annotation (a
-    page of the jobs list), in two more queries."""
+    page of the jobs list), in three more queries."""
     prefetch_related_objects(
         rows, Prefetch("triggers", queryset=Trigger.objects.order_by("id"), to_attr="trigger_list")
     )
     last = Execution.objects.only("id", "job_id", "state", "created_at", "finished_at").in_bulk(
         [job.last_finished_id for job in rows if job.last_finished_id]
     )
+    # The last-runs strip of every job on the page, in one more query.
+    from jobs.trend_views import run_strips  # trend_views imports this module
+
+    strips = run_strips([job.pk for job in rows])
     for job in rows:
         job.last_result = last.get(job.last_finished_id)
+        job.strip = strips.get(job.pk, [])
         for trigger in job.trigger_list:
             trigger.summary = summary(trigger)
         fires = [t.next_fire_at for t in job.trigger_list if not t.paused and t.next_fire_at]

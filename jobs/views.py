@@ -29,7 +29,17 @@ from django_htmx.http import HttpResponseClientRedirect
 from controlplane import limits
 from controlplane.redaction import text_for_user
 from controlplane.roles import sees_tracebacks
-from jobs import actions, bulk_views, catalogue, queries, registry, runlog, search, timeline
+from jobs import (
+    actions,
+    bulk_views,
+    catalogue,
+    queries,
+    registry,
+    runlog,
+    search,
+    timeline,
+    trend_views,
+)
 from jobs.models import Execution, ExecutionEvent, Job, Trigger, database_now
 from jobs.schedule import next_fire_times
 
@@ -164,6 +174,7 @@ def job_detail(request, job_id: int):
     job = get_object_or_404(Job, pk=job_id)
     context = {
         **_job_schedule_context(job, request.user),
+        **trend_views.job_page_context(job),
         "executions": queries.recent_executions(job),
         "back": request.get_full_path(),
     }
@@ -196,6 +207,7 @@ def job_run(request, job_id: int):
         return render(request, "jobs/_run_form.html", context)
     context = {
         **_job_schedule_context(job, request.user),
+        **trend_views.job_page_context(job),
         "executions": queries.recent_executions(job),
         "run_form": form,
         "back": _back(request, job),

@@ -89,7 +89,10 @@ def world(role_users):
         ("nodes", "/nodes/"),
         ("audit_log", "/audit/"),
         ("targets", "/targets/"),
+        ("timeline", "/timeline/"),
+        ("bulk_confirm", "/executions/bulk/?action=rerun&all_matching=on&state=failed"),
         ("admin", "/admin/"),
+        ("admin_job", f"/admin/jobs/job/{job.pk}/change/"),
     ]
 
 

@@ -77,6 +77,7 @@ urlpatterns = [
     path("executions/", _fine, name="execution-list"),
     path("locks/", _missing, name="lock-list"),
     path("jobs/", _fine, name="job-list"),
+    path("overview/trends/", _fine, name="overview-trends"),
 ]
 
 

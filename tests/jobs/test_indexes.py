@@ -7,10 +7,12 @@ its query here (the second test then fails until it does).
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.db import connection, transaction
 
-from jobs import claims, queries
+from jobs import claims, history, queries, trends
 
 pytestmark = pytest.mark.django_db
 
@@ -33,6 +35,18 @@ JUSTIFIED = {
         "execution_rerun_of_idx": "a chain's reruns, and the FK's SET_NULL",
         "execution_requested_by_idx": "a user's delete (SET_NULL)",
         "jobs_execution_trigger_id_84043c4b": "a trigger's delete (SET_NULL)",
+    },
+    # Not on jobs_execution (which gains no index for the trends), but written by its
+    # triggers on every result: each index here costs the recorder too.
+    "jobs_minuterollup": {
+        "jobs_minuterollup_pkey": "Django's id (deletes)",
+        "one_minute_rollup_row": "the triggers' upsert key; a job's 24-hour series",
+        "minute_rollup_bucket_idx": "the 24-hour counts' first hour; prune_rollup",
+    },
+    "jobs_hourrollup": {
+        "jobs_hourrollup_pkey": "Django's id (deletes)",
+        "one_hour_rollup_row": "the triggers' upsert key; a job's 7-day series",
+        "hour_rollup_bucket_idx": "the overview's 24-hour counts and trends; prune_rollup",
     },
     "jobs_trigger": {
         "jobs_trigger_pkey": "every lookup by id",
@@ -158,3 +172,22 @@ def test_the_node_filter_still_reads_its_index_newest_first():
         "SELECT id FROM jobs_execution WHERE node = 'n' ORDER BY created_at DESC, id DESC LIMIT 50"
     )
     assert "execution_node_prefix_idx" in plan(query)
+
+
+def test_the_trend_reads_use_their_indexes():
+    counts = plan(trends.STATE_COUNTS, {"hours": 24})
+    assert "minute_rollup_bucket_idx" in counts and "hour_rollup_bucket_idx" in counts
+    # The unfinished runs and the first minute: any index of jobs_execution (on these
+    # near-empty tables the planner takes the smallest), never a scan of it.
+    assert "Seq Scan" not in counts
+    series = trends.SERIES.format(table="jobs_hourrollup", job_filter="AND r.job_id = 1")
+    params = {"bin": "1 hour", "origin": trends.BIN_ORIGIN, "start": "2026-01-01"}
+    # A job's series: on these near-empty tables the planner may take either index; both
+    # bound the read to the window (with real statistics the job's own key wins).
+    assert re.search(r"Index Scan using (one_hour_rollup_row|hour_rollup_bucket_idx)",
+                     plan(series, params))  # fmt: skip
+    every_job = trends.SERIES.format(table="jobs_hourrollup", job_filter="")
+    assert "hour_rollup_bucket_idx" in plan(every_job, params)
+    assert "execution_job_recent_idx" in plan(trends.RECENT_RUNS, {"ids": [1, 2], "n": 50})
+    assert "minute_rollup_bucket_idx" in plan(history.PRUNE_MINUTE_ROLLUP, {"hours": 48})
+    assert "hour_rollup_bucket_idx" in plan(history.PRUNE_HOUR_ROLLUP, {"days": 90})

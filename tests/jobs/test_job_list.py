@@ -113,12 +113,16 @@ def test_pages_hold_fifty_jobs_and_keep_the_filters(client_for):
     assert names(client.get("/jobs/?q=bulk&sort=-name&page=99")) == names(second)
 
 
-def test_each_job_is_one_row_with_a_menu_and_an_empty_last_runs_cell(client_for, jobs):
+def test_each_job_is_one_row_with_a_menu_and_its_last_runs(client_for, jobs):
     html = client_for("operator").get("/jobs/").content.decode()
     job = jobs["billing sync"]
     row = re.search(rf'<tr id="job-{job.pk}" class="job-row">(.*?)</tr>', html, re.S).group(1)
     assert f'hx-get="/jobs/{job.pk}/menu/?back=/jobs/"' in row
-    assert '<td class="job-last-runs"></td>' in row
+    # The last runs as a strip of squares, oldest first, each linking to its run.
+    strip = re.search(r'<td class="job-last-runs">(.*?)</td>', row, re.S).group(1)
+    runs = list(job.executions.order_by("created_at", "id"))
+    marks = re.findall(r'class="run-mark s-(\w+)" href="/executions/(\d+)/"', strip)
+    assert marks == [(e.state, str(e.pk)) for e in runs][-50:]
     assert '<th class="job-last-runs">Last runs</th>' in html
     # The row itself has no forms: no reason boxes, no pause buttons.
     assert "<form" not in row and 'name="reason"' not in row

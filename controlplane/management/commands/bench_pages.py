@@ -22,7 +22,7 @@ from jobs.models import Execution, Job
 TARGET_P95_MS = 150.0
 TARGETED = (
     "executions", "executions_filtered", "executions_search", "overview", "locks", "job",
-    "jobs", "jobs_search", "jobs_sorted", "jobs_failing",
+    "jobs", "jobs_search", "jobs_sorted", "jobs_failing", "overview_trends_7d",
 )  # fmt: skip
 #: Text searched for by the executions_search page (an error every seeded history has).
 SEARCH_TEXT = "upstream refused"
@@ -38,7 +38,8 @@ The last line of output is one JSON object:
                     the job of the latest failure and state=failed), executions_search
                     (q=<text>), overview, locks, job (that job's page), jobs (the list),
                     jobs_search (q=), jobs_sorted (sort=last_result) and jobs_failing
-                    (failing=yes, sort=next_fire); status is the first non-200 status
+                    (failing=yes, sort=next_fire) and overview_trends_7d (the
+                    overview's charts over 7 days); status is the first non-200 status
                     seen, else 200; queries is the warm-up request's SQL query count
   all_ok            every page answered 200 and every targeted page met its target
 """
@@ -143,15 +144,17 @@ class Command(BaseCommand):
             ("executions_search", f"{executions}?{urlencode({'q': SEARCH_TEXT})}"),
             ("overview", reverse("overview")),
             ("locks", reverse("lock-list")),
-        ]
-        if job_id:
-            pages.append(("job", reverse("job-detail", args=[job_id])))
-        return pages + [
             ("jobs", jobs),
             ("jobs_search", f"{jobs}?{search}"),
             ("jobs_sorted", f"{jobs}?sort=last_result"),
             ("jobs_failing", f"{jobs}?failing=yes&sort=next_fire"),
+            # The overview's charts (loaded after it) over the longer window.
+            ("overview_trends_7d", f"{reverse('overview-trends')}?window=7d"),
         ]
+        if job_id:
+            # The job page with its strip, day of runs and charts.
+            pages.append(("job", reverse("job-detail", args=[job_id])))
+        return pages
 
     def _time_page(self, client: Client, url: str, requests: int) -> dict:
         queries = []
