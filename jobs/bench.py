@@ -466,6 +466,8 @@ INLINE_JOB = "bench: noop"
 MIXED_SLOW_SECONDS = 1.5
 # Its queue is set by the Celery section (bench_queue).
 CELERY_JOB = "bench: celery noop"
+# The bare-Celery baseline: a task with no bookkeeping at all (jobs/celery_tasks.py).
+BARE_TASK = "bench.noop"
 SETUP_SCRIPT = """
 from datetime import UTC, datetime
 from jobs.models import Job, Trigger
@@ -607,6 +609,27 @@ class EndToEnd:
 
 
 @dataclass
+class Bare:
+    """Bare no-op Celery tasks: ``ran`` of ``tasks`` in ``seconds`` (database time from the
+    first publish until the workers had run them)."""
+
+    tasks: int
+    ran: int
+    seconds: float
+    complete: bool
+
+    @property
+    def per_s(self) -> float:
+        return self.ran / self.seconds if self.seconds > 0 else 0.0
+
+
+def _tasks_accepted(inspect, name: str) -> int:
+    """How many ``name`` tasks the inspected workers have started since they started."""
+    stats = inspect.stats() or {}
+    return sum(worker.get("total", {}).get(name, 0) for worker in stats.values())
+
+
+@dataclass
 class Results:
     sizes: Sizes
     claim: list[Claim] = field(default_factory=list)
@@ -621,6 +644,8 @@ class Results:
     idle: dict | None = None
     #: Celery workers -> the measurement with that many workers.
     celery: dict[int, EndToEnd] = field(default_factory=dict)
+    #: Celery workers -> bare no-op tasks through the same workers.
+    celery_bare: dict[int, Bare] = field(default_factory=dict)
     #: The inline figure the Celery figures are printed beside.
     celery_inline: EndToEnd | None = None
     mixed: dict | None = None
@@ -668,6 +693,12 @@ class Results:
             prefix = f"celery_{workers}w"
             figures.update(_end_to_end(prefix, run))
             figures[f"{prefix}_complete"] = run.complete if run else None
+            bare = self.celery_bare.get(workers)
+            figures[f"{prefix}_bare_tasks"] = bare.ran if bare else None
+            figures[f"{prefix}_bare_seconds"] = round(bare.seconds, 3) if bare else None
+            figures[f"{prefix}_bare_per_s"] = round(bare.per_s, 1) if bare else None
+            figures[f"{prefix}_bare_complete"] = bare.complete if bare else None
+            figures[f"{prefix}_bare_ratio"] = _ratio(run, bare)
         inline = self.celery_inline
         figures["celery_inline_triggers"] = inline.triggers if inline else None
         figures["celery_inline_per_s"] = round(inline.per_s, 1) if inline else None
@@ -962,14 +993,18 @@ class Bench:
                     inline = self.measure_e2e(s.celery_triggers)
                 self.results.celery_inline = inline
                 for workers in s.celery_workers:
-                    self.results.celery[workers] = self.measure_celery(app, queue, workers)
+                    ours, bare = self.measure_celery(app, queue, workers)
+                    self.results.celery[workers] = ours
+                    self.results.celery_bare[workers] = bare
             finally:
                 purge_queue(app, queue, delete=True)
         finally:
             app.close()
         self.print_celery(queue)
 
-    def measure_celery(self, app: Celery, queue: str, workers: int) -> EndToEnd:
+    def measure_celery(self, app: Celery, queue: str, workers: int) -> tuple[EndToEnd, Bare]:
+        """Our runs through ``workers`` Celery workers, then bare no-op tasks through the
+        same workers on the same queue."""
         s = self.sizes
         self.progress(f"celery: {workers} worker(s) x {s.celery_concurrency} processes,"
                       f" {s.celery_triggers} triggers")  # fmt: skip
@@ -985,7 +1020,34 @@ class Bench:
                 1, 100, s.celery_cap, until_finished=True,
                 extra_env={"CELERY_BROKER_URL": self.broker}, watch=[procs],
             )  # fmt: skip
-        return self.succeeded_rate(s.celery_triggers, drained)
+            ours = self.succeeded_rate(s.celery_triggers, drained)
+            self.progress(f"celery: bare {BARE_TASK} x {s.celery_triggers}, {workers} worker(s)")
+            bare = self.measure_bare_celery(app, queue, procs, s.celery_triggers)
+        return ours, bare
+
+    def measure_bare_celery(self, app: Celery, queue: str, procs: Workers, count: int) -> Bare:
+        """Publish ``count`` BARE_TASK messages from this one process (as one node publishes
+        ours) and wait until the workers have run them all. The end is seen by asking the
+        workers (every task accepted, none active), so it is late by at most one poll."""
+        purge_queue(app, queue)
+        inspect = app.control.inspect(destination=procs.names, timeout=1.0, limit=len(procs.names))
+        before = _tasks_accepted(inspect, BARE_TASK)
+        start = self.conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        with app.producer_or_acquire() as producer:
+            for _ in range(count):
+                app.send_task(BARE_TASK, queue=queue, producer=producer)
+        deadline = time.monotonic() + self.sizes.celery_cap
+        done = complete = False
+        while not done:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+            procs.check_alive()
+            accepted = _tasks_accepted(inspect, BARE_TASK) - before
+            done = complete = accepted >= count and not any((inspect.active() or {}).values())
+        end = self.conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        ran = count if complete else _tasks_accepted(inspect, BARE_TASK) - before
+        return Bare(count, ran, (end - start).total_seconds(), complete)
 
     def print_celery(self, queue: str) -> None:
         s = self.sizes
@@ -997,21 +1059,33 @@ class Bench:
         self.out("   succeeded/s = succeeded / (last finished_at - first dispatched_at),"
                  " database time;")  # fmt: skip
         self.out(f"   each combination capped at {s.celery_cap:g} s")
-        self.out(f"   {'':<10} {'succeeded':>9} {'seconds':>8} {'succeeded/s':>11}")
+        self.out(f"   bare: {s.celery_triggers} {BARE_TASK} tasks (no database, no bookkeeping)"
+                 " published by one process to")  # fmt: skip
+        self.out("   the same queue and workers; tasks / (all run - first publish), database"
+                 " time, late by <= 1 poll")  # fmt: skip
+        self.out(f"   {'':<10} {'succeeded':>9} {'seconds':>8} {'ours/s':>8}"
+                 f" {'bare':>6} {'seconds':>8} {'bare/s':>8} {'ours/bare':>9}")  # fmt: skip
         for workers, run in self.results.celery.items():
-            note = ""
+            bare = self.results.celery_bare[workers]
+            notes = []
             if run.succeeded < run.triggers:
                 capped = "" if run.complete else ", capped"
-                note = f"  ({run.triggers - run.succeeded} not succeeded{capped})"
+                notes.append(f"{run.triggers - run.succeeded} not succeeded{capped}")
+            if not bare.complete:
+                notes.append("bare capped")
+            note = f"  ({'; '.join(notes)})" if notes else ""
+            ratio = _ratio(run, bare)
             label = f"{workers} worker{'s' if workers > 1 else ''}"
-            self.out(f"   {label:<10} {run.succeeded:>9} {run.seconds:>8.2f}"
-                     f" {run.per_s:>11.0f}{note}")  # fmt: skip
+            self.out(f"   {label:<10} {run.succeeded:>9} {run.seconds:>8.2f} {run.per_s:>8.0f}"
+                     f" {bare.ran:>6} {bare.seconds:>8.2f} {bare.per_s:>8.0f}"
+                     f" {ratio if ratio is not None else 0:>9.2f}{note}")  # fmt: skip
+        self.out(f"   target ours/bare with 2 workers >= {TARGETS['celery_bare_ratio_2w']}")
         inline = self.results.celery_inline
         source = "the e2e section's run" if inline is self.results.e2e else "the same backlog"
         note = ", capped" if not inline.complete else ""
         self.out(
             f"   {'inline':<10} {inline.succeeded:>9} {inline.seconds:>8.2f}"
-            f" {inline.per_s:>11.0f}  (inline executor, one node: {source}{note})"
+            f" {inline.per_s:>8.0f}  (inline executor, one node: {source}{note})"
         )
 
     def section_mixed(self) -> None:
