@@ -19,9 +19,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
@@ -32,7 +34,7 @@ from kombu import Exchange, Queue
 from kombu.utils.url import maybe_sanitize_url
 from psycopg import sql
 
-from jobs import claims
+from jobs import claims, history
 
 MAINTENANCE_DB = "postgres"
 TARGETS = {
@@ -49,6 +51,11 @@ TARGETS = {
     "mixed_max_share": 2.0,
 }
 SECTIONS = ("claim", "raw", "e2e", "lag", "idle", "mixed", "celery")
+# Run only when asked for (--scale or --only scale): it inserts millions of rows.
+ALL_SECTIONS = (*SECTIONS, "scale")
+# Nodes of the scale section keep executions this many days, so that the bench's old
+# history is pruned only by the bench itself (at the default retention).
+SCALE_NODE_RETENTION_DAYS = 36500
 # Seconds an idle node is left alone before its queries are counted. It settles within
 # a second or two; the rest is for pg_stat_database: a backend flushes its counters at
 # most once a second, and an idle one at the latest PGSTAT_IDLE_INTERVAL (10 s) later,
@@ -75,6 +82,8 @@ class Sizes:
     #: own commit is not counted as lag.
     lag_lead: float = 0.5
     idle_window: float = 30.0
+    #: Seconds an idle node is left alone before its queries are counted (IDLE_SETTLE).
+    idle_settle: float = IDLE_SETTLE
     #: Backlog of the Celery section (and of its inline comparison, when e2e did not run).
     celery_triggers: int = 5000
     celery_workers: tuple[int, ...] = (1, 2)
@@ -88,6 +97,13 @@ class Sizes:
     mixed_seconds: float = 60.0
     mixed_triggers: int = 40
     mixed_slow: int = 4
+    #: The scale section: triggers not due (the idle node's load is measured beside them),
+    #: triggers due in the same second (drained by 2 nodes), finished executions older
+    #: than the retention (pruned while 2 nodes fire), and the drain's cap in seconds.
+    scale_triggers: int = 1_000_000
+    scale_due: int = 100_000
+    scale_prune: int = 1_000_000
+    scale_cap: float = 180.0
 
 
 QUICK = Sizes(
@@ -470,15 +486,22 @@ CELERY_JOB = "bench: celery noop"
 BARE_TASK = "bench.noop"
 SETUP_SCRIPT = """
 from datetime import UTC, datetime
-from jobs.models import Job, Trigger
+from jobs.models import Execution, Job, Trigger
 job = Job.objects.create(name="bench: noop", target="demo.noop")
 Trigger.objects.create(job=job, kind="once", run_at=datetime(2000, 1, 1, tzinfo=UTC))
 Job.objects.create(name="bench: celery noop", target="demo.noop", executor="celery")
 Job.objects.create(name="bench: slow", target="demo.sleep", kwargs={"seconds": 1.5})
+Execution.objects.create(
+    job=job, scheduled_for=datetime(2000, 1, 1, tzinfo=UTC), origin="schedule",
+    state="succeeded", node="bench-history", dispatched_at=datetime(2000, 1, 1, tzinfo=UTC),
+    started_at=datetime(2000, 1, 1, tzinfo=UTC), finished_at=datetime(2000, 1, 1, tzinfo=UTC),
+)
 """
 
 TEMPLATE = """
 CREATE TABLE bench_trigger_template AS SELECT * FROM jobs_trigger;
+CREATE TABLE bench_execution_template AS SELECT * FROM jobs_execution;
+DELETE FROM jobs_execution;
 DELETE FROM jobs_trigger;
 """
 
@@ -504,6 +527,49 @@ SPREAD = """
 SELECT now() + make_interval(secs => %(lead)s + i * %(spread)s / %(count)s) AS t, 60 AS grace
 FROM generate_series(0, %(count)s - 1) AS i
 """
+
+
+# One-off triggers due from a day after this transaction on, 10 ms apart (a million
+# of them span under three hours): scheduled, none due during the run.
+FUTURE = """
+SELECT now() + interval '1 day' + i * interval '10 milliseconds' AS t, 60 AS grace
+FROM generate_series(1, %(count)s) AS i
+"""
+
+# One-off triggers all due at the same instant, a minute ago, within their grace.
+SAME_SECOND = """
+SELECT date_trunc('second', now()) - interval '1 minute' AS t, 3600 AS grace
+FROM generate_series(1, %(count)s) AS i
+"""
+
+
+def clone_executions(conn: psycopg.Connection, count: int, age_days: int) -> None:
+    """Insert ``count`` succeeded executions of the inline job, created (and run) from
+    ``age_days`` days ago on, a millisecond apart: history old enough to be pruned."""
+    timed = ("scheduled_for", "created_at", "run_after", "dispatched_at", "started_at",
+             "finished_at")  # fmt: skip
+    columns = [
+        row[0]
+        for row in conn.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_name = 'jobs_execution' AND table_schema = current_schema()"
+            "   AND NOT column_name = ANY(%s) ORDER BY ordinal_position",
+            [["id", "fence", *timed]],
+        )
+    ]
+    copied = sql.SQL(", ").join(map(sql.Identifier, columns))
+    query = sql.SQL(
+        "INSERT INTO jobs_execution ({copied}, {timed})"
+        " SELECT {copied}, {times}"
+        " FROM bench_execution_template,"
+        "      (SELECT now() - make_interval(days => %(age)s) + i * interval '1 millisecond' AS t"
+        "       FROM generate_series(1, %(count)s) AS i) AS old"
+    ).format(
+        copied=copied,
+        timed=sql.SQL(", ").join(map(sql.Identifier, timed)),
+        times=sql.SQL(", ").join([sql.SQL("old.t")] * len(timed)),
+    )
+    conn.execute(query, {"count": count, "age": age_days})
 
 
 def clone_triggers(conn: psycopg.Connection, due: str, params: dict, job: str = INLINE_JOB) -> None:
@@ -649,6 +715,7 @@ class Results:
     #: The inline figure the Celery figures are printed beside.
     celery_inline: EndToEnd | None = None
     mixed: dict | None = None
+    scale: dict | None = None
 
     def as_json(self) -> dict:
         return {
@@ -678,6 +745,7 @@ class Results:
             **_prefixed("lag", self.lag, ("triggers", "p50_ms", "p99_ms", "max_ms")),
             **_prefixed("idle", self.idle, ("window_s", "transactions", "qps")),
             **_prefixed("mixed", self.mixed, MIXED_KEYS),
+            **_prefixed("scale", self.scale, SCALE_KEYS),
             **self._celery_json(),
             "targets": TARGETS,
         }
@@ -711,6 +779,14 @@ MIXED_KEYS = (
 )  # fmt: skip
 
 
+SCALE_KEYS = (
+    "triggers", "idle_window_s", "idle_transactions", "idle_qps",
+    "due", "drain_claimed_s", "drain_finished_s", "drain_complete",
+    "prune_executions", "lag_triggers", "lag_p99_ms", "prune_lag_p99_ms", "prune_lag_ratio",
+    "pruned", "prune_seconds", "prune_batches", "prune_covered",
+)  # fmt: skip
+
+
 def _ratio(a: Claim | EndToEnd | None, b: Claim | EndToEnd | None) -> float | None:
     """a's rate / b's rate, None when either is missing or b is 0."""
     if a is None or b is None or not b.per_s:
@@ -731,6 +807,37 @@ def _end_to_end(prefix: str, run: EndToEnd | None) -> dict:
 
 def _prefixed(prefix: str, values: dict | None, keys: tuple[str, ...]) -> dict:
     return {f"{prefix}_{k}": (values or {}).get(k) for k in keys}
+
+
+class Pruner(threading.Thread):
+    """jobs/history.py's batched prune, from a connection of its own in autocommit mode
+    (each batch its own transaction, as the leader node runs it), until nothing is left
+    to prune; the scale section fires triggers meanwhile."""
+
+    def __init__(self, db: BenchDatabase, retention_days: int):
+        super().__init__(name="bench-pruner", daemon=True)
+        self.db = db
+        self.retention_days = retention_days
+        self.deleted = 0
+        self.batches = 0
+        self.started_at = self.finished_at = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with self.db.connect() as conn:
+                clock = "SELECT clock_timestamp()"
+                self.started_at = conn.execute(clock).fetchone()[0]
+                params = {"days": self.retention_days, "batch": history.PRUNE_BATCH_SIZE}
+                while True:
+                    deleted = conn.execute(history.PRUNE_BATCH, params).rowcount
+                    self.deleted += deleted
+                    self.batches += 1
+                    if deleted < history.PRUNE_BATCH_SIZE:
+                        break
+                self.finished_at = conn.execute(clock).fetchone()[0]
+        except BaseException as e:  # reported by the bench, which waits for this thread
+            self.error = e
 
 
 # --- the benchmark -------------------------------------------------------------------
@@ -776,6 +883,8 @@ class Bench:
                 self.section_idle_and_lag(sections)
             if "mixed" in sections:
                 self.section_mixed()
+            if "scale" in sections:
+                self.section_scale()
             # Last: its worker processes are gone before anything else is measured.
             if "celery" in sections:
                 self.section_celery()
@@ -832,8 +941,10 @@ class Bench:
                 for other in watch:
                     other.check_alive()
                 drained = not conn.execute(
+                    # Due now, not merely scheduled: the scale section keeps triggers
+                    # due later beside its backlog.
                     "SELECT EXISTS (SELECT 1 FROM jobs_trigger"
-                    " WHERE next_fire_at IS NOT NULL AND NOT paused)"
+                    " WHERE next_fire_at <= now() AND NOT paused)"
                 ).fetchone()[0]
                 if drained and until_finished:
                     drained = not conn.execute(
@@ -1158,6 +1269,136 @@ class Bench:
         for node, share in shares.items():
             self.out(f"     {node:<28} {share:>7.1%}")
 
+    def section_scale(self) -> None:
+        """At scale: the idle node's load beside ``scale_triggers`` triggers not yet due
+        and ``scale_prune`` old executions; fire lag with 2 nodes, without and then with
+        the history being pruned; ``scale_due`` triggers due at once drained by 2 nodes."""
+        s = self.sizes
+        conn = self.conn
+        scale = self.results.scale = {
+            "triggers": s.scale_triggers, "due": s.scale_due, "prune_executions": s.scale_prune,
+            "lag_triggers": s.lag_triggers,
+        }  # fmt: skip
+        self.progress(
+            f"scale: inserting {s.scale_triggers} triggers, {s.scale_prune} old executions"
+        )
+        self.reset(0)
+        clone_triggers(conn, FUTURE, {"count": s.scale_triggers})
+        retention = settings.SCHEDULER_HISTORY_RETENTION_DAYS
+        clone_executions(conn, s.scale_prune, retention + 365)
+        conn.execute("VACUUM ANALYZE")
+        # The nodes never prune: the bench does, when it chooses to.
+        env = {"SCHEDULER_HISTORY_RETENTION_DAYS": str(SCALE_NODE_RETENTION_DAYS)}
+
+        with Nodes(self.db, 1, None, self.log_dir, "scale-idle", env) as node:
+            node.wait_listening(conn)
+            self.progress(f"scale: idle node, settling {s.idle_settle:g} s,"
+                          f" measuring {s.idle_window:g} s")  # fmt: skip
+            idle, others = self.count_idle(node)
+            conn = self.conn  # count_idle reconnects
+        scale.update({f"idle_{k}": v for k, v in idle.items()})
+
+        with Nodes(self.db, 2, None, self.log_dir, "scale-lag", env) as nodes:
+            nodes.wait_listening(conn)
+            self.progress(f"scale: fire lag, 2 nodes, {s.lag_triggers} triggers, no pruning")
+            scale["lag_p99_ms"], _ = self.two_node_lag(nodes)
+            self.progress(f"scale: fire lag, 2 nodes, pruning {s.scale_prune} executions")
+            pruner = Pruner(self.db, retention)
+            pruner.start()
+            scale["prune_lag_p99_ms"], last_due = self.two_node_lag(nodes)
+            pruner.join()
+        if pruner.error is not None:
+            raise BenchError(f"scale: pruning failed: {pruner.error}")
+        scale["prune_lag_ratio"] = (
+            round(scale["prune_lag_p99_ms"] / scale["lag_p99_ms"], 3)
+            if scale["lag_p99_ms"] else None
+        )  # fmt: skip
+        scale["pruned"] = pruner.deleted
+        scale["prune_batches"] = pruner.batches
+        scale["prune_seconds"] = round((pruner.finished_at - pruner.started_at).total_seconds(), 3)
+        # Whether the lag measured "with pruning" was all measured while it ran.
+        scale["prune_covered"] = pruner.finished_at >= last_due
+
+        self.progress(f"scale: {s.scale_due} triggers due at once, 2 nodes")
+        conn.execute("UPDATE jobs_job SET paused = true")
+        clone_triggers(conn, SAME_SECOND, {"count": s.scale_due})
+        conn.execute("VACUUM ANALYZE jobs_trigger")
+        released, drained = self.run_nodes(2, None, s.scale_cap, until_finished=True,
+                                           extra_env=env)  # fmt: skip
+        claimed, finished = conn.execute(
+            "SELECT max(created_at), max(finished_at) FROM jobs_execution WHERE created_at >= %s",
+            [released],
+        ).fetchone()
+        scale["drain_claimed_s"] = (
+            round((claimed - released).total_seconds(), 3) if claimed else None
+        )
+        scale["drain_finished_s"] = (
+            round((finished - released).total_seconds(), 3) if finished else None
+        )
+        scale["drain_complete"] = drained
+        self.print_scale(others)
+
+    def two_node_lag(self, nodes: Nodes) -> tuple[float, datetime]:
+        """Fire lag p99 (ms) of ``lag_triggers`` one-off triggers due evenly over
+        ``lag_spread`` seconds, fired by the running ``nodes``; and the last one's time."""
+        s = self.sizes
+        conn = self.conn
+        first = conn.execute("SELECT coalesce(max(id), 0) FROM jobs_trigger").fetchone()[0]
+        clone_triggers(
+            conn, SPREAD, {"count": s.lag_triggers, "lead": s.lag_lead, "spread": s.lag_spread}
+        )
+        deadline = time.monotonic() + s.lag_lead + s.lag_spread + 60
+        while True:
+            time.sleep(0.2)
+            nodes.check_alive()
+            fired = conn.execute(
+                "SELECT count(*) FROM jobs_execution WHERE trigger_id > %s", [first]
+            ).fetchone()[0]
+            if fired >= s.lag_triggers:
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(f"scale: only {fired} of {s.lag_triggers} triggers fired\n"
+                                 f"{nodes.logs()}")  # fmt: skip
+        p99, last_due = conn.execute(
+            "SELECT percentile_cont(0.99) WITHIN GROUP"
+            "       (ORDER BY extract(epoch FROM dispatched_at - scheduled_for) * 1000),"
+            "       max(scheduled_for)"
+            " FROM jobs_execution WHERE trigger_id > %s",
+            [first],
+        ).fetchone()
+        return round(float(p99), 2), last_due
+
+    def print_scale(self, others: list[str]) -> None:
+        s, r = self.sizes, self.results.scale
+        self.out(f"\nScale: {s.scale_triggers} one-off triggers due from tomorrow on, and"
+                 f" {s.scale_prune} succeeded executions")  # fmt: skip
+        self.out("   older than the retention; the nodes' own pruning off")
+        self.out("   idle node: transactions per second in the bench database"
+                 " (pg_stat_database), one node connected")  # fmt: skip
+        self.out(f"   idle queries/s         {r['idle_qps']:>9.2f}"
+                 f"   target < {TARGETS['scale_idle_qps']:g}"
+                 f"   ({r['idle_transactions']} in {r['idle_window_s']:.1f} s)")  # fmt: skip
+        if others:
+            self.out(f"   warning: other clients on the bench database: {', '.join(others)}")
+        self.out(f"   fire lag (dispatched_at - scheduled_for) of {s.lag_triggers} triggers due"
+                 f" over {s.lag_spread:g} s, 2 nodes:")  # fmt: skip
+        self.out(f"   p99 ms, no pruning     {r['lag_p99_ms']:>9.2f}")
+        self.out(f"   p99 ms, pruning        {r['prune_lag_p99_ms']:>9.2f}")
+        ratio = r["prune_lag_ratio"]
+        self.out(f"   ratio                  {ratio if ratio is not None else 0:>9.2f}"
+                 f"   target <= {TARGETS['prune_lag_ratio']:g}")  # fmt: skip
+        covered = "" if r["prune_covered"] else "  (pruning ended before the last fire)"
+        batch = history.PRUNE_BATCH_SIZE
+        self.out(f"   pruned {r['pruned']} executions in {r['prune_seconds']:.2f} s,"
+                 f" {r['prune_batches']} batches of {batch}{covered}")  # fmt: skip
+        self.out(f"   {s.scale_due} triggers due in the same second, 2 nodes (default batch),"
+                 " from their release:")  # fmt: skip
+        note = "" if r["drain_complete"] else f"  (capped at {s.scale_cap:g} s)"
+        claimed, finished = r["drain_claimed_s"], r["drain_finished_s"]
+        self.out(f"   all claimed, s         {claimed if claimed is not None else 0:>9.2f}")
+        self.out(f"   all finished, s        {finished if finished is not None else 0:>9.2f}"
+                 f"   target <= {TARGETS['scale_drain_s']:g}{note}")  # fmt: skip
+
     def section_idle_and_lag(self, sections: tuple[str, ...]) -> None:
         """One node, started on an empty database: measured idle, then (already running
         and idle) given triggers spread over time."""
@@ -1166,19 +1407,32 @@ class Bench:
         with Nodes(self.db, 1, None, self.log_dir, "idle") as node:
             node.wait_listening(self.conn)
             if "idle" in sections:
-                self.progress(f"idle: settling {IDLE_SETTLE:g} s, measuring {s.idle_window:g} s")
+                self.progress(f"idle: settling {s.idle_settle:g} s, measuring {s.idle_window:g} s")
                 self.measure_idle(node)
             if "lag" in sections:
                 self.progress(f"lag: {s.lag_triggers} triggers over {s.lag_spread:g} s")
                 self.measure_lag(node)
 
     def measure_idle(self, node: Nodes) -> None:
+        idle, others = self.count_idle(node)
+        self.results.idle = idle
+        self.out("\nIdle node: one node, no triggers; transactions committed or rolled back")
+        self.out("   in the bench database (pg_stat_database), only the node connected")
+        self.out(f"   queries/s              {idle['qps']:>9.2f}"
+                 f"   target < {TARGETS['idle_qps']:g}")  # fmt: skip
+        self.out(f"   ({idle['transactions']} transactions in {idle['window_s']:.1f} s)")
+        if others:
+            self.out(f"   warning: other clients on the bench database: {', '.join(others)}")
+
+    def count_idle(self, node: Nodes) -> tuple[dict, list[str]]:
+        """The transactions per second of the bench database while only ``node`` (idle) is
+        connected: {window_s, transactions, qps}, and any other clients seen."""
         s = self.sizes
         # Read the counters from the maintenance database, with our own connection to the
         # bench database closed (before settling, so its last counters are flushed by
         # then): the bench database's transactions are then the node's.
         self.conn.close()
-        time.sleep(IDLE_SETTLE)
+        time.sleep(s.idle_settle)
         with self.db.connect(MAINTENANCE_DB) as stats:
             before, t0, others_before = self._xacts(stats)
             time.sleep(s.idle_window)
@@ -1187,19 +1441,12 @@ class Bench:
         self.conn = self.db.connect()
         seconds = (t1 - t0).total_seconds()
         transactions = after - before
-        qps = transactions / seconds
-        self.results.idle = {
+        idle = {
             "window_s": round(seconds, 3),
             "transactions": transactions,
-            "qps": round(qps, 3),
+            "qps": round(transactions / seconds, 3),
         }
-        self.out("\nIdle node: one node, no triggers; transactions committed or rolled back")
-        self.out("   in the bench database (pg_stat_database), only the node connected")
-        self.out(f"   queries/s              {qps:>9.2f}   target < {TARGETS['idle_qps']:g}")
-        self.out(f"   ({transactions} transactions in {seconds:.1f} s)")
-        others = others_before + others_after
-        if others:
-            self.out(f"   warning: other clients on the bench database: {', '.join(others)}")
+        return idle, sorted(set(others_before + others_after))
 
     def _xacts(self, stats: psycopg.Connection):
         total, at = stats.execute(
@@ -1263,7 +1510,10 @@ def sizes_from_options(
     worker_concurrency: int | None = None,
     mixed_seconds: float | None = None,
     mixed_nodes: int | None = None,
+    **more: float | int | None,
 ) -> Sizes:
+    """The sizes of --quick or the defaults, with what the options give; ``more``: other
+    Sizes fields by name (idle_settle, scale_triggers, ...)."""
     sizes = QUICK if quick else Sizes()
     overrides = {
         "triggers": triggers,
@@ -1275,5 +1525,6 @@ def sizes_from_options(
         "celery_concurrency": worker_concurrency,
         "mixed_seconds": mixed_seconds,
         "mixed_nodes": mixed_nodes,
+        **more,
     }
     return replace(sizes, **{k: v for k, v in overrides.items() if v is not None})

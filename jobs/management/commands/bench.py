@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, DjangoHelpFor
 from django.db import connection
 
 from jobs.bench import (
+    ALL_SECTIONS,
     BENCH_REDIS_DB,
     SECTIONS,
     Bench,
@@ -97,9 +98,9 @@ def _positive_int(value: str) -> int:
 
 def _sections(value: str) -> tuple[str, ...]:
     chosen = tuple(v.strip() for v in value.split(",") if v.strip())
-    unknown = set(chosen) - set(SECTIONS)
+    unknown = set(chosen) - set(ALL_SECTIONS)
     if unknown or not chosen:
-        raise argparse.ArgumentTypeError(f"choose from {','.join(SECTIONS)}")
+        raise argparse.ArgumentTypeError(f"choose from {','.join(ALL_SECTIONS)}")
     return chosen
 
 
@@ -136,7 +137,36 @@ class Command(BaseCommand):
             "--only",
             type=_sections,
             default=SECTIONS,
-            help=f"Sections to run, comma-separated: {','.join(SECTIONS)} (default all).",
+            help=f"Sections to run, comma-separated: {','.join(ALL_SECTIONS)} (default all but"
+            " scale).",
+        )
+        parser.add_argument(
+            "--scale",
+            action="store_true",
+            help="Also run the scale section: the idle node beside 1,000,000 triggers, 100,000 "
+            "triggers due at once drained by 2 nodes, fire lag while 1,000,000 old executions "
+            "are pruned. Inserts millions of rows: minutes on a durable server.",
+        )
+        parser.add_argument(
+            "--scale-triggers",
+            type=_positive_int,
+            help="Triggers not due beside the scale section's idle node (default 1000000).",
+        )
+        parser.add_argument(
+            "--scale-due",
+            type=_positive_int,
+            help="Triggers due in the same second, drained by 2 nodes (default 100000).",
+        )
+        parser.add_argument(
+            "--scale-prune",
+            type=_positive_int,
+            help="Old finished executions pruned while 2 nodes fire (default 1000000).",
+        )
+        parser.add_argument(
+            "--idle-settle",
+            type=float,
+            help="Seconds an idle node is left alone before its queries are counted "
+            "(default 11: the statistics of its start must be flushed first).",
         )
         parser.add_argument(
             "--celery-triggers",
@@ -180,13 +210,20 @@ class Command(BaseCommand):
             options["worker_concurrency"],
             options["mixed_seconds"],
             options["mixed_nodes"],
+            idle_settle=options["idle_settle"],
+            scale_triggers=options["scale_triggers"],
+            scale_due=options["scale_due"],
+            scale_prune=options["scale_prune"],
         )
+        sections = options["only"]
+        if options["scale"] and "scale" not in sections:
+            sections = (*sections, "scale")
         db = BenchDatabase(connection.settings_dict)
         broker = options["broker"] or bench_broker_url(settings.CELERY_BROKER_URL)
         bench = Bench(db, sizes, out=self.stdout.write, progress=self._progress, broker=broker)
         try:
             with _sigterm_raises():
-                results = bench.run(options["only"])
+                results = bench.run(sections)
         except BenchError as e:
             raise CommandError(str(e)) from None
         finally:
