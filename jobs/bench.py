@@ -933,27 +933,36 @@ class Bench:
             released = conn.execute(
                 "UPDATE jobs_job SET paused = false RETURNING clock_timestamp()"
             ).fetchone()[0]
-            deadline = time.monotonic() + cap
-            drained = False
-            while time.monotonic() < deadline:
-                time.sleep(0.2)
-                procs.check_alive()
-                for other in watch:
-                    other.check_alive()
-                drained = not conn.execute(
-                    # Due now, not merely scheduled: the scale section keeps triggers
-                    # due later beside its backlog.
-                    "SELECT EXISTS (SELECT 1 FROM jobs_trigger"
-                    " WHERE next_fire_at <= now() AND NOT paused)"
-                ).fetchone()[0]
-                if drained and until_finished:
-                    drained = not conn.execute(
-                        "SELECT EXISTS (SELECT 1 FROM jobs_execution"
-                        " WHERE state IN ('dispatched', 'running'))"
-                    ).fetchone()[0]
-                if drained:
-                    break
+            drained = self.wait_drained(procs, cap, until_finished, watch)
         return released, drained
+
+    def wait_drained(
+        self, procs: Nodes, cap: float, until_finished: bool, watch: Sequence[Workers] = ()
+    ) -> bool:
+        """Wait until no trigger is due (and, with ``until_finished``, no run is waiting or
+        running) or ``cap`` seconds pass; return whether it drained."""
+        conn = self.conn
+        deadline = time.monotonic() + cap
+        drained = False
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            procs.check_alive()
+            for other in watch:
+                other.check_alive()
+            drained = not conn.execute(
+                # Due now, not merely scheduled: the scale section keeps triggers due
+                # later beside its backlog.
+                "SELECT EXISTS (SELECT 1 FROM jobs_trigger"
+                " WHERE next_fire_at <= now() AND NOT paused)"
+            ).fetchone()[0]
+            if drained and until_finished:
+                drained = not conn.execute(
+                    "SELECT EXISTS (SELECT 1 FROM jobs_execution"
+                    " WHERE state IN ('dispatched', 'running'))"
+                ).fetchone()[0]
+            if drained:
+                break
+        return drained
 
     def measure_claim(self, nodes: int, batch: int) -> Claim:
         self.progress(f"claim: {nodes} node(s), batch {batch}")
@@ -1307,6 +1316,16 @@ class Bench:
             pruner.start()
             scale["prune_lag_p99_ms"], last_due = self.two_node_lag(nodes)
             pruner.join()
+
+            self.progress(f"scale: {s.scale_due} triggers due at once, the same 2 nodes")
+            conn.execute("UPDATE jobs_job SET paused = true")
+            clone_triggers(conn, SAME_SECOND, {"count": s.scale_due})
+            conn.execute("VACUUM ANALYZE jobs_trigger")
+            # Unpausing NOTIFYs both nodes; this commit's time is the start.
+            released = conn.execute(
+                "UPDATE jobs_job SET paused = false RETURNING clock_timestamp()"
+            ).fetchone()[0]
+            drained = self.wait_drained(nodes, s.scale_cap, until_finished=True)
         if pruner.error is not None:
             raise BenchError(f"scale: pruning failed: {pruner.error}")
         scale["prune_lag_ratio"] = (
@@ -1319,12 +1338,6 @@ class Bench:
         # Whether the lag measured "with pruning" was all measured while it ran.
         scale["prune_covered"] = pruner.finished_at >= last_due
 
-        self.progress(f"scale: {s.scale_due} triggers due at once, 2 nodes")
-        conn.execute("UPDATE jobs_job SET paused = true")
-        clone_triggers(conn, SAME_SECOND, {"count": s.scale_due})
-        conn.execute("VACUUM ANALYZE jobs_trigger")
-        released, drained = self.run_nodes(2, None, s.scale_cap, until_finished=True,
-                                           extra_env=env)  # fmt: skip
         claimed, finished = conn.execute(
             "SELECT max(created_at), max(finished_at) FROM jobs_execution WHERE created_at >= %s",
             [released],
