@@ -758,7 +758,8 @@ class Results:
             "celery_triggers": self.sizes.celery_triggers if ran else None,
             "celery_worker_concurrency": self.sizes.celery_concurrency if ran else None,
         }
-        for workers in self.sizes.celery_workers:
+        # The keys of 1 and 2 workers are always there (null when not run).
+        for workers in sorted({1, 2, *self.sizes.celery_workers}):
             run = self.celery.get(workers)
             prefix = f"celery_{workers}w"
             figures.update(_end_to_end(prefix, run))
@@ -1525,6 +1526,7 @@ def sizes_from_options(
     worker_concurrency: int | None = None,
     mixed_seconds: float | None = None,
     mixed_nodes: int | None = None,
+    celery_workers: tuple[int, ...] | None = None,
     **more: float | int | None,
 ) -> Sizes:
     """The sizes of --quick or the defaults, with what the options give; ``more``: other
@@ -1540,6 +1542,7 @@ def sizes_from_options(
         "celery_concurrency": worker_concurrency,
         "mixed_seconds": mixed_seconds,
         "mixed_nodes": mixed_nodes,
+        "celery_workers": celery_workers,
         **more,
     }
     return replace(sizes, **{k: v for k, v in overrides.items() if v is not None})

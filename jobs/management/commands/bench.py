@@ -201,6 +201,11 @@ class Command(BaseCommand):
             help="Prefork processes per Celery worker (default 2).",
         )
         parser.add_argument(
+            "--celery-workers",
+            type=_int_list,
+            help="Celery worker counts of the celery section (default 1,2).",
+        )
+        parser.add_argument(
             "--mixed-seconds",
             type=float,
             help="Seconds of firing in the mixed section (default 60).",
@@ -232,6 +237,7 @@ class Command(BaseCommand):
             options["worker_concurrency"],
             options["mixed_seconds"],
             options["mixed_nodes"],
+            options["celery_workers"],
             idle_settle=options["idle_settle"],
             scale_triggers=options["scale_triggers"],
             scale_due=options["scale_due"],
