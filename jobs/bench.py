@@ -11,6 +11,7 @@ queue of the bench's own on a broker database of the bench's own (see bench_brok
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,7 +20,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -790,7 +790,7 @@ SCALE_KEYS = (
 )  # fmt: skip
 
 
-def _ratio(a: Claim | EndToEnd | None, b: Claim | EndToEnd | None) -> float | None:
+def _ratio(a: Claim | EndToEnd | None, b: Claim | Bare | None) -> float | None:
     """a's rate / b's rate, None when either is missing or b is 0."""
     if a is None or b is None or not b.per_s:
         return None
@@ -812,35 +812,65 @@ def _prefixed(prefix: str, values: dict | None, keys: tuple[str, ...]) -> dict:
     return {f"{prefix}_{k}": (values or {}).get(k) for k in keys}
 
 
-class Pruner(threading.Thread):
-    """jobs/history.py's batched prune, from a connection of its own in autocommit mode
-    (each batch its own transaction, as the leader node runs it), until nothing is left
-    to prune; the scale section fires triggers meanwhile."""
+# jobs/history.py's prune_history itself, to the end, in a process of its own (as the
+# leader node runs it: autocommit, each batch its own transaction). It says when it
+# starts, and at the end what it deleted and when, in database time.
+PRUNE_SCRIPT = """
+import json
+from django.db import connection
+from jobs.history import prune_history
+
+def clock():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT clock_timestamp()")
+        return cursor.fetchone()[0].isoformat()
+
+print(json.dumps({{"started_at": clock()}}), flush=True)
+deleted = prune_history({days}, max_batches=None)
+print(json.dumps({{"deleted": deleted, "finished_at": clock()}}), flush=True)
+"""
+
+
+class Pruner:
+    """A ``manage.py shell`` process running PRUNE_SCRIPT on the bench database."""
 
     def __init__(self, db: BenchDatabase, retention_days: int):
-        super().__init__(name="bench-pruner", daemon=True)
-        self.db = db
-        self.retention_days = retention_days
-        self.deleted = 0
-        self.batches = 0
-        self.started_at = self.finished_at = None
-        self.error: BaseException | None = None
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "manage.py",
+                "shell",
+                "-v",
+                "0",
+                "-c",
+                PRUNE_SCRIPT.format(days=retention_days),
+            ],  # fmt: skip
+            cwd=settings.BASE_DIR,
+            env=node_env(db.url(), "bench-prune"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
-    def run(self) -> None:
-        try:
-            with self.db.connect() as conn:
-                clock = "SELECT clock_timestamp()"
-                self.started_at = conn.execute(clock).fetchone()[0]
-                params = {"days": self.retention_days, "batch": history.PRUNE_BATCH_SIZE}
-                while True:
-                    deleted = conn.execute(history.PRUNE_BATCH, params).rowcount
-                    self.deleted += deleted
-                    self.batches += 1
-                    if deleted < history.PRUNE_BATCH_SIZE:
-                        break
-                self.finished_at = conn.execute(clock).fetchone()[0]
-        except BaseException as e:  # reported by the bench, which waits for this thread
-            self.error = e
+    def wait_started(self) -> datetime:
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                return datetime.fromisoformat(json.loads(line)["started_at"])
+        self.proc.wait()
+        raise BenchError(f"the prune process did not start:\n{self.proc.stderr.read()}")
+
+    def wait_finished(self) -> tuple[int, datetime]:
+        """How many executions it deleted, and when it finished."""
+        out, err = self.proc.communicate()
+        if self.proc.returncode or not out.strip():
+            raise BenchError(f"pruning failed ({self.proc.returncode}):\n{err}")
+        done = json.loads(out.strip().splitlines()[-1])
+        return done["deleted"], datetime.fromisoformat(done["finished_at"])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 # --- the benchmark -------------------------------------------------------------------
@@ -1316,9 +1346,12 @@ class Bench:
             scale["lag_p99_ms"], _ = self.two_node_lag(nodes)
             self.progress(f"scale: fire lag, 2 nodes, pruning {s.scale_prune} executions")
             pruner = Pruner(self.db, retention)
-            pruner.start()
-            scale["prune_lag_p99_ms"], last_due = self.two_node_lag(nodes)
-            pruner.join()
+            try:
+                prune_started = pruner.wait_started()
+                scale["prune_lag_p99_ms"], last_due = self.two_node_lag(nodes)
+                pruned, prune_finished = pruner.wait_finished()
+            finally:
+                pruner.stop()
 
             self.progress(f"scale: {s.scale_due} triggers due at once, the same 2 nodes")
             conn.execute("UPDATE jobs_job SET paused = true")
@@ -1329,17 +1362,16 @@ class Bench:
                 "UPDATE jobs_job SET paused = false RETURNING clock_timestamp()"
             ).fetchone()[0]
             drained = self.wait_drained(nodes, s.scale_cap, until_finished=True)
-        if pruner.error is not None:
-            raise BenchError(f"scale: pruning failed: {pruner.error}")
         scale["prune_lag_ratio"] = (
             round(scale["prune_lag_p99_ms"] / scale["lag_p99_ms"], 3)
             if scale["lag_p99_ms"] else None
         )  # fmt: skip
-        scale["pruned"] = pruner.deleted
-        scale["prune_batches"] = pruner.batches
-        scale["prune_seconds"] = round((pruner.finished_at - pruner.started_at).total_seconds(), 3)
+        scale["pruned"] = pruned
+        # Batches of PRUNE_BATCH_SIZE: full ones, then the short one that ends it.
+        scale["prune_batches"] = pruned // history.PRUNE_BATCH_SIZE + 1
+        scale["prune_seconds"] = round((prune_finished - prune_started).total_seconds(), 3)
         # Whether the lag measured "with pruning" was all measured while it ran.
-        scale["prune_covered"] = pruner.finished_at >= last_due
+        scale["prune_covered"] = prune_finished >= last_due
 
         claimed, finished = conn.execute(
             "SELECT max(created_at), max(finished_at) FROM jobs_execution WHERE created_at >= %s",
