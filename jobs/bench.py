@@ -7,6 +7,9 @@ figure is computed from database time (``now()``/``clock_timestamp()`` and the
 timestamps the nodes record), never from this process's clock, which only paces the
 waiting. The Celery section adds real ``celery -A controlplane worker`` processes, on a
 queue of the bench's own on a broker database of the bench's own (see bench_broker_url).
+The first lines say what server it ran on (server_settings): figures worth quoting come
+from a durable one. The raw section also builds (and drops) bench_min_* tables, the
+minimal schema; the scale section (--scale) runs prune_history in a process of its own.
 """
 
 from __future__ import annotations
