@@ -7,10 +7,14 @@ figure is computed from database time (``now()``/``clock_timestamp()`` and the
 timestamps the nodes record), never from this process's clock, which only paces the
 waiting. The Celery section adds real ``celery -A controlplane worker`` processes, on a
 queue of the bench's own on a broker database of the bench's own (see bench_broker_url).
+The first lines say what server it ran on (server_settings): figures worth quoting come
+from a durable one. The raw section also builds (and drops) bench_min_* tables, the
+minimal schema; the scale section (--scale) runs prune_history in a process of its own.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -22,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
@@ -32,18 +37,28 @@ from kombu import Exchange, Queue
 from kombu.utils.url import maybe_sanitize_url
 from psycopg import sql
 
-from jobs import claims
+from jobs import claims, history
 
 MAINTENANCE_DB = "postgres"
 TARGETS = {
     "ratio": 0.7,
-    "e2e_per_s": 5000.0,
+    "schema_ratio": 0.6,
+    "e2e_per_s": 7000.0,
+    "celery_bare_ratio_2w": 0.5,
+    "scale_idle_qps": 1.0,
+    "scale_drain_s": 20.0,
+    "prune_lag_ratio": 2.0,
     "lag_p99_ms": 20.0,
     "idle_qps": 1.0,
     "mixed_start_lag_p99_ms": 50.0,
     "mixed_max_share": 2.0,
 }
 SECTIONS = ("claim", "raw", "e2e", "lag", "idle", "mixed", "celery")
+# Run only when asked for (--scale or --only scale): it inserts millions of rows.
+ALL_SECTIONS = (*SECTIONS, "scale")
+# Nodes of the scale section keep executions this many days, so that the bench's old
+# history is pruned only by the bench itself (at the default retention).
+SCALE_NODE_RETENTION_DAYS = 36500
 # Seconds an idle node is left alone before its queries are counted. It settles within
 # a second or two; the rest is for pg_stat_database: a backend flushes its counters at
 # most once a second, and an idle one at the latest PGSTAT_IDLE_INTERVAL (10 s) later,
@@ -56,7 +71,9 @@ BENCH_REDIS_DB = 13
 
 @dataclass(frozen=True)
 class Sizes:
-    triggers: int = 100_000
+    #: 50,000: on a durable server the claim section's backlog drains in seconds at batch
+    #: 100, and each combination's re-insert and vacuum stay short.
+    triggers: int = 50_000
     nodes: tuple[int, ...] = (1, 2, 4)
     batches: tuple[int, ...] = (1, 10, 100)
     #: Seconds a claim-throughput combination (or the raw loop) may run; the rate is
@@ -70,6 +87,8 @@ class Sizes:
     #: own commit is not counted as lag.
     lag_lead: float = 0.5
     idle_window: float = 30.0
+    #: Seconds an idle node is left alone before its queries are counted (IDLE_SETTLE).
+    idle_settle: float = IDLE_SETTLE
     #: Backlog of the Celery section (and of its inline comparison, when e2e did not run).
     celery_triggers: int = 5000
     celery_workers: tuple[int, ...] = (1, 2)
@@ -83,6 +102,13 @@ class Sizes:
     mixed_seconds: float = 60.0
     mixed_triggers: int = 40
     mixed_slow: int = 4
+    #: The scale section: triggers not due (the idle node's load is measured beside them),
+    #: triggers due in the same second (drained by 2 nodes), finished executions older
+    #: than the retention (pruned while 2 nodes fire), and the drain's cap in seconds.
+    scale_triggers: int = 1_000_000
+    scale_due: int = 100_000
+    scale_prune: int = 1_000_000
+    scale_cap: float = 180.0
 
 
 QUICK = Sizes(
@@ -212,6 +238,40 @@ def node_env(url: str, app_name: str) -> dict[str, str]:
         # The bench's jobs run demo targets, in the bench's own database and processes.
         "SCHEDULER_DEMO_TARGETS": "1",
     }
+
+
+def server_settings(conn: psycopg.Connection) -> dict:
+    """The server's version and the settings that decide whether a commit is durable, as
+    this role and database see them (the nodes connect the same way)."""
+    found = {
+        name: conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()[0]
+        for name in ("server_version", "fsync", "synchronous_commit", "full_page_writes")
+    }
+    found["version"] = found.pop("server_version")
+    # synchronous_commit = local still waits for the local flush; only off gives it up.
+    found["durable"] = (
+        found["fsync"] == "on"
+        and found["full_page_writes"] == "on"
+        and found["synchronous_commit"] != "off"
+    )
+    return found
+
+
+def describe_server(server: dict) -> list[str]:
+    """The lines the table starts with: what it ran on, and a loud warning when that is not
+    a durable server."""
+    lines = [
+        f"Server: PostgreSQL {server['version']}; fsync {server['fsync']}, synchronous_commit"
+        f" {server['synchronous_commit']}, full_page_writes {server['full_page_writes']}"
+    ]
+    if not server["durable"]:
+        off = [k for k in ("fsync", "synchronous_commit", "full_page_writes") if server[k] == "off"]
+        lines.append(
+            f"WARNING: NOT A DURABLE SERVER ({', '.join(k + ' off' for k in off)}): commits do"
+            " not wait for the disk, so these figures overstate a production server's; quote"
+            " only figures from a durable one."
+        )
+    return lines
 
 
 # --- scheduler node processes ---------------------------------------------------------
@@ -427,17 +487,26 @@ INLINE_JOB = "bench: noop"
 MIXED_SLOW_SECONDS = 1.5
 # Its queue is set by the Celery section (bench_queue).
 CELERY_JOB = "bench: celery noop"
+# The bare-Celery baseline: a task with no bookkeeping at all (jobs/celery_tasks.py).
+BARE_TASK = "bench.noop"
 SETUP_SCRIPT = """
 from datetime import UTC, datetime
-from jobs.models import Job, Trigger
+from jobs.models import Execution, Job, Trigger
 job = Job.objects.create(name="bench: noop", target="demo.noop")
 Trigger.objects.create(job=job, kind="once", run_at=datetime(2000, 1, 1, tzinfo=UTC))
 Job.objects.create(name="bench: celery noop", target="demo.noop", executor="celery")
 Job.objects.create(name="bench: slow", target="demo.sleep", kwargs={"seconds": 1.5})
+Execution.objects.create(
+    job=job, scheduled_for=datetime(2000, 1, 1, tzinfo=UTC), origin="schedule",
+    state="succeeded", node="bench-history", dispatched_at=datetime(2000, 1, 1, tzinfo=UTC),
+    started_at=datetime(2000, 1, 1, tzinfo=UTC), finished_at=datetime(2000, 1, 1, tzinfo=UTC),
+)
 """
 
 TEMPLATE = """
 CREATE TABLE bench_trigger_template AS SELECT * FROM jobs_trigger;
+CREATE TABLE bench_execution_template AS SELECT * FROM jobs_execution;
+DELETE FROM jobs_execution;
 DELETE FROM jobs_trigger;
 """
 
@@ -465,6 +534,49 @@ FROM generate_series(0, %(count)s - 1) AS i
 """
 
 
+# One-off triggers due from a day after this transaction on, 10 ms apart (a million
+# of them span under three hours): scheduled, none due during the run.
+FUTURE = """
+SELECT now() + interval '1 day' + i * interval '10 milliseconds' AS t, 60 AS grace
+FROM generate_series(1, %(count)s) AS i
+"""
+
+# One-off triggers all due at the same instant, a minute ago, within their grace.
+SAME_SECOND = """
+SELECT date_trunc('second', now()) - interval '1 minute' AS t, 3600 AS grace
+FROM generate_series(1, %(count)s) AS i
+"""
+
+
+def clone_executions(conn: psycopg.Connection, count: int, age_days: int) -> None:
+    """Insert ``count`` succeeded executions of the inline job, created (and run) from
+    ``age_days`` days ago on, a millisecond apart: history old enough to be pruned."""
+    timed = ("scheduled_for", "created_at", "run_after", "dispatched_at", "started_at",
+             "finished_at")  # fmt: skip
+    columns = [
+        row[0]
+        for row in conn.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_name = 'jobs_execution' AND table_schema = current_schema()"
+            "   AND NOT column_name = ANY(%s) ORDER BY ordinal_position",
+            [["id", "fence", *timed]],
+        )
+    ]
+    copied = sql.SQL(", ").join(map(sql.Identifier, columns))
+    query = sql.SQL(
+        "INSERT INTO jobs_execution ({copied}, {timed})"
+        " SELECT {copied}, {times}"
+        " FROM bench_execution_template,"
+        "      (SELECT now() - make_interval(days => %(age)s) + i * interval '1 millisecond' AS t"
+        "       FROM generate_series(1, %(count)s) AS i) AS old"
+    ).format(
+        copied=copied,
+        timed=sql.SQL(", ").join(map(sql.Identifier, timed)),
+        times=sql.SQL(", ").join([sql.SQL("old.t")] * len(timed)),
+    )
+    conn.execute(query, {"count": count, "age": age_days})
+
+
 def clone_triggers(conn: psycopg.Connection, due: str, params: dict, job: str = INLINE_JOB) -> None:
     """Insert one one-off trigger of ``job`` (by name) per row of ``due`` (its fire time
     ``t`` and ``grace``)."""
@@ -485,6 +597,54 @@ def clone_triggers(conn: psycopg.Connection, due: str, params: dict, job: str = 
         " FROM bench_trigger_template, ({due}) AS due"
     ).format(copied=copied, due=sql.SQL(due))
     conn.execute(query, {**params, "job": job})
+
+
+@dataclass(frozen=True)
+class ClaimTables:
+    """The tables a claim loop runs on: jobs/claims.py's statements are run as they are,
+    with only the table names swapped."""
+
+    execution: str = "jobs_execution"
+    trigger: str = "jobs_trigger"
+    job: str = "jobs_job"
+
+    def sql(self, statement: str) -> str:
+        # \b on both sides: jobs_execution_fence_seq (a sequence) keeps its name.
+        for real, name in (
+            ("jobs_execution", self.execution),
+            ("jobs_trigger", self.trigger),
+            ("jobs_job", self.job),
+        ):
+            statement = re.sub(rf"\b{real}\b", name, statement)
+        return statement
+
+
+REAL_TABLES = ClaimTables()
+MINIMAL_TABLES = ClaimTables("bench_min_execution", "bench_min_trigger", "bench_min_job")
+
+# The minimal schema: the same columns (LIKE, with their defaults) and rows as the real
+# tables, with only the indexes the claim cannot do without: the primary keys, the
+# uniqueness index its ON CONFLICT names, and the due index its SELECT walks (without
+# it every batch would sort the whole backlog). No foreign keys, no NOTIFY triggers, no
+# fillfactor. Ordinary tables, not TEMPORARY ones: temporary tables write no WAL, so
+# their commits would not wait for a flush to disk and the comparison would be unfair
+# on a durable server.
+MINIMAL_SCHEMA = """
+DROP TABLE IF EXISTS bench_min_execution, bench_min_trigger, bench_min_job;
+CREATE TABLE bench_min_job (LIKE jobs_job INCLUDING DEFAULTS);
+ALTER TABLE bench_min_job ADD PRIMARY KEY (id);
+INSERT INTO bench_min_job SELECT * FROM jobs_job;
+CREATE TABLE bench_min_trigger (LIKE jobs_trigger INCLUDING DEFAULTS);
+ALTER TABLE bench_min_trigger ADD PRIMARY KEY (id);
+INSERT INTO bench_min_trigger SELECT * FROM jobs_trigger;
+CREATE INDEX bench_min_trigger_due ON bench_min_trigger (next_fire_at)
+    WHERE NOT paused AND next_fire_at IS NOT NULL;
+CREATE TABLE bench_min_execution (LIKE jobs_execution INCLUDING DEFAULTS INCLUDING IDENTITY);
+ALTER TABLE bench_min_execution ADD PRIMARY KEY (id);
+CREATE UNIQUE INDEX bench_min_execution_fire ON bench_min_execution (trigger_id, scheduled_for)
+    WHERE origin = 'schedule';
+"""
+DROP_MINIMAL_SCHEMA = "DROP TABLE IF EXISTS bench_min_execution, bench_min_trigger, bench_min_job"
 
 
 @dataclass
@@ -520,25 +680,51 @@ class EndToEnd:
 
 
 @dataclass
+class Bare:
+    """Bare no-op Celery tasks: ``ran`` of ``tasks`` in ``seconds`` (database time from the
+    first publish until the workers had run them)."""
+
+    tasks: int
+    ran: int
+    seconds: float
+    complete: bool
+
+    @property
+    def per_s(self) -> float:
+        return self.ran / self.seconds if self.seconds > 0 else 0.0
+
+
+def _tasks_accepted(inspect, name: str) -> int:
+    """How many ``name`` tasks the inspected workers have started since they started."""
+    stats = inspect.stats() or {}
+    return sum(worker.get("total", {}).get(name, 0) for worker in stats.values())
+
+
+@dataclass
 class Results:
     sizes: Sizes
     claim: list[Claim] = field(default_factory=list)
     raw: Claim | None = None
+    #: The raw loop on the minimal schema.
+    minimal: Claim | None = None
+    #: The server's version and durability settings (server_settings).
+    server: dict = field(default_factory=dict)
     node_1x100: Claim | None = None
     e2e: EndToEnd | None = None
     lag: dict | None = None
     idle: dict | None = None
     #: Celery workers -> the measurement with that many workers.
     celery: dict[int, EndToEnd] = field(default_factory=dict)
+    #: Celery workers -> bare no-op tasks through the same workers.
+    celery_bare: dict[int, Bare] = field(default_factory=dict)
     #: The inline figure the Celery figures are printed beside.
     celery_inline: EndToEnd | None = None
     mixed: dict | None = None
+    scale: dict | None = None
 
     def as_json(self) -> dict:
-        ratio = None
-        if self.raw and self.node_1x100 and self.raw.per_s:
-            ratio = round(self.node_1x100.per_s / self.raw.per_s, 3)
         return {
+            "server": self.server,
             "triggers": self.sizes.triggers,
             "claim": [
                 {
@@ -555,11 +741,16 @@ class Results:
             "raw_seconds": round(self.raw.seconds, 3) if self.raw else None,
             "raw_fires_per_s": round(self.raw.per_s, 1) if self.raw else None,
             "node_1x100_fires_per_s": round(self.node_1x100.per_s, 1) if self.node_1x100 else None,
-            "node_raw_ratio": ratio,
+            "node_raw_ratio": _ratio(self.node_1x100, self.raw),
+            "minimal_fires": self.minimal.fires if self.minimal else None,
+            "minimal_seconds": round(self.minimal.seconds, 3) if self.minimal else None,
+            "minimal_fires_per_s": round(self.minimal.per_s, 1) if self.minimal else None,
+            "schema_ratio": _ratio(self.raw, self.minimal),
             **_end_to_end("e2e", self.e2e),
             **_prefixed("lag", self.lag, ("triggers", "p50_ms", "p99_ms", "max_ms")),
             **_prefixed("idle", self.idle, ("window_s", "transactions", "qps")),
             **_prefixed("mixed", self.mixed, MIXED_KEYS),
+            **_prefixed("scale", self.scale, SCALE_KEYS),
             **self._celery_json(),
             "targets": TARGETS,
         }
@@ -570,11 +761,18 @@ class Results:
             "celery_triggers": self.sizes.celery_triggers if ran else None,
             "celery_worker_concurrency": self.sizes.celery_concurrency if ran else None,
         }
-        for workers in self.sizes.celery_workers:
+        # The keys of 1 and 2 workers are always there (null when not run).
+        for workers in sorted({1, 2, *self.sizes.celery_workers}):
             run = self.celery.get(workers)
             prefix = f"celery_{workers}w"
             figures.update(_end_to_end(prefix, run))
             figures[f"{prefix}_complete"] = run.complete if run else None
+            bare = self.celery_bare.get(workers)
+            figures[f"{prefix}_bare_tasks"] = bare.ran if bare else None
+            figures[f"{prefix}_bare_seconds"] = round(bare.seconds, 3) if bare else None
+            figures[f"{prefix}_bare_per_s"] = round(bare.per_s, 1) if bare else None
+            figures[f"{prefix}_bare_complete"] = bare.complete if bare else None
+            figures[f"{prefix}_bare_ratio"] = _ratio(run, bare)
         inline = self.celery_inline
         figures["celery_inline_triggers"] = inline.triggers if inline else None
         figures["celery_inline_per_s"] = round(inline.per_s, 1) if inline else None
@@ -585,6 +783,21 @@ MIXED_KEYS = (
     "nodes", "seconds", "runs", "start_lag_p50_ms", "start_lag_p99_ms", "start_lag_max_ms",
     "node_shares", "max_share",
 )  # fmt: skip
+
+
+SCALE_KEYS = (
+    "triggers", "idle_window_s", "idle_transactions", "idle_qps",
+    "due", "drain_claimed_s", "drain_finished_s", "drain_complete",
+    "prune_executions", "lag_triggers", "lag_p99_ms", "prune_lag_p99_ms", "prune_lag_ratio",
+    "pruned", "prune_seconds", "prune_batches", "prune_covered",
+)  # fmt: skip
+
+
+def _ratio(a: Claim | EndToEnd | None, b: Claim | Bare | None) -> float | None:
+    """a's rate / b's rate, None when either is missing or b is 0."""
+    if a is None or b is None or not b.per_s:
+        return None
+    return round(a.per_s / b.per_s, 3)
 
 
 def _end_to_end(prefix: str, run: EndToEnd | None) -> dict:
@@ -600,6 +813,67 @@ def _end_to_end(prefix: str, run: EndToEnd | None) -> dict:
 
 def _prefixed(prefix: str, values: dict | None, keys: tuple[str, ...]) -> dict:
     return {f"{prefix}_{k}": (values or {}).get(k) for k in keys}
+
+
+# jobs/history.py's prune_history itself, to the end, in a process of its own (as the
+# leader node runs it: autocommit, each batch its own transaction). It says when it
+# starts, and at the end what it deleted and when, in database time.
+PRUNE_SCRIPT = """
+import json
+from django.db import connection
+from jobs.history import prune_history
+
+def clock():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT clock_timestamp()")
+        return cursor.fetchone()[0].isoformat()
+
+print(json.dumps({{"started_at": clock()}}), flush=True)
+deleted = prune_history({days}, max_batches=None)
+print(json.dumps({{"deleted": deleted, "finished_at": clock()}}), flush=True)
+"""
+
+
+class Pruner:
+    """A ``manage.py shell`` process running PRUNE_SCRIPT on the bench database."""
+
+    def __init__(self, db: BenchDatabase, retention_days: int):
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "manage.py",
+                "shell",
+                "-v",
+                "0",
+                "-c",
+                PRUNE_SCRIPT.format(days=retention_days),
+            ],  # fmt: skip
+            cwd=settings.BASE_DIR,
+            env=node_env(db.url(), "bench-prune"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def wait_started(self) -> datetime:
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                return datetime.fromisoformat(json.loads(line)["started_at"])
+        self.proc.wait()
+        raise BenchError(f"the prune process did not start:\n{self.proc.stderr.read()}")
+
+    def wait_finished(self) -> tuple[int, datetime]:
+        """How many executions it deleted, and when it finished."""
+        out, err = self.proc.communicate()
+        if self.proc.returncode or not out.strip():
+            raise BenchError(f"pruning failed ({self.proc.returncode}):\n{err}")
+        done = json.loads(out.strip().splitlines()[-1])
+        return done["deleted"], datetime.fromisoformat(done["finished_at"])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 # --- the benchmark -------------------------------------------------------------------
@@ -631,6 +905,9 @@ class Bench:
             self.db.migrate()
             self.db.manage("shell", "-c", SETUP_SCRIPT)
             self.conn = self.db.connect()
+            self.results.server = server_settings(self.conn)
+            for line in describe_server(self.results.server):
+                self.out(line)
             self.conn.execute(TEMPLATE)
             if "claim" in sections:
                 self.section_claim()
@@ -642,6 +919,8 @@ class Bench:
                 self.section_idle_and_lag(sections)
             if "mixed" in sections:
                 self.section_mixed()
+            if "scale" in sections:
+                self.section_scale()
             # Last: its worker processes are gone before anything else is measured.
             if "celery" in sections:
                 self.section_celery()
@@ -690,25 +969,36 @@ class Bench:
             released = conn.execute(
                 "UPDATE jobs_job SET paused = false RETURNING clock_timestamp()"
             ).fetchone()[0]
-            deadline = time.monotonic() + cap
-            drained = False
-            while time.monotonic() < deadline:
-                time.sleep(0.2)
-                procs.check_alive()
-                for other in watch:
-                    other.check_alive()
-                drained = not conn.execute(
-                    "SELECT EXISTS (SELECT 1 FROM jobs_trigger"
-                    " WHERE next_fire_at IS NOT NULL AND NOT paused)"
-                ).fetchone()[0]
-                if drained and until_finished:
-                    drained = not conn.execute(
-                        "SELECT EXISTS (SELECT 1 FROM jobs_execution"
-                        " WHERE state IN ('dispatched', 'running'))"
-                    ).fetchone()[0]
-                if drained:
-                    break
+            drained = self.wait_drained(procs, cap, until_finished, watch)
         return released, drained
+
+    def wait_drained(
+        self, procs: Nodes, cap: float, until_finished: bool, watch: Sequence[Workers] = ()
+    ) -> bool:
+        """Wait until no trigger is due (and, with ``until_finished``, no run is waiting or
+        running) or ``cap`` seconds pass; return whether it drained."""
+        conn = self.conn
+        deadline = time.monotonic() + cap
+        drained = False
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            procs.check_alive()
+            for other in watch:
+                other.check_alive()
+            drained = not conn.execute(
+                # Due now, not merely scheduled: the scale section keeps triggers due
+                # later beside its backlog.
+                "SELECT EXISTS (SELECT 1 FROM jobs_trigger"
+                " WHERE next_fire_at <= now() AND NOT paused)"
+            ).fetchone()[0]
+            if drained and until_finished:
+                drained = not conn.execute(
+                    "SELECT EXISTS (SELECT 1 FROM jobs_execution"
+                    " WHERE state IN ('dispatched', 'running'))"
+                ).fetchone()[0]
+            if drained:
+                break
+        return drained
 
     def measure_claim(self, nodes: int, batch: int) -> Claim:
         self.progress(f"claim: {nodes} node(s), batch {batch}")
@@ -743,21 +1033,34 @@ class Bench:
         s = self.sizes
         self.progress("raw: the claim transaction from plain psycopg")
         self.reset(s.triggers)
-        raw = self.raw_claim_loop(batch=100, cap=s.claim_cap)
-        self.results.raw = raw
+        raw = self.results.raw = self.raw_claim_loop(batch=100, cap=s.claim_cap)
+        self.progress("raw: the same on the minimal schema")
+        self.reset(s.triggers)
+        minimal = self.results.minimal = self.minimal_claim_loop(batch=100, cap=s.claim_cap)
         if self.results.node_1x100 is None:
             self.results.node_1x100 = self.measure_claim(1, 100)
         node = self.results.node_1x100
-        ratio = node.per_s / raw.per_s if raw.per_s else 0.0
-        self.out("\nRaw-SQL claim limit: jobs/claims.py's SELECT ... SKIP LOCKED, INSERT,")
-        self.out("   UPDATE, COMMIT in a tight loop (plain psycopg, one connection, batch 100)")
-        note = "" if raw.complete else "  (capped)"
-        self.out(f"   raw fires/s            {raw.per_s:>9.0f}")
-        self.out(f"   ({raw.fires} fires in {raw.seconds:.2f} s){note}")
+        self.out("\nRaw-SQL claim limit: jobs/claims.py's SELECT_DUE_TRIGGERS (SKIP LOCKED) and")
+        self.out("   INSERT_FIRES_AND_ADVANCE, COMMIT, in a tight loop (plain psycopg, one")
+        self.out("   connection, batch 100); the same on the minimal schema (copies of the tables")
+        self.out("   with only primary keys, the uniqueness and the due index: no FKs, triggers)")
+        for label, run in (("raw", raw), ("minimal schema", minimal)):
+            note = "" if run.complete else "  (capped)"
+            self.out(f"   {label + ' fires/s':<22} {run.per_s:>9.0f}"
+                     f"   ({run.fires} fires in {run.seconds:.2f} s){note}")  # fmt: skip
         self.out(f"   node 1 x batch 100     {node.per_s:>9.0f}")
-        self.out(f"   ratio node / raw       {ratio:>9.2f}   target >= {TARGETS['ratio']}")
+        self.out(f"   schema_ratio           {_ratio(raw, minimal):>9.2f}   raw / minimal,"
+                 f" target >= {TARGETS['schema_ratio']}")  # fmt: skip
+        self.out(f"   node_raw_ratio         {_ratio(node, raw):>9.2f}   node / raw,"
+                 f" target >= {TARGETS['ratio']}")  # fmt: skip
 
-    def raw_claim_loop(self, batch: int, cap: float) -> Claim:
+    def raw_claim_loop(self, batch: int, cap: float, tables: ClaimTables | None = None) -> Claim:
+        """The claim transaction of jobs/claims.py in a tight loop: SELECT_DUE_TRIGGERS, then
+        INSERT_FIRES_AND_ADVANCE (fires and trigger advance in one statement), COMMIT; on
+        the real tables, or on ``tables`` (the minimal schema)."""
+        tables = tables or REAL_TABLES
+        select = tables.sql(claims.SELECT_DUE_TRIGGERS)
+        insert = tables.sql(claims.INSERT_FIRES_AND_ADVANCE)
         node_id = "bench-raw"
         with self.db.connect(autocommit=False) as conn, conn.cursor() as cur:
             cur.execute("SELECT clock_timestamp()")
@@ -767,26 +1070,38 @@ class Bench:
             drained = False
             while time.monotonic() < deadline:
                 with conn.transaction():
-                    rows = cur.execute(claims.SELECT_DUE_TRIGGERS, [batch]).fetchall()
+                    rows = cur.execute(select, [batch]).fetchall()
                     if not rows:
                         drained = True
                         break
                     ids = [r[0] for r in rows]
                     times = [r[11] for r in rows]
                     n = len(rows)
-                    cur.execute(
-                        claims.INSERT_FIRES,
-                        [node_id, [r[1] for r in rows], ids, times, ["dispatched"] * n, [""] * n],
-                    )
+                    # One-off triggers: finished (next_fire_at NULL) once fired.
+                    advance = [ids, [None] * n, times]
+                    fires = [node_id, [r[1] for r in rows], ids, times, ["dispatched"] * n,
+                             [""] * n]  # fmt: skip
+                    cur.execute(insert, advance + fires)
                     cur.fetchall()
-                    # One-off triggers: finished once fired.
-                    cur.execute(claims.ADVANCE_TRIGGERS, [ids, [None] * n, times])
             fires, last = cur.execute(
-                "SELECT count(*), max(created_at) FROM jobs_execution"
+                tables.sql("SELECT count(*), max(created_at) FROM jobs_execution")
             ).fetchone()
             conn.commit()
         seconds = (last - start).total_seconds() if last else 0.0
         return Claim(1, batch, fires, seconds, drained)
+
+    def minimal_claim_loop(self, batch: int, cap: float) -> Claim:
+        """The raw loop on the minimal schema: copies of the backlog's tables with only
+        their primary keys, the uniqueness index and the due index (MINIMAL_SCHEMA),
+        created from the current jobs_* rows and dropped afterwards."""
+        self.conn.execute(MINIMAL_SCHEMA)
+        try:
+            self.conn.execute("VACUUM ANALYZE bench_min_trigger")
+            self.conn.execute("VACUUM ANALYZE bench_min_job")
+            self.conn.execute("VACUUM ANALYZE bench_min_execution")
+            return self.raw_claim_loop(batch, cap, MINIMAL_TABLES)
+        finally:
+            self.conn.execute(DROP_MINIMAL_SCHEMA)
 
     def measure_e2e(self, triggers: int) -> EndToEnd:
         """One node, batch 100, default threads, on ``triggers`` due inline triggers."""
@@ -834,14 +1149,18 @@ class Bench:
                     inline = self.measure_e2e(s.celery_triggers)
                 self.results.celery_inline = inline
                 for workers in s.celery_workers:
-                    self.results.celery[workers] = self.measure_celery(app, queue, workers)
+                    ours, bare = self.measure_celery(app, queue, workers)
+                    self.results.celery[workers] = ours
+                    self.results.celery_bare[workers] = bare
             finally:
                 purge_queue(app, queue, delete=True)
         finally:
             app.close()
         self.print_celery(queue)
 
-    def measure_celery(self, app: Celery, queue: str, workers: int) -> EndToEnd:
+    def measure_celery(self, app: Celery, queue: str, workers: int) -> tuple[EndToEnd, Bare]:
+        """Our runs through ``workers`` Celery workers, then bare no-op tasks through the
+        same workers on the same queue."""
         s = self.sizes
         self.progress(f"celery: {workers} worker(s) x {s.celery_concurrency} processes,"
                       f" {s.celery_triggers} triggers")  # fmt: skip
@@ -857,7 +1176,34 @@ class Bench:
                 1, 100, s.celery_cap, until_finished=True,
                 extra_env={"CELERY_BROKER_URL": self.broker}, watch=[procs],
             )  # fmt: skip
-        return self.succeeded_rate(s.celery_triggers, drained)
+            ours = self.succeeded_rate(s.celery_triggers, drained)
+            self.progress(f"celery: bare {BARE_TASK} x {s.celery_triggers}, {workers} worker(s)")
+            bare = self.measure_bare_celery(app, queue, procs, s.celery_triggers)
+        return ours, bare
+
+    def measure_bare_celery(self, app: Celery, queue: str, procs: Workers, count: int) -> Bare:
+        """Publish ``count`` BARE_TASK messages from this one process (as one node publishes
+        ours) and wait until the workers have run them all. The end is seen by asking the
+        workers (every task accepted, none active), so it is late by at most one poll."""
+        purge_queue(app, queue)
+        inspect = app.control.inspect(destination=procs.names, timeout=1.0, limit=len(procs.names))
+        before = _tasks_accepted(inspect, BARE_TASK)
+        start = self.conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        with app.producer_or_acquire() as producer:
+            for _ in range(count):
+                app.send_task(BARE_TASK, queue=queue, producer=producer)
+        deadline = time.monotonic() + self.sizes.celery_cap
+        done = complete = False
+        while not done:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+            procs.check_alive()
+            accepted = _tasks_accepted(inspect, BARE_TASK) - before
+            done = complete = accepted >= count and not any((inspect.active() or {}).values())
+        end = self.conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        ran = count if complete else _tasks_accepted(inspect, BARE_TASK) - before
+        return Bare(count, ran, (end - start).total_seconds(), complete)
 
     def print_celery(self, queue: str) -> None:
         s = self.sizes
@@ -869,21 +1215,33 @@ class Bench:
         self.out("   succeeded/s = succeeded / (last finished_at - first dispatched_at),"
                  " database time;")  # fmt: skip
         self.out(f"   each combination capped at {s.celery_cap:g} s")
-        self.out(f"   {'':<10} {'succeeded':>9} {'seconds':>8} {'succeeded/s':>11}")
+        self.out(f"   bare: {s.celery_triggers} {BARE_TASK} tasks (no database, no bookkeeping)"
+                 " published by one process to")  # fmt: skip
+        self.out("   the same queue and workers; tasks / (all run - first publish), database"
+                 " time, late by <= 1 poll")  # fmt: skip
+        self.out(f"   {'':<10} {'succeeded':>9} {'seconds':>8} {'ours/s':>8}"
+                 f" {'bare':>6} {'seconds':>8} {'bare/s':>8} {'ours/bare':>9}")  # fmt: skip
         for workers, run in self.results.celery.items():
-            note = ""
+            bare = self.results.celery_bare[workers]
+            notes = []
             if run.succeeded < run.triggers:
                 capped = "" if run.complete else ", capped"
-                note = f"  ({run.triggers - run.succeeded} not succeeded{capped})"
+                notes.append(f"{run.triggers - run.succeeded} not succeeded{capped}")
+            if not bare.complete:
+                notes.append("bare capped")
+            note = f"  ({'; '.join(notes)})" if notes else ""
+            ratio = _ratio(run, bare)
             label = f"{workers} worker{'s' if workers > 1 else ''}"
-            self.out(f"   {label:<10} {run.succeeded:>9} {run.seconds:>8.2f}"
-                     f" {run.per_s:>11.0f}{note}")  # fmt: skip
+            self.out(f"   {label:<10} {run.succeeded:>9} {run.seconds:>8.2f} {run.per_s:>8.0f}"
+                     f" {bare.ran:>6} {bare.seconds:>8.2f} {bare.per_s:>8.0f}"
+                     f" {ratio if ratio is not None else 0:>9.2f}{note}")  # fmt: skip
+        self.out(f"   target ours/bare with 2 workers >= {TARGETS['celery_bare_ratio_2w']}")
         inline = self.results.celery_inline
         source = "the e2e section's run" if inline is self.results.e2e else "the same backlog"
         note = ", capped" if not inline.complete else ""
         self.out(
             f"   {'inline':<10} {inline.succeeded:>9} {inline.seconds:>8.2f}"
-            f" {inline.per_s:>11.0f}  (inline executor, one node: {source}{note})"
+            f" {inline.per_s:>8.0f}  (inline executor, one node: {source}{note})"
         )
 
     def section_mixed(self) -> None:
@@ -956,6 +1314,142 @@ class Bench:
         for node, share in shares.items():
             self.out(f"     {node:<28} {share:>7.1%}")
 
+    def section_scale(self) -> None:
+        """At scale: the idle node's load beside ``scale_triggers`` triggers not yet due
+        and ``scale_prune`` old executions; fire lag with 2 nodes, without and then with
+        the history being pruned; ``scale_due`` triggers due at once drained by 2 nodes."""
+        s = self.sizes
+        conn = self.conn
+        scale = self.results.scale = {
+            "triggers": s.scale_triggers, "due": s.scale_due, "prune_executions": s.scale_prune,
+            "lag_triggers": s.lag_triggers,
+        }  # fmt: skip
+        self.progress(
+            f"scale: inserting {s.scale_triggers} triggers, {s.scale_prune} old executions"
+        )
+        self.reset(0)
+        clone_triggers(conn, FUTURE, {"count": s.scale_triggers})
+        retention = settings.SCHEDULER_HISTORY_RETENTION_DAYS
+        clone_executions(conn, s.scale_prune, retention + 365)
+        conn.execute("VACUUM ANALYZE")
+        # The nodes never prune: the bench does, when it chooses to.
+        env = {"SCHEDULER_HISTORY_RETENTION_DAYS": str(SCALE_NODE_RETENTION_DAYS)}
+
+        with Nodes(self.db, 1, None, self.log_dir, "scale-idle", env) as node:
+            node.wait_listening(conn)
+            self.progress(f"scale: idle node, settling {s.idle_settle:g} s,"
+                          f" measuring {s.idle_window:g} s")  # fmt: skip
+            idle, others = self.count_idle(node)
+            conn = self.conn  # count_idle reconnects
+        scale.update({f"idle_{k}": v for k, v in idle.items()})
+
+        with Nodes(self.db, 2, None, self.log_dir, "scale-lag", env) as nodes:
+            nodes.wait_listening(conn)
+            self.progress(f"scale: fire lag, 2 nodes, {s.lag_triggers} triggers, no pruning")
+            scale["lag_p99_ms"], _ = self.two_node_lag(nodes)
+            self.progress(f"scale: fire lag, 2 nodes, pruning {s.scale_prune} executions")
+            pruner = Pruner(self.db, retention)
+            try:
+                prune_started = pruner.wait_started()
+                scale["prune_lag_p99_ms"], last_due = self.two_node_lag(nodes)
+                pruned, prune_finished = pruner.wait_finished()
+            finally:
+                pruner.stop()
+
+            self.progress(f"scale: {s.scale_due} triggers due at once, the same 2 nodes")
+            conn.execute("UPDATE jobs_job SET paused = true")
+            clone_triggers(conn, SAME_SECOND, {"count": s.scale_due})
+            conn.execute("VACUUM ANALYZE jobs_trigger")
+            # Unpausing NOTIFYs both nodes; this commit's time is the start.
+            released = conn.execute(
+                "UPDATE jobs_job SET paused = false RETURNING clock_timestamp()"
+            ).fetchone()[0]
+            drained = self.wait_drained(nodes, s.scale_cap, until_finished=True)
+        scale["prune_lag_ratio"] = (
+            round(scale["prune_lag_p99_ms"] / scale["lag_p99_ms"], 3)
+            if scale["lag_p99_ms"] else None
+        )  # fmt: skip
+        scale["pruned"] = pruned
+        # Batches of PRUNE_BATCH_SIZE: full ones, then the short one that ends it.
+        scale["prune_batches"] = pruned // history.PRUNE_BATCH_SIZE + 1
+        scale["prune_seconds"] = round((prune_finished - prune_started).total_seconds(), 3)
+        # Whether the lag measured "with pruning" was all measured while it ran.
+        scale["prune_covered"] = prune_finished >= last_due
+
+        claimed, finished = conn.execute(
+            "SELECT max(created_at), max(finished_at) FROM jobs_execution WHERE created_at >= %s",
+            [released],
+        ).fetchone()
+        scale["drain_claimed_s"] = (
+            round((claimed - released).total_seconds(), 3) if claimed else None
+        )
+        scale["drain_finished_s"] = (
+            round((finished - released).total_seconds(), 3) if finished else None
+        )
+        scale["drain_complete"] = drained
+        self.print_scale(others)
+
+    def two_node_lag(self, nodes: Nodes) -> tuple[float, datetime]:
+        """Fire lag p99 (ms) of ``lag_triggers`` one-off triggers due evenly over
+        ``lag_spread`` seconds, fired by the running ``nodes``; and the last one's time."""
+        s = self.sizes
+        conn = self.conn
+        first = conn.execute("SELECT coalesce(max(id), 0) FROM jobs_trigger").fetchone()[0]
+        clone_triggers(
+            conn, SPREAD, {"count": s.lag_triggers, "lead": s.lag_lead, "spread": s.lag_spread}
+        )
+        deadline = time.monotonic() + s.lag_lead + s.lag_spread + 60
+        while True:
+            time.sleep(0.2)
+            nodes.check_alive()
+            fired = conn.execute(
+                "SELECT count(*) FROM jobs_execution WHERE trigger_id > %s", [first]
+            ).fetchone()[0]
+            if fired >= s.lag_triggers:
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(f"scale: only {fired} of {s.lag_triggers} triggers fired\n"
+                                 f"{nodes.logs()}")  # fmt: skip
+        p99, last_due = conn.execute(
+            "SELECT percentile_cont(0.99) WITHIN GROUP"
+            "       (ORDER BY extract(epoch FROM dispatched_at - scheduled_for) * 1000),"
+            "       max(scheduled_for)"
+            " FROM jobs_execution WHERE trigger_id > %s",
+            [first],
+        ).fetchone()
+        return round(float(p99), 2), last_due
+
+    def print_scale(self, others: list[str]) -> None:
+        s, r = self.sizes, self.results.scale
+        self.out(f"\nScale: {s.scale_triggers} one-off triggers due from tomorrow on, and"
+                 f" {s.scale_prune} succeeded executions")  # fmt: skip
+        self.out("   older than the retention; the nodes' own pruning off")
+        self.out("   idle node: transactions per second in the bench database"
+                 " (pg_stat_database), one node connected")  # fmt: skip
+        self.out(f"   idle queries/s         {r['idle_qps']:>9.2f}"
+                 f"   target < {TARGETS['scale_idle_qps']:g}"
+                 f"   ({r['idle_transactions']} in {r['idle_window_s']:.1f} s)")  # fmt: skip
+        if others:
+            self.out(f"   warning: other clients on the bench database: {', '.join(others)}")
+        self.out(f"   fire lag (dispatched_at - scheduled_for) of {s.lag_triggers} triggers due"
+                 f" over {s.lag_spread:g} s, 2 nodes:")  # fmt: skip
+        self.out(f"   p99 ms, no pruning     {r['lag_p99_ms']:>9.2f}")
+        self.out(f"   p99 ms, pruning        {r['prune_lag_p99_ms']:>9.2f}")
+        ratio = r["prune_lag_ratio"]
+        self.out(f"   ratio                  {ratio if ratio is not None else 0:>9.2f}"
+                 f"   target <= {TARGETS['prune_lag_ratio']:g}")  # fmt: skip
+        covered = "" if r["prune_covered"] else "  (pruning ended before the last fire)"
+        batch = history.PRUNE_BATCH_SIZE
+        self.out(f"   pruned {r['pruned']} executions in {r['prune_seconds']:.2f} s,"
+                 f" {r['prune_batches']} batches of {batch}{covered}")  # fmt: skip
+        self.out(f"   {s.scale_due} triggers due in the same second, 2 nodes (default batch),"
+                 " from their release:")  # fmt: skip
+        note = "" if r["drain_complete"] else f"  (capped at {s.scale_cap:g} s)"
+        claimed, finished = r["drain_claimed_s"], r["drain_finished_s"]
+        self.out(f"   all claimed, s         {claimed if claimed is not None else 0:>9.2f}")
+        self.out(f"   all finished, s        {finished if finished is not None else 0:>9.2f}"
+                 f"   target <= {TARGETS['scale_drain_s']:g}{note}")  # fmt: skip
+
     def section_idle_and_lag(self, sections: tuple[str, ...]) -> None:
         """One node, started on an empty database: measured idle, then (already running
         and idle) given triggers spread over time."""
@@ -964,19 +1458,32 @@ class Bench:
         with Nodes(self.db, 1, None, self.log_dir, "idle") as node:
             node.wait_listening(self.conn)
             if "idle" in sections:
-                self.progress(f"idle: settling {IDLE_SETTLE:g} s, measuring {s.idle_window:g} s")
+                self.progress(f"idle: settling {s.idle_settle:g} s, measuring {s.idle_window:g} s")
                 self.measure_idle(node)
             if "lag" in sections:
                 self.progress(f"lag: {s.lag_triggers} triggers over {s.lag_spread:g} s")
                 self.measure_lag(node)
 
     def measure_idle(self, node: Nodes) -> None:
+        idle, others = self.count_idle(node)
+        self.results.idle = idle
+        self.out("\nIdle node: one node, no triggers; transactions committed or rolled back")
+        self.out("   in the bench database (pg_stat_database), only the node connected")
+        self.out(f"   queries/s              {idle['qps']:>9.2f}"
+                 f"   target < {TARGETS['idle_qps']:g}")  # fmt: skip
+        self.out(f"   ({idle['transactions']} transactions in {idle['window_s']:.1f} s)")
+        if others:
+            self.out(f"   warning: other clients on the bench database: {', '.join(others)}")
+
+    def count_idle(self, node: Nodes) -> tuple[dict, list[str]]:
+        """The transactions per second of the bench database while only ``node`` (idle) is
+        connected: {window_s, transactions, qps}, and any other clients seen."""
         s = self.sizes
         # Read the counters from the maintenance database, with our own connection to the
         # bench database closed (before settling, so its last counters are flushed by
         # then): the bench database's transactions are then the node's.
         self.conn.close()
-        time.sleep(IDLE_SETTLE)
+        time.sleep(s.idle_settle)
         with self.db.connect(MAINTENANCE_DB) as stats:
             before, t0, others_before = self._xacts(stats)
             time.sleep(s.idle_window)
@@ -985,19 +1492,12 @@ class Bench:
         self.conn = self.db.connect()
         seconds = (t1 - t0).total_seconds()
         transactions = after - before
-        qps = transactions / seconds
-        self.results.idle = {
+        idle = {
             "window_s": round(seconds, 3),
             "transactions": transactions,
-            "qps": round(qps, 3),
+            "qps": round(transactions / seconds, 3),
         }
-        self.out("\nIdle node: one node, no triggers; transactions committed or rolled back")
-        self.out("   in the bench database (pg_stat_database), only the node connected")
-        self.out(f"   queries/s              {qps:>9.2f}   target < {TARGETS['idle_qps']:g}")
-        self.out(f"   ({transactions} transactions in {seconds:.1f} s)")
-        others = others_before + others_after
-        if others:
-            self.out(f"   warning: other clients on the bench database: {', '.join(others)}")
+        return idle, sorted(set(others_before + others_after))
 
     def _xacts(self, stats: psycopg.Connection):
         total, at = stats.execute(
@@ -1061,7 +1561,11 @@ def sizes_from_options(
     worker_concurrency: int | None = None,
     mixed_seconds: float | None = None,
     mixed_nodes: int | None = None,
+    celery_workers: tuple[int, ...] | None = None,
+    **more: float | int | None,
 ) -> Sizes:
+    """The sizes of --quick or the defaults, with what the options give; ``more``: other
+    Sizes fields by name (idle_settle, scale_triggers, ...)."""
     sizes = QUICK if quick else Sizes()
     overrides = {
         "triggers": triggers,
@@ -1073,5 +1577,7 @@ def sizes_from_options(
         "celery_concurrency": worker_concurrency,
         "mixed_seconds": mixed_seconds,
         "mixed_nodes": mixed_nodes,
+        "celery_workers": celery_workers,
+        **more,
     }
     return replace(sizes, **{k: v for k, v in overrides.items() if v is not None})

@@ -21,3 +21,9 @@ def named_append(path: str, line: str = "named") -> None:
     and the tests): a job can run it by name."""
     with Path(path).open("a") as f:
         f.write(f"{line}\n")
+
+
+@shared_task(name="bench.noop", ignore_result=True)
+def bench_noop() -> None:
+    """Nothing at all, with no bookkeeping: the bench's bare-Celery baseline, run through
+    the same broker and workers as jobs.run_execution (see jobs/bench.py)."""

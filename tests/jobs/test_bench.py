@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from io import StringIO
 from pathlib import Path
 
@@ -15,9 +16,10 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 
 from jobs import bench
-from jobs.bench import BenchDatabase, BenchError, bench_broker_url, bench_queue
-from jobs.models import Execution, Trigger
-from tests.jobs.factories import due_triggers, make_job
+from jobs.bench import BenchDatabase, BenchError, bench_broker_url, bench_queue, describe_server
+from jobs.history import prune_history
+from jobs.models import Execution, ExecutionLogLine, Trigger, database_now
+from tests.jobs.factories import due_triggers, make_execution, make_job
 
 JSON_NUMBERS = [
     "triggers",
@@ -38,19 +40,42 @@ JSON_NUMBERS = [
     "mixed_max_share",
     "lag_max_ms",
     "idle_window_s",
-    "idle_transactions",
-    "idle_qps",
     "celery_triggers",
     "celery_worker_concurrency",
     "celery_1w_succeeded",
     "celery_1w_seconds",
     "celery_1w_per_s",
-    "celery_2w_succeeded",
-    "celery_2w_seconds",
-    "celery_2w_per_s",
     "celery_inline_triggers",
     "celery_inline_per_s",
+    "minimal_fires",
+    "minimal_seconds",
+    "minimal_fires_per_s",
+    "schema_ratio",
+    "celery_1w_bare_tasks",
+    "celery_1w_bare_seconds",
+    "celery_1w_bare_per_s",
+    "celery_1w_bare_ratio",
+    "scale_triggers",
+    "scale_idle_window_s",
+    "scale_due",
+    "scale_drain_claimed_s",
+    "scale_drain_finished_s",
+    "scale_prune_executions",
+    "scale_lag_triggers",
+    "scale_lag_p99_ms",
+    "scale_prune_lag_p99_ms",
+    "scale_prune_lag_ratio",
+    "scale_pruned",
+    "scale_prune_seconds",
+    "scale_prune_batches",
 ]
+# Tiny sizes: every section (the scale one too) in well under a minute.
+TINY = [
+    "--quick", "--scale", "--triggers", "300", "--nodes", "1", "--batches", "100",
+    "--idle-seconds", "1", "--idle-settle", "1", "--mixed-seconds", "1",
+    "--celery-triggers", "50", "--celery-workers", "1",
+    "--scale-triggers", "300", "--scale-due", "200", "--scale-prune", "12000",
+]  # fmt: skip
 
 
 def database_exists(name: str) -> bool:
@@ -94,7 +119,7 @@ def test_it_prints_a_table_and_a_json_line_of_positive_figures_in_its_own_databa
     assert bench_db == f"{connection.settings_dict['NAME']}_bench"
 
     out, err = StringIO(), StringIO()
-    call_command("bench", "--quick", "--idle-seconds", "4", stdout=out, stderr=err)
+    call_command("bench", *TINY, stdout=out, stderr=err)
 
     text = out.getvalue()
     for heading in (
@@ -104,6 +129,7 @@ def test_it_prints_a_table_and_a_json_line_of_positive_figures_in_its_own_databa
         "Fire lag",
         "Mixed load",
         "Celery end to end",
+        "Scale:",
     ):
         assert heading in text
     assert "Idle node" in text
@@ -112,23 +138,61 @@ def test_it_prints_a_table_and_a_json_line_of_positive_figures_in_its_own_databa
     for key in JSON_NUMBERS:
         assert isinstance(figures[key], int | float) and figures[key] > 0, (key, figures[key])
     combos = {(c["nodes"], c["batch"]) for c in figures["claim"]}
-    assert combos == {(1, 10), (1, 100), (2, 10), (2, 100)}
+    assert combos == {(1, 100)}
     for combo in figures["claim"]:
         assert combo["fires"] > 0 and combo["seconds"] > 0 and combo["fires_per_s"] > 0
     assert set(figures["targets"]) == {
         "ratio",
+        "schema_ratio",
         "e2e_per_s",
+        "celery_bare_ratio_2w",
+        "scale_idle_qps",
+        "scale_drain_s",
+        "prune_lag_ratio",
         "lag_p99_ms",
         "idle_qps",
         "mixed_start_lag_p99_ms",
         "mixed_max_share",
     }
+    # What it ran on, as the server itself says; the fast test server (fsync off) is
+    # called out loudly.
+    server = figures["server"]
+    with connection.cursor() as cursor:
+        for name in ("fsync", "synchronous_commit", "full_page_writes"):
+            cursor.execute(f"SHOW {name}")
+            assert server[name] == cursor.fetchone()[0]
+        cursor.execute("SHOW server_version")
+        assert server["version"] == cursor.fetchone()[0]
+    assert text.startswith(f"Server: PostgreSQL {server['version']}; fsync {server['fsync']},")
+    durable = (
+        server["fsync"] == server["full_page_writes"] == "on"
+        and server["synchronous_commit"] != "off"
+    )
+    assert server["durable"] is durable
+    assert ("WARNING: NOT A DURABLE SERVER (" in text) is not durable
+    # The raw loop and the minimal schema drained the whole backlog.
+    assert figures["raw_fires"] == figures["minimal_fires"] == 300
+    raw_over_minimal = figures["raw_fires_per_s"] / figures["minimal_fires_per_s"]
+    assert figures["schema_ratio"] == pytest.approx(raw_over_minimal, abs=0.01)
+    assert figures["node_raw_ratio"] == pytest.approx(
+        figures["node_1x100_fires_per_s"] / figures["raw_fires_per_s"], abs=0.01
+    )
+    # Bare Celery ran every task through the same worker; 2 workers were not asked for.
+    assert figures["celery_1w_bare_tasks"] == 50
+    assert figures["celery_1w_bare_complete"] is True
+    assert figures["celery_2w_per_s"] is None and figures["celery_2w_bare_per_s"] is None
+    # Scale: the idle node was measured (it may well have made no query at all), the due
+    # triggers all ran, and the batched prune took all the old history, 5000 at a time.
+    assert figures["scale_idle_qps"] >= 0 and figures["scale_idle_transactions"] >= 0
+    assert figures["idle_qps"] >= 0 and figures["idle_transactions"] >= 0
+    assert figures["scale_drain_complete"] is True
+    assert figures["scale_pruned"] == 12000 and figures["scale_prune_batches"] == 3
     # Every node of the mixed section ran a share of its runs.
     assert len(figures["mixed_node_shares"]) == figures["mixed_nodes"] == 2
     assert abs(sum(figures["mixed_node_shares"].values()) - 1) < 0.01
     # The e2e section ran, so the Celery figures are printed beside its figure.
     assert figures["celery_inline_per_s"] == figures["e2e_per_s"]
-    assert figures["celery_triggers"] == 300 and figures["celery_worker_concurrency"] == 2
+    assert figures["celery_triggers"] == 50 and figures["celery_worker_concurrency"] == 2
 
     assert not database_exists(bench_db)
     assert not bench_workers_left()
@@ -190,3 +254,40 @@ def test_the_bench_broker_is_the_configured_redis_on_a_database_of_its_own():
     assert bench_broker_url("redis://127.0.0.1:6379") == "redis://127.0.0.1:6379/13"
     assert bench_broker_url("amqp://u:p@mq:5672//") == "amqp://u:p@mq:5672//"
     assert bench_queue("sched_bench") == "bench.sched_bench"
+
+
+def test_a_durable_server_is_described_without_a_warning():
+    durable = {"version": "15.20", "fsync": "on", "synchronous_commit": "on",
+               "full_page_writes": "on", "durable": True}  # fmt: skip
+    assert describe_server(durable) == [
+        "Server: PostgreSQL 15.20; fsync on, synchronous_commit on, full_page_writes on"
+    ]
+    lines = describe_server({**durable, "synchronous_commit": "off", "durable": False})
+    assert len(lines) == 2 and lines[1].startswith(
+        "WARNING: NOT A DURABLE SERVER (synchronous_commit off)"
+    )
+
+
+@pytest.mark.django_db
+def test_prune_history_deletes_old_finished_executions_in_batches_and_nothing_else():
+    job = make_job("pruned", "demo.noop")
+    old = database_now() - timedelta(days=40)
+    finished = ["succeeded", "failed", "timed_out", "cancelled", "abandoned", "skipped"] * 2
+    old_ids = [make_execution(job, state=state, created_at=old).pk for state in finished]
+    ExecutionLogLine.objects.create(
+        execution_id=old_ids[0], seq=1, at=old, level="INFO", message="old"
+    )
+    still_running = make_execution(job, state="running", created_at=old, finished_at=None)
+    recent = make_execution(job)
+    retry_of_old = make_execution(job, state="pending", retry_of_id=old_ids[1])
+
+    # Two batches of 5 at most, then the rest (2) on the next call.
+    assert prune_history(30, batch=5, max_batches=2) == 10
+    assert prune_history(30, batch=5, max_batches=None) == 2
+
+    assert set(Execution.objects.values_list("pk", flat=True)) == {
+        still_running.pk, recent.pk, retry_of_old.pk
+    }  # fmt: skip
+    assert not ExecutionLogLine.objects.exists()
+    retry_of_old.refresh_from_db()
+    assert retry_of_old.retry_of_id is None

@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, DjangoHelpFor
 from django.db import connection
 
 from jobs.bench import (
+    ALL_SECTIONS,
     BENCH_REDIS_DB,
     SECTIONS,
     Bench,
@@ -22,6 +23,8 @@ from jobs.bench import (
 
 JSON_KEYS = """
 The last line of output is one JSON object (null for a section not run):
+  server                  {version, fsync, synchronous_commit, full_page_writes, durable}:
+                          what it ran on; figures worth quoting come from a durable server
   triggers                backlog size of the claim, raw and e2e sections
   claim                   list of {nodes, batch, fires, seconds, fires_per_s, complete}:
                           executions recorded / (last created_at - release of the
@@ -29,11 +32,15 @@ The last line of output is one JSON object (null for a section not run):
   raw_fires, raw_seconds, raw_fires_per_s
                           the claim transaction of jobs/claims.py in a tight loop from
                           plain psycopg (batch 100, one connection)
+  minimal_fires, minimal_seconds, minimal_fires_per_s
+                          the same loop on copies of the tables with only the primary
+                          keys, the fires' uniqueness index and the due index
+  schema_ratio            raw_fires_per_s / minimal_fires_per_s (target >= 0.6)
   node_1x100_fires_per_s  claim rate of one node with batch 100
   node_raw_ratio          node_1x100_fires_per_s / raw_fires_per_s (target >= 0.7)
   e2e_succeeded, e2e_seconds, e2e_per_s
                           one node, batch 100: succeeded executions / (last finished_at -
-                          first dispatched_at) (target >= 5000/s)
+                          first dispatched_at) (target >= 7000/s)
   lag_triggers, lag_p50_ms, lag_p99_ms, lag_max_ms
                           dispatched_at - scheduled_for of one-off triggers due evenly over
                           10 s, one idle node (target p99 < 20 ms)
@@ -57,6 +64,22 @@ The last line of output is one JSON object (null for a section not run):
                           and with 2 real Celery workers: succeeded executions / (last
                           finished_at - first dispatched_at); each capped at 30 s, complete
                           is false when capped before every run succeeded
+  celery_1w_bare_tasks, celery_1w_bare_seconds, celery_1w_bare_per_s, celery_1w_bare_complete
+  celery_2w_bare_tasks, ...
+                          bare no-op tasks (bench.noop: no database, no bookkeeping) of the
+                          same number, published by the bench to the same queue and run by
+                          the same workers: tasks / (all run - first publish)
+  celery_1w_bare_ratio, celery_2w_bare_ratio
+                          ours / bare (target >= 0.5 with 2 workers)
+  scale_*                 with --scale: scale_triggers not due and scale_prune_executions
+                          succeeded executions past the retention in the tables;
+                          scale_idle_qps (target < 1) of one idle node; scale_lag_p99_ms and
+                          scale_prune_lag_p99_ms, fire lag of 2 nodes without and with the
+                          batched prune running, scale_prune_lag_ratio (target <= 2),
+                          scale_pruned, scale_prune_seconds, scale_prune_batches,
+                          scale_prune_covered (pruning lasted past the last fire);
+                          scale_due triggers due in the same second drained by the same 2
+                          nodes: scale_drain_claimed_s, scale_drain_finished_s (target <= 20)
   celery_inline_triggers, celery_inline_per_s
                           the inline figure printed beside them: e2e_per_s when the e2e
                           section ran, else the same measurement on celery_triggers
@@ -97,9 +120,9 @@ def _positive_int(value: str) -> int:
 
 def _sections(value: str) -> tuple[str, ...]:
     chosen = tuple(v.strip() for v in value.split(",") if v.strip())
-    unknown = set(chosen) - set(SECTIONS)
+    unknown = set(chosen) - set(ALL_SECTIONS)
     if unknown or not chosen:
-        raise argparse.ArgumentTypeError(f"choose from {','.join(SECTIONS)}")
+        raise argparse.ArgumentTypeError(f"choose from {','.join(ALL_SECTIONS)}")
     return chosen
 
 
@@ -119,7 +142,7 @@ class Command(BaseCommand):
         return parser
 
     def add_arguments(self, parser):
-        parser.add_argument("--triggers", type=int, help="Backlog size (default 100000).")
+        parser.add_argument("--triggers", type=int, help="Backlog size (default 50000).")
         parser.add_argument("--nodes", type=_int_list, help="Node counts (default 1,2,4).")
         parser.add_argument("--batches", type=_int_list, help="Batch sizes (default 1,10,100).")
         parser.add_argument("--cap", type=float, help="Seconds per claim combination (default 20).")
@@ -136,7 +159,36 @@ class Command(BaseCommand):
             "--only",
             type=_sections,
             default=SECTIONS,
-            help=f"Sections to run, comma-separated: {','.join(SECTIONS)} (default all).",
+            help=f"Sections to run, comma-separated: {','.join(ALL_SECTIONS)} (default all but"
+            " scale).",
+        )
+        parser.add_argument(
+            "--scale",
+            action="store_true",
+            help="Also run the scale section: the idle node beside 1,000,000 triggers, 100,000 "
+            "triggers due at once drained by 2 nodes, fire lag while 1,000,000 old executions "
+            "are pruned. Inserts millions of rows: minutes on a durable server.",
+        )
+        parser.add_argument(
+            "--scale-triggers",
+            type=_positive_int,
+            help="Triggers not due beside the scale section's idle node (default 1000000).",
+        )
+        parser.add_argument(
+            "--scale-due",
+            type=_positive_int,
+            help="Triggers due in the same second, drained by 2 nodes (default 100000).",
+        )
+        parser.add_argument(
+            "--scale-prune",
+            type=_positive_int,
+            help="Old finished executions pruned while 2 nodes fire (default 1000000).",
+        )
+        parser.add_argument(
+            "--idle-settle",
+            type=float,
+            help="Seconds an idle node is left alone before its queries are counted "
+            "(default 11: the statistics of its start must be flushed first).",
         )
         parser.add_argument(
             "--celery-triggers",
@@ -147,6 +199,11 @@ class Command(BaseCommand):
             "--worker-concurrency",
             type=_positive_int,
             help="Prefork processes per Celery worker (default 2).",
+        )
+        parser.add_argument(
+            "--celery-workers",
+            type=_int_list,
+            help="Celery worker counts of the celery section (default 1,2).",
         )
         parser.add_argument(
             "--mixed-seconds",
@@ -180,13 +237,21 @@ class Command(BaseCommand):
             options["worker_concurrency"],
             options["mixed_seconds"],
             options["mixed_nodes"],
+            options["celery_workers"],
+            idle_settle=options["idle_settle"],
+            scale_triggers=options["scale_triggers"],
+            scale_due=options["scale_due"],
+            scale_prune=options["scale_prune"],
         )
+        sections = options["only"]
+        if options["scale"] and "scale" not in sections:
+            sections = (*sections, "scale")
         db = BenchDatabase(connection.settings_dict)
         broker = options["broker"] or bench_broker_url(settings.CELERY_BROKER_URL)
         bench = Bench(db, sizes, out=self.stdout.write, progress=self._progress, broker=broker)
         try:
             with _sigterm_raises():
-                results = bench.run(options["only"])
+                results = bench.run(sections)
         except BenchError as e:
             raise CommandError(str(e)) from None
         finally:
