@@ -11,12 +11,11 @@ from drf_spectacular.drainage import GENERATOR_STATS
 from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.validation import validate_schema
 from rest_framework.routers import SimpleRouter
-from rest_framework.test import APIClient
 
 from controlplane.models import AuditEntry
 from jobs import api as jobs_api
 from jobs.models import Execution, Job, Trigger, database_now
-from tests.conftest import make_api_key
+from tests.jobs.conftest import TOKEN_OWNERS
 from tests.jobs.factories import make_execution, make_job
 
 pytestmark = pytest.mark.django_db
@@ -24,26 +23,9 @@ pytestmark = pytest.mark.django_db
 API = "/api/v1"
 # "token" is the operator's API token; "admin_token" the admin's.
 PRINCIPALS = ["anonymous", "viewer", "operator", "admin", "token"]
-TOKEN_OWNERS = {"token": "operator", "admin_token": "admin"}
 READ = {"anonymous": 401, "viewer": 200, "operator": 200, "admin": 200, "token": 200}
 OPERATE = {"anonymous": 401, "viewer": 403, "operator": 200, "admin": 200, "token": 200}
 EDIT = {"anonymous": 401, "viewer": 403, "operator": 403, "admin": 200, "token": 403}
-
-
-@pytest.fixture
-def api(role_users):
-    """api("viewer") -> an APIClient for that principal (session login, or a token)."""
-
-    def make(who: str) -> APIClient:
-        client = APIClient()
-        if who in TOKEN_OWNERS:
-            key = make_api_key(role_users[TOKEN_OWNERS[who]])
-            client.credentials(HTTP_AUTHORIZATION="Token " + key)
-        elif who != "anonymous":
-            client.force_login(role_users[who])
-        return client
-
-    return make
 
 
 @pytest.fixture

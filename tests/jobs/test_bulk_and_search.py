@@ -9,33 +9,16 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection, transaction
-from rest_framework.test import APIClient
 
 from controlplane.models import AuditEntry
 from jobs import bulk, queries
 from jobs.models import Execution, database_now
-from tests.conftest import make_api_key
 from tests.jobs.factories import make_execution, make_job
 
 pytestmark = pytest.mark.django_db
 
 BULK = "/api/v1/executions/bulk/"
 LIST = "/api/v1/executions/"
-TOKEN_OWNERS = {"token": "operator"}
-
-
-@pytest.fixture
-def api(role_users):
-    def make(who: str) -> APIClient:
-        client = APIClient()
-        if who in TOKEN_OWNERS:
-            key = make_api_key(role_users[TOKEN_OWNERS[who]])
-            client.credentials(HTTP_AUTHORIZATION="Token " + key)
-        elif who != "anonymous":
-            client.force_login(role_users[who])
-        return client
-
-    return make
 
 
 @pytest.fixture

@@ -7,38 +7,20 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from rest_framework.test import APIClient
 
 from controlplane.models import AuditEntry
 from jobs.models import Execution, ExecutionEvent, ExecutionLogLine, queue_manual_run
-from tests.conftest import make_api_key, wait_for
+from tests.conftest import wait_for
+from tests.jobs.conftest import TOKEN_OWNERS
 from tests.jobs.factories import make_execution, make_job
 
 pytestmark = pytest.mark.django_db
 
 API = "/api/v1"
 PRINCIPALS = ["anonymous", "viewer", "operator", "admin", "token"]
-TOKEN_OWNERS = {"token": "operator", "admin_token": "admin"}
 READ = {"anonymous": 401, "viewer": 200, "operator": 200, "admin": 200, "token": 200}
 OPERATE = {"anonymous": 401, "viewer": 403, "operator": 200, "admin": 200, "token": 200}
 BASE = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def api(role_users):
-    """api("viewer") -> an APIClient for that principal (session login, or a token)."""
-
-    def make(who: str) -> APIClient:
-        client = APIClient()
-        if who in TOKEN_OWNERS:
-            client.credentials(
-                HTTP_AUTHORIZATION="Token " + make_api_key(role_users[TOKEN_OWNERS[who]])
-            )
-        elif who != "anonymous":
-            client.force_login(role_users[who])
-        return client
-
-    return make
 
 
 @pytest.fixture
