@@ -9,7 +9,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from jobs import actions
+from jobs import actions, queries
 from jobs.job_list import JOBS_PER_PAGE
 from jobs.models import Job, Trigger
 from tests.jobs.factories import make_execution, make_job
@@ -122,7 +122,7 @@ def test_each_job_is_one_row_with_a_menu_and_its_last_runs(client_for, jobs):
     strip = re.search(r'<td class="job-last-runs">(.*?)</td>', row, re.S).group(1)
     runs = list(job.executions.order_by("created_at", "id"))
     marks = re.findall(r'class="run-mark s-(\w+)" href="/executions/(\d+)/"', strip)
-    assert marks == [(e.state, str(e.pk)) for e in runs][-50:]
+    assert marks == [(e.state, str(e.pk)) for e in runs][-queries.LIST_STRIP_RUNS :]
     assert '<th class="job-last-runs">Last runs</th>' in html
     # The row itself has no forms: no reason boxes, no pause buttons.
     assert "<form" not in row and 'name="reason"' not in row
