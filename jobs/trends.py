@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.db import connection
+from django.db import connection, transaction
 
 from jobs.models import LAG_BUCKET_BOUNDS_MS, Execution, HourRollup, Job, MinuteRollup
 
@@ -209,7 +209,10 @@ def state_counts(hours: int = 24) -> list[tuple[str, int]]:
 def series(window: Window, job: Job | None = None) -> Series:
     """The window's bins, oldest first, every bin present (empty ones too), for one job
     or for all of them."""
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
+        # Every job's rows of a week (~170k at 1,000 jobs) are summed faster by one process
+        # than split over parallel workers on a small server (110 vs 150 ms at 10M runs).
+        cursor.execute("SET LOCAL max_parallel_workers_per_gather = 0")
         cursor.execute("SELECT date_bin(%s, now(), %s)", [window.bin, BIN_ORIGIN])
         end = cursor.fetchone()[0] + window.bin
         start = end - window.span
