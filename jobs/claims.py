@@ -700,7 +700,10 @@ def record_results(node_id: str, results: list[Result]) -> set[int]:
     """Write a batch of results; return the ids whose write took effect."""
     if not results:
         return set()
-    with transaction.atomic(), connection.cursor() as cursor:
+    # No savepoint when called inside a transaction (the recorder's): a failure here fails
+    # the caller's transaction anyway, and SAVEPOINT and RELEASE would cost two round trips
+    # on every batch.
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
         cursor.execute(
             RECORD_RESULTS,
             [
