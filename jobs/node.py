@@ -52,6 +52,13 @@ VERSION = "0.1.0"
 RECORDER_STOP_TIMEOUT = 10.0
 
 
+def _pause(seconds: float) -> None:
+    """Wait ``seconds``. Not time.sleep: under libfaketime with a clock set back (the
+    skewed-clock tests), its absolute-deadline sleep fails with EINVAL, while an Event's
+    timed wait does not."""
+    threading.Event().wait(seconds)
+
+
 def default_node_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
@@ -602,7 +609,7 @@ class Node:
             with self.lock:
                 if not self.inflight:
                     break
-            time.sleep(0.05)
+            _pause(0.05)
         unwritten = self.recorder.stop(RECORDER_STOP_TIMEOUT)
         if unwritten:
             log.error(
@@ -639,5 +646,5 @@ class Node:
             except CONNECTION_ERRORS as e:
                 log.warning("database unavailable during shutdown (%s)", e)
                 forget_connection()
-                time.sleep(0.5 * (attempt + 1))
+                _pause(0.5 * (attempt + 1))
         return False
