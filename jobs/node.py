@@ -43,9 +43,20 @@ log = logging.getLogger("jobs.node")
 WAKEUP_CHANNEL = "jobs_wakeup"
 # How long a manual run or retry may wait while the node drains a backlog of due triggers.
 PENDING_CHECK_WHILE_DRAINING = 0.1
+# How often a node with no room for inline runs looks for due celery fires once it found
+# none: every thread freed wakes the loop, and a celery-only claim on each wake (it walks
+# the due triggers) would cost more than the runs it waits for.
+CELERY_CHECK_WITHOUT_ROOM = 0.1
 VERSION = "0.1.0"
 # Seconds the recorder gets to write the last results when the node stops.
 RECORDER_STOP_TIMEOUT = 10.0
+
+
+def _pause(seconds: float) -> None:
+    """Wait ``seconds``. Not time.sleep: under libfaketime with a clock set back (the
+    skewed-clock tests), its absolute-deadline sleep fails with EINVAL, while an Event's
+    timed wait does not."""
+    threading.Event().wait(seconds)
 
 
 def default_node_id() -> str:
@@ -152,6 +163,9 @@ class Node:
         # wakes the loop.
         self.wants_room = False
         self.next_pending_check = 0.0
+        # With no room for inline runs, the next time celery-only claims may look again
+        # (see claim_due).
+        self.next_celery_check = 0.0
         # Whether sleep() already let the loop look again at a due time that the last
         # claim missed (see sleep).
         self.rechecked_due = False
@@ -432,8 +446,11 @@ class Node:
             return 0
         start_now, room = self.room()
         # With no room for inline runs, celery runs (which only need publishing) are
-        # still claimed, a whole batch of them.
+        # still claimed, a whole batch of them; after one such claim found nothing, again
+        # only every CELERY_CHECK_WITHOUT_ROOM.
         limit = min(self.batch, room) if room else self.batch * self.celery_jobs
+        if not room and time.monotonic() < self.next_celery_check:
+            limit = 0
         if limit <= 0:
             self.wants_room = True
             return 0
@@ -441,6 +458,8 @@ class Node:
         claimed = claims.claim_due_triggers(
             self.node_id, limit, self.misfire_chunk, inline_room=room, start_now=start_now
         )
+        if not room and not claimed.triggers:
+            self.next_celery_check = time.monotonic() + CELERY_CHECK_WITHOUT_ROOM
         self.draining = claimed.triggers >= limit
         self.wants_room = claimed.left > 0 or (self.draining and limit >= room)
         if claimed.triggers:
@@ -497,10 +516,15 @@ class Node:
 
     def sleep(self) -> None:
         """Sleep until the next due time (asked of the database), a NOTIFY, or the poll."""
-        if not self.room()[1] and not self.celery_jobs:
-            # Nothing can be claimed until threads free up, which wakes the loop.
+        if not self.room()[1]:
+            # Nothing inline can be claimed until threads free up, which wakes the loop;
+            # celery fires are looked for again once CELERY_CHECK_WITHOUT_ROOM has passed
+            # (asking the database when the next fire is due would not tell, while inline
+            # ones are overdue).
             self.wants_room = True
             timeout = self.poll_interval
+            if self.celery_jobs:
+                timeout = min(max(self.next_celery_check - time.monotonic(), 0.0), timeout)
         else:
             due_in, self.celery_jobs = claims.seconds_until_due()
             timeout = self.poll_interval if due_in is None else min(due_in, self.poll_interval)
@@ -585,7 +609,7 @@ class Node:
             with self.lock:
                 if not self.inflight:
                     break
-            time.sleep(0.05)
+            _pause(0.05)
         unwritten = self.recorder.stop(RECORDER_STOP_TIMEOUT)
         if unwritten:
             log.error(
@@ -622,5 +646,5 @@ class Node:
             except CONNECTION_ERRORS as e:
                 log.warning("database unavailable during shutdown (%s)", e)
                 forget_connection()
-                time.sleep(0.5 * (attempt + 1))
+                _pause(0.5 * (attempt + 1))
         return False

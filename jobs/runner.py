@@ -40,7 +40,11 @@ log = logging.getLogger("jobs.runner")
 # How many recent run durations the prefetch estimate averages.
 DURATION_WINDOW = 64
 # Most runs a thread takes from the queue at once (when runs are quick).
-MAX_TAKE = 16
+MAX_TAKE = 50
+# A thread takes at most this share of the queue: quick runs are confirmed in a few large
+# UPDATEs (each a commit the threads wait for) rather than one per thread, and another
+# thread still finds runs to confirm while the first runs its own.
+TAKE_SHARE = 2
 
 
 class Runner:
@@ -231,9 +235,9 @@ class Runner:
 
     def _take(self) -> list[Run]:
         """The next queued run, and after it the runs this thread expects to start within
-        PREFETCH_WAIT (jobs known to be quick), up to its fair share of the queue: they
-        are confirmed together. Call with the lock held and the queue not empty."""
-        fair = min(MAX_TAKE, -(-len(self.ready) // self.threads))
+        PREFETCH_WAIT (jobs known to be quick), up to its share of the queue: they are
+        confirmed together. Call with the lock held and the queue not empty."""
+        fair = min(MAX_TAKE, -(-len(self.ready) // min(TAKE_SHARE, self.threads)))
         runs = [self.ready.popleft()]
         spent = self.job_seconds.get(runs[0].job_id, self.quick)
         while self.ready and len(runs) < fair:

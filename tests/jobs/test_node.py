@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from jobs.models import Execution, Trigger, database_now, queue_manual_run
-from jobs.node import Node
+from jobs.node import CELERY_CHECK_WITHOUT_ROOM, Node
 from locks import liveness
 from locks.models import SchedulerNode
 from tests.conftest import wait_for
-from tests.jobs.factories import make_job
+from tests.jobs.factories import due_triggers, make_job
 
 
 @pytest.fixture
@@ -250,6 +253,29 @@ def test_a_node_restarted_under_the_same_id_recovers_what_its_last_process_left(
         assert recovery.origin == "recovery"
         node.claim_pending()
         wait_for(lambda: Execution.objects.get(pk=recovery.pk).state == "succeeded")
+    finally:
+        node.stop()
+        node.shutdown()
+
+
+def test_a_node_without_room_looks_for_celery_fires_only_now_and_then(transactional_db, settings):
+    settings.SCHEDULER_SHUTDOWN_GRACE = 5
+    make_job("remote", executor="celery")  # a celery job: a full node still claims those
+    slow = make_job("slow", "demo.sleep", kwargs={"seconds": 1.5})
+    node = Node(node_id="full-node", batch=10, threads=1)
+    node.start()
+    try:
+        node.wake.set()
+        node.sleep()  # learns that a celery job exists
+        due_triggers(slow, 3)
+        assert node.claim_due() == 1  # the one thread is busy now; two fires wait
+        with CaptureQueriesContext(connection) as queries:
+            deadline = time.monotonic() + 0.5
+            while time.monotonic() < deadline:
+                node.step()
+        claims_made = [q for q in queries.captured_queries if "FOR UPDATE OF t" in q["sql"]]
+        # Every CELERY_CHECK_WITHOUT_ROOM (0.1 s), not on every pass of the loop.
+        assert 1 <= len(claims_made) <= 0.5 / CELERY_CHECK_WITHOUT_ROOM + 2
     finally:
         node.stop()
         node.shutdown()
