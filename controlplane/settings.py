@@ -355,6 +355,12 @@ SCHEDULER_THREADS = env_int("SCHEDULER_THREADS", 8, minimum=1)
 # recent runs took (quick runs: a full batch; slow runs: none). 0: free threads only.
 SCHEDULER_PREFETCH = env_int("SCHEDULER_PREFETCH", 100, minimum=0)
 SCHEDULER_PREFETCH_WAIT = env_float("SCHEDULER_PREFETCH_WAIT", 0.02, minimum=0)
+# Prefetched runs the node expects to start within this many seconds (at most
+# SCHEDULER_PREFETCH_WAIT) are recorded running by the claim, which confirms their start,
+# instead of dispatched and confirmed by a second write when a thread takes them. If the
+# node dies before it starts them they are abandoned (recovered if the job asks), where a
+# dispatched run would go back to pending. 0: only runs for free threads.
+SCHEDULER_START_WINDOW = env_float("SCHEDULER_START_WINDOW", 0.02, minimum=0)
 # On SIGTERM, how long running work may finish before it is abandoned.
 SCHEDULER_SHUTDOWN_GRACE = env_float("SCHEDULER_SHUTDOWN_GRACE", 30.0, minimum=0)
 # Missed fire times handled per trigger per claim under `skip` and `fire_all`.

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import connection, transaction
+from psycopg import Cursor as PsycopgCursor
+from psycopg.types.datetime import TimestamptzLoader
 
 from jobs import schedule
 from jobs.models import job_lock_name
@@ -60,14 +62,14 @@ INSERT INTO jobs_execution
      created_at, run_after, dispatched_at, started_at, finished_at, error, traceback, note,
      fence)
 SELECT v.job_id, v.trigger_id, v.scheduled_for, 'schedule', v.state, 1, j.args, j.kwargs,
-       CASE WHEN v.state = 'skipped' THEN '' ELSE %s END,
+       CASE WHEN v.state = 'skipped' THEN '' ELSE %b END,
        now(), now(),
        CASE WHEN v.state <> 'skipped' THEN now() END,
        CASE WHEN v.state = 'running' THEN clock_timestamp() END,
        CASE WHEN v.state = 'skipped' THEN now() END,
        '', '', v.note,
        CASE WHEN v.state = 'running' THEN nextval('jobs_execution_fence_seq') END
-FROM unnest(%s::bigint[], %s::bigint[], %s::timestamptz[], %s::text[], %s::text[])
+FROM unnest(%b::bigint[], %b::bigint[], %b::timestamptz[], %b::text[], %b::text[])
      AS v(job_id, trigger_id, scheduled_for, state, note)
 JOIN jobs_job j ON j.id = v.job_id
 ON CONFLICT (trigger_id, scheduled_for) WHERE origin = 'schedule' DO NOTHING
@@ -78,7 +80,7 @@ ADVANCE_TRIGGERS = """
 UPDATE jobs_trigger t
 SET next_fire_at = v.next_fire_at,
     last_fire_at = COALESCE(v.last_fire_at, t.last_fire_at)
-FROM unnest(%s::bigint[], %s::timestamptz[], %s::timestamptz[])
+FROM unnest(%b::bigint[], %b::timestamptz[], %b::timestamptz[])
      AS v(id, next_fire_at, last_fire_at)
 WHERE t.id = v.id
 """
@@ -89,12 +91,15 @@ INSERT_FIRES_AND_ADVANCE = (
     "WITH advanced AS (" + ADVANCE_TRIGGERS.strip() + ")\n" + INSERT_FIRES.strip()
 )
 
+# Statements with %b placeholders bind their parameters server side in binary: run them
+# with binary_cursor().
+
 # Pending executions (manual runs, reruns, retries, recoveries) whose time has come,
 # locked with SKIP LOCKED so each is handed to exactly one node; the node then takes the
 # ones it can start (TAKE_PENDING) and leaves the rest, unlocked at commit, to others.
 # Uses execution_pending_idx.
 SELECT_PENDING = """
-SELECT p.id, j.executor FROM jobs_execution p
+SELECT p.id, j.executor, p.job_id FROM jobs_execution p
 JOIN jobs_job j ON j.id = p.job_id
 WHERE p.state = 'pending' AND p.run_after <= now() AND (%s OR j.executor = 'celery')
 ORDER BY p.run_after
@@ -127,7 +132,7 @@ CONFIRM_START = """
 UPDATE jobs_execution
 SET state = 'running', started_at = clock_timestamp(),
     fence = nextval('jobs_execution_fence_seq')
-WHERE id = ANY(%s) AND node = %s AND state IN ('dispatched', 'running')
+WHERE id = ANY(%b) AND node = %b AND state IN ('dispatched', 'running')
 RETURNING id, fence
 """
 
@@ -153,10 +158,10 @@ SET state = v.state,
     traceback = v.traceback,
     note = CASE WHEN v.note = '' THEN e.note WHEN e.note = '' THEN v.note
                 ELSE e.note || E'\n' || v.note END
-FROM unnest(%s::bigint[], %s::text[], %s::float8[], %s::float8[], %s::text[], %s::text[],
-            %s::text[], %s::jsonb[])
+FROM unnest(%b::bigint[], %b::text[], %b::float8[], %b::float8[], %b::text[], %b::text[],
+            %b::text[], %b::jsonb[])
      AS v(id, state, started_ago, finished_ago, error, traceback, note, result)
-WHERE e.id = v.id AND e.node = %s AND e.state IN ('dispatched', 'running')
+WHERE e.id = v.id AND e.node = %b AND e.state IN ('dispatched', 'running')
 RETURNING e.id
 """
 
@@ -432,6 +437,36 @@ class Claimed:
     claimed_at: datetime | None = None
 
 
+@contextlib.contextmanager
+def fast_loading(cursor):
+    """Load timestamptz with psycopg's own loader (C) on this Django cursor: Django's is a
+    pure-Python subclass of it that only sets the connection's time zone, UTC, which the
+    session's TimeZone (UTC, set by Django) gives as well. 5x faster; a claim loads
+    hundreds of timestamps."""
+    cursor.cursor.adapters.register_loader("timestamptz", TimestamptzLoader)
+    yield cursor
+
+
+@contextlib.contextmanager
+def binary_cursor():
+    """A psycopg cursor on this thread's Django connection (its transaction, Django's errors)
+    that binds the %b parameters of the statements written for it server side, in binary.
+
+    Django's cursor binds client side, quoting every element of every array into the SQL
+    text in Python: 0.8 ms for a 100-fire claim's arrays, against 0.2 ms in binary. Lists
+    must not mix types (ints with floats): binary arrays have one element type.
+    """
+    connection.ensure_connection()
+    with connection.wrap_database_errors, PsycopgCursor(connection.connection) as cursor:
+        cursor.adapters.register_loader("timestamptz", TimestamptzLoader)
+        yield cursor
+
+
+def _seconds(values: list[float | None]) -> list[float | None]:
+    """Floats for a float8[] parameter bound in binary (an int among floats is refused)."""
+    return [None if v is None else float(v) for v in values]
+
+
 def _trigger_from_row(row) -> SimpleNamespace:
     keys = (
         "id", "job_id", "kind", "cron", "timezone", "interval", "run_at", "start_at",
@@ -484,22 +519,51 @@ class _Fires:
         return [node_id, self.job_ids, self.trigger_ids, self.times, self.states, self.notes]
 
 
+@dataclass
+class StartPlan:
+    """Which inline runs a claim records running: the claim is then their start confirmation
+    (no second write), which it can be only for runs the node is about to start.
+
+    First any runs for free threads; then runs of jobs the node knows to be quick, while
+    their expected durations fit in ``budget``: the thread time the node expects to have
+    within SCHEDULER_START_WINDOW, after the runs already queued. The rest are recorded
+    dispatched and confirmed when a thread takes them (CONFIRM_START).
+    """
+
+    free: int
+    budget: float = 0.0
+    #: Each job's typical run duration, as the node has seen it.
+    job_seconds: dict[int, float] = field(default_factory=dict)
+
+    def take(self, job_id: int) -> bool:
+        """Whether the next claimed run of this job is recorded running."""
+        if self.free > 0:
+            self.free -= 1
+            return True
+        expected = self.job_seconds.get(job_id)
+        if expected is None or expected > self.budget:
+            return False
+        self.budget -= expected
+        return True
+
+
 def claim_due_triggers(
-    node_id: str, limit: int, misfire_chunk: int, inline_room: int, start_now: int
+    node_id: str, limit: int, misfire_chunk: int, inline_room: int, starts: StartPlan
 ) -> Claimed:
     """Lock due triggers, record their fires (and misfires) and advance them, in one transaction.
 
     At most ``inline_room`` fires of inline jobs are taken (the node claims only what it
-    can start soon), the first ``start_now`` of them recorded running; celery fires are
+    can start soon), those ``starts`` takes recorded running; celery fires are
     not limited by the node's threads. With no inline room, only celery jobs' triggers
     are looked at. Due triggers beyond the room are left as they are (their row locks go
     with the commit) for a node with free threads.
     """
     claimed = Claimed()
     select = SELECT_DUE_TRIGGERS if inline_room > 0 else SELECT_DUE_CELERY_TRIGGERS
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(select, [limit])
-        rows = cursor.fetchall()
+    with transaction.atomic(), connection.cursor() as django_cursor:
+        with fast_loading(django_cursor) as cursor:
+            cursor.execute(select, [limit])
+            rows = cursor.fetchall()
         if not rows:
             return claimed
         fires = _Fires()
@@ -525,9 +589,7 @@ def claim_due_triggers(
                           f"misfire: missed by more than the {trigger.misfire_grace}s grace "
                           "(policy skip)")  # fmt: skip
             for when in plan.fire:
-                state = "dispatched"
-                if inline and start_now > 0:
-                    state, start_now = "running", start_now - 1
+                state = "running" if inline and starts.take(job.id) else "dispatched"
                 fires.add(trigger, when, state, note)
             advance_ids.append(trigger.id)
             advance_next.append(plan.next_fire_at)
@@ -539,14 +601,15 @@ def claim_due_triggers(
         claimed.triggers = len(advance_ids)
         claimed.claimed_at = rows[0][-1]
         advance = [advance_ids, advance_next, advance_last]
-        if fires.job_ids:
-            cursor.execute(INSERT_FIRES_AND_ADVANCE, advance + fires.params(node_id))
-            inserted = cursor.fetchall()
-            claimed.runs = _runs_from_rows(inserted)
-            claimed.fired = len(claimed.runs)
-            claimed.skipped = sum(1 for r in inserted if r[4] == "skipped")
-        elif advance_ids:  # e.g. triggers whose window ended: nothing to record
-            cursor.execute(ADVANCE_TRIGGERS, advance)
+        with binary_cursor() as cursor:
+            if fires.job_ids:
+                cursor.execute(INSERT_FIRES_AND_ADVANCE, advance + fires.params(node_id))
+                inserted = cursor.fetchall()
+                claimed.runs = _runs_from_rows(inserted)
+                claimed.fired = len(claimed.runs)
+                claimed.skipped = sum(1 for r in inserted if r[4] == "skipped")
+            elif advance_ids:  # e.g. triggers whose window ended: nothing to record
+                cursor.execute(ADVANCE_TRIGGERS, advance)
         # The job's settings came with the triggers (no JOB_SETTINGS round trip).
         for run in claimed.runs:
             run.job = jobs[run.job_id]
@@ -566,7 +629,7 @@ def claim_on_worker(execution_id: int, worker: str, adopt: bool = False) -> Run 
 
 
 def claim_pending_executions(
-    node_id: str, limit: int, inline_room: int, start_now: int
+    node_id: str, limit: int, inline_room: int, starts: StartPlan
 ) -> tuple[list[Run], int]:
     """Hand runnable pending executions to this node, within its room (as claim_due_triggers).
 
@@ -575,15 +638,14 @@ def claim_pending_executions(
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(SELECT_PENDING, [inline_room > 0, limit])
         take, start, left = [], [], 0
-        for execution_id, executor in cursor.fetchall():
+        for execution_id, executor, job_id in cursor.fetchall():
             if executor == "celery":
                 take.append(execution_id)
             elif inline_room > 0:
                 take.append(execution_id)
                 inline_room -= 1
-                if start_now > 0:
+                if starts.take(job_id):
                     start.append(execution_id)
-                    start_now -= 1
             else:
                 left += 1
         if not take:
@@ -609,7 +671,7 @@ def confirm_start(node_id: str, execution_ids: list[int]) -> dict[int, int]:
     """
     if not execution_ids:
         return {}
-    with connection.cursor() as cursor:
+    with binary_cursor() as cursor:
         cursor.execute(CONFIRM_START, [execution_ids, node_id])
         return dict(cursor.fetchall())
 
@@ -707,32 +769,34 @@ def record_results(node_id: str, results: list[Result]) -> set[int]:
     # fails the caller's transaction anyway, and SAVEPOINT and RELEASE would cost two more.
     retrying = any(r.retry_delay is not None for r in results)
     atomic = transaction.atomic(savepoint=False) if retrying else contextlib.nullcontext()
-    with atomic, connection.cursor() as cursor:
-        cursor.execute(
-            RECORD_RESULTS,
-            [
-                [r.execution_id for r in results],
-                [r.state for r in results],
-                [r.started_ago for r in results],
-                [r.finished_ago for r in results],
-                [r.error for r in results],
-                [r.traceback for r in results],
-                [r.note for r in results],
-                [r.result for r in results],
-                node_id,
-            ],
-        )
-        applied = {row[0] for row in cursor.fetchall()}
-        retries = [r for r in results if r.retry_delay is not None and r.execution_id in applied]
-        if retries:
+    with atomic:
+        with binary_cursor() as cursor:
             cursor.execute(
-                INSERT_RETRIES,
+                RECORD_RESULTS,
                 [
-                    [r.execution_id for r in retries],
-                    [r.retry_delay for r in retries],
-                    [r.max_attempts for r in retries],
+                    [r.execution_id for r in results],
+                    [r.state for r in results],
+                    _seconds([r.started_ago for r in results]),
+                    _seconds([r.finished_ago for r in results]),
+                    [r.error for r in results],
+                    [r.traceback for r in results],
+                    [r.note for r in results],
+                    [r.result for r in results],
+                    node_id,
                 ],
             )
+            applied = {row[0] for row in cursor.fetchall()}
+        retries = [r for r in results if r.retry_delay is not None and r.execution_id in applied]
+        if retries:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    INSERT_RETRIES,
+                    [
+                        [r.execution_id for r in retries],
+                        [r.retry_delay for r in retries],
+                        [r.max_attempts for r in retries],
+                    ],
+                )
     return applied
 
 

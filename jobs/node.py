@@ -129,6 +129,7 @@ class Node:
         self.shutdown_grace = settings.SCHEDULER_SHUTDOWN_GRACE
         self.prefetch_max = settings.SCHEDULER_PREFETCH
         self.prefetch_wait = settings.SCHEDULER_PREFETCH_WAIT
+        self.start_window = min(settings.SCHEDULER_START_WINDOW, self.prefetch_wait)
 
         self.stopping = threading.Event()
         self.wake = threading.Event()
@@ -425,26 +426,34 @@ class Node:
         expected = self.threads * self.prefetch_wait / max(mean, 1e-6)
         return min(self.prefetch_max, int(expected))
 
-    def room(self) -> tuple[int, int]:
-        """(inline runs that can start at once, inline runs the node may claim now).
+    def room(self) -> tuple[claims.StartPlan, int]:
+        """(which claimed inline runs to record running, inline runs the node may claim now).
 
         Free threads are always claimed for. With a prefetch, the node tops its queue up
         only once it is half empty, so that quick runs are claimed in batches rather than
-        one per freed thread.
+        one per freed thread. Runs for free threads, and prefetched runs of quick jobs that
+        the node expects to start within SCHEDULER_START_WINDOW, are recorded running by
+        the claim (claims.StartPlan).
         """
         idle, waiting = self.runner.idle_threads(), self.runner.waiting()
         prefetch = self.prefetch()
-        start_now = max(idle - waiting, 0)
+        free = max(idle - waiting, 0)
         queued = max(waiting - idle, 0)  # claimed runs that will wait for a thread
-        if not start_now and queued > prefetch // 2:
-            return 0, 0
-        return start_now, start_now + max(prefetch - queued, 0)
+        if not free and queued > prefetch // 2:
+            return claims.StartPlan(0), 0
+        room = free + max(prefetch - queued, 0)
+        starts = claims.StartPlan(free)
+        mean = self.runner.mean_run_seconds()
+        if prefetch and mean is not None and self.runner.busy_for() <= self.start_window:
+            starts.budget = self.threads * self.start_window - queued * mean
+            starts.job_seconds = self.runner.quick_jobs(self.start_window)
+        return starts, room
 
     def claim_due(self) -> int:
         """Claim due triggers and dispatch their fires; returns triggers claimed."""
         if self.stopping.is_set():
             return 0
-        start_now, room = self.room()
+        starts, room = self.room()
         # With no room for inline runs, celery runs (which only need publishing) are
         # still claimed, a whole batch of them; after one such claim found nothing, again
         # only every CELERY_CHECK_WITHOUT_ROOM.
@@ -456,7 +465,7 @@ class Node:
             return 0
         started = time.perf_counter()
         claimed = claims.claim_due_triggers(
-            self.node_id, limit, self.misfire_chunk, inline_room=room, start_now=start_now
+            self.node_id, limit, self.misfire_chunk, inline_room=room, starts=starts
         )
         if not room and not claimed.triggers:
             self.next_celery_check = time.monotonic() + CELERY_CHECK_WITHOUT_ROOM
@@ -480,14 +489,14 @@ class Node:
         now = time.monotonic()
         if self.draining and now < self.next_pending_check:
             return 0
-        start_now, room = self.room()
+        starts, room = self.room()
         limit = min(self.batch, room) if room else self.batch * self.celery_jobs
         if limit <= 0:
             return 0
         self.next_pending_check = now + PENDING_CHECK_WHILE_DRAINING
         started = time.perf_counter()
         runs, left = claims.claim_pending_executions(
-            self.node_id, limit, inline_room=room, start_now=start_now
+            self.node_id, limit, inline_room=room, starts=starts
         )
         if left:
             self.wants_room = True

@@ -171,6 +171,11 @@ class Runner:
                 return None
             return sum(self.durations) / len(self.durations)
 
+    def quick_jobs(self, seconds: float) -> dict[int, float]:
+        """The typical run duration of each job whose runs take at most ``seconds``."""
+        with self.lock:
+            return {job: mean for job, mean in self.job_seconds.items() if mean <= seconds}
+
     def expired(self) -> list[Result]:
         """Results for runs past their job's timeout (their lock released); once per run.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from datetime import timedelta
@@ -10,6 +11,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from jobs import metrics
 from jobs.models import Execution, Trigger, database_now, queue_manual_run
 from jobs.node import CELERY_CHECK_WITHOUT_ROOM, Node
 from locks import liveness
@@ -211,6 +213,50 @@ def test_shutdown_hands_unstarted_runs_back_and_marks_the_node_stopped(
     assert states == {"succeeded": 1, "pending": 3}
     assert not Execution.objects.filter(job=job, state="pending").exclude(node="").exists()
     assert SchedulerNode.objects.get(pk="draining").state == "stopped"
+
+
+def confirmed_starts() -> float:
+    """Runs started by CONFIRM_START in this process so far (the node's own metric)."""
+    return metrics.REGISTRY.get_sample_value("scheduler_start_confirmation_size_sum") or 0.0
+
+
+@pytest.mark.parametrize("start_window, recorded_running", [(0.02, 4), (0, 1)])
+def test_quick_runs_expected_to_start_within_the_start_window_are_recorded_running_by_the_claim(
+    transactional_db, settings, tmp_path, start_window, recorded_running
+):
+    settings.SCHEDULER_SHUTDOWN_GRACE = 5
+    # One thread and a prefetch: the node claims four quick runs at once. Those it expects
+    # to start within the start window need no second write to start: the claim records
+    # them running. Beyond the window (or with none), they wait dispatched for
+    # CONFIRM_START.
+    settings.SCHEDULER_PREFETCH = 10
+    settings.SCHEDULER_PREFETCH_WAIT = 60
+    settings.SCHEDULER_START_WINDOW = start_window
+    node = Node(node_id="windowed", batch=10, threads=1)
+    node.start()
+    try:
+        trace = tmp_path / "trace.jsonl"
+        job = make_job("quick", "demo.trace", kwargs={"path": str(trace), "seconds": 0})
+        # The node learns how long this job's runs take.
+        for _ in range(3):
+            warm_up = queue_manual_run(job)
+            assert node.claim_pending() == 1
+            wait_for(lambda: finished([warm_up.pk]) and node.runner.idle_threads() == 1)  # noqa: B023
+        executions = [queue_manual_run(job) for _ in range(4)]
+        confirmed_before = confirmed_starts()
+        assert node.claim_pending() == 4
+        wait_for(lambda: finished([e.pk for e in executions]))
+        # Every run not recorded running by the claim needed its own start confirmation.
+        assert confirmed_starts() - confirmed_before == 4 - recorded_running
+        assert set(Execution.objects.filter(job=job).values_list("state", flat=True)) == {
+            "succeeded"
+        }
+        lines = [json.loads(line) for line in trace.read_text().splitlines()]
+        started = Counter(line["execution"] for line in lines if line["event"] == "start")
+        assert [started[e.pk] for e in executions] == [1, 1, 1, 1]
+    finally:
+        node.stop()
+        node.shutdown()
 
 
 def test_heartbeat_declares_a_silent_node_dead_exactly_once(transactional_db, settings):
