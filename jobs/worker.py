@@ -29,7 +29,7 @@ from dataclasses import replace
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import close_old_connections, transaction
 
 from jobs import capture, claims, joblocks, metrics, registry
 from jobs.claims import Result, Run
@@ -60,31 +60,16 @@ def execution_lease() -> LivenessLease:
     return LivenessLease(timeout, liveness_margin(timeout, settings.SCHEDULER_EXECUTION_HEARTBEAT))
 
 
-class _Heartbeat(threading.Thread):
-    """Keeps the run's row fresh (and the lease renewed), passes on cancel requests and a
-    lost job lock, and writes what the run logs and reports about once a second, until
-    stopped or the run is lost."""
+class _Beat:
+    """One run's heartbeat: its row kept fresh (and the lease renewed), cancel requests and
+    a lost job lock passed on, what it logs and reports written about once a second."""
 
     def __init__(self, live: LiveRun, worker: str, lease: LivenessLease):
-        super().__init__(name=f"heartbeat:{live.run.id}", daemon=True)
         self.live = live
         self.worker = worker
         self.lease = lease
-        self.stopped = threading.Event()
         self.lost = False
-        self.next_beat = 0.0
-
-    def run(self) -> None:
-        try:
-            while not self.stopped.wait(REPORT_EVERY) and not self.lost:
-                try:
-                    self.report()
-                except Exception:  # a database hiccup: the next beat may succeed
-                    log.warning("heartbeat of execution #%s failed", self.live.run.id,
-                                exc_info=True)  # fmt: skip
-                    forget_connection()
-        finally:
-            connection.close()
+        self.next_beat = time.monotonic() + REPORT_EVERY
 
     def report(self) -> None:
         now = time.monotonic()
@@ -109,9 +94,55 @@ class _Heartbeat(threading.Thread):
         if lock_lost:
             self.live.signals.lock_lost.set()
 
-    def stop(self) -> None:
-        self.stopped.set()
-        self.join()
+
+class _Heartbeats(threading.Thread):
+    """The heartbeats of the runs going on in this worker process, on one thread that lives
+    as long as the process: a thread started and joined per run cost a no-op task a fifth
+    of its time (the start waits for the new thread to get the interpreter)."""
+
+    def __init__(self):
+        super().__init__(name="heartbeats", daemon=True)
+        self.lock = threading.Lock()
+        self.beats: dict[int, _Beat] = {}
+        # Waited on, never set: unlike time.sleep, a timed Event wait survives a clock set
+        # back (the skewed-clock tests run workers under libfaketime).
+        self.tick = threading.Event()
+
+    def add(self, beat: _Beat) -> None:
+        with self.lock:
+            self.beats[beat.live.run.id] = beat
+
+    def remove(self, beat: _Beat) -> None:
+        with self.lock:
+            self.beats.pop(beat.live.run.id, None)
+
+    def run(self) -> None:
+        while True:
+            self.tick.wait(REPORT_EVERY)
+            with self.lock:
+                beats = [beat for beat in self.beats.values() if not beat.lost]
+            for beat in beats:
+                try:
+                    beat.report()
+                except Exception:  # a database hiccup: the next beat may succeed
+                    log.warning("heartbeat of execution #%s failed", beat.live.run.id,
+                                exc_info=True)  # fmt: skip
+                    forget_connection()
+
+
+_heartbeats: _Heartbeats | None = None
+_heartbeats_lock = threading.Lock()
+
+
+def _heartbeat(beat: _Beat) -> None:
+    """Start ``beat`` on this process's heartbeat thread (started on first use: after the
+    fork, in the pool process that runs tasks)."""
+    global _heartbeats
+    with _heartbeats_lock:
+        if _heartbeats is None or not _heartbeats.is_alive():
+            _heartbeats = _Heartbeats()
+            _heartbeats.start()
+        _heartbeats.add(beat)
 
 
 def run_execution(execution_id: int, hostname: str | None = None) -> str:
@@ -130,8 +161,8 @@ def run_execution(execution_id: int, hostname: str | None = None) -> str:
         _running_here.add(run.id)
     capture.install()
     live = live_run(run)
-    heartbeat = _Heartbeat(live, worker, lease)
-    heartbeat.start()
+    heartbeat = _Beat(live, worker, lease)
+    _heartbeat(heartbeat)
     try:
         try:
             result = _run(live, worker, lease)
@@ -148,7 +179,7 @@ def run_execution(execution_id: int, hostname: str | None = None) -> str:
         _record(worker, result)
         return result.state
     finally:
-        heartbeat.stop()
+        _heartbeats.remove(heartbeat)
         with _running_lock:
             _running_here.discard(run.id)
 
