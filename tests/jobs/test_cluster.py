@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from datetime import timedelta
 
@@ -118,6 +119,62 @@ def test_killed_node_is_declared_dead_and_its_run_recovered(start_node, tmp_path
     survivor.terminate()
     # The victim started the run once before dying; the recovery ran it once more.
     assert sorted(recorded_runs(run_file)) == [first.pk, recovery.pk]
+
+
+def test_a_node_killed_while_draining_quick_runs_loses_no_fire_time(start_node, tmp_path):
+    # Runs of a quick job are recorded running by the claim (SCHEDULER_START_WINDOW): a
+    # node killed while it holds some it has not started leaves them abandoned, and a
+    # job that asks for recovery runs each of them again. No fire time is lost, and no
+    # execution runs twice.
+    run_file = tmp_path / "runs.txt"
+    job = make_job("quick", "demo.record_run", kwargs={"path": str(run_file)}, recover=True)
+    victim = start_node("victim")
+    for _ in range(3):  # the node learns that this job's runs are quick
+        warm_up = queue_manual_run(job)
+        wait_for(lambda: Execution.objects.get(pk=warm_up.pk).state == "succeeded")  # noqa: B023
+    triggers = due_triggers(job, 20000)
+    wait_for(lambda: Execution.objects.filter(origin="schedule").count() >= 2000, timeout=30,
+             interval=0.02)  # fmt: skip
+
+    def frozen_holding_runs() -> bool:
+        # Frozen, the victim changes nothing (once the statements it had sent are done):
+        # what it holds then is what it holds at the kill.
+        victim.proc.send_signal(signal.SIGSTOP)
+        time.sleep(0.5)
+        if Execution.objects.filter(origin="schedule", state="running").exists():
+            return True
+        victim.proc.send_signal(signal.SIGCONT)
+        return False
+
+    wait_for(frozen_holding_runs, interval=0.01, message="the victim to hold running runs")
+    victim.kill9()
+    survivor = start_node("survivor")
+    wait_for(
+        lambda: (
+            not Trigger.objects.filter(next_fire_at__isnull=False).exists()
+            and not Execution.objects.filter(
+                state__in=["pending", "dispatched", "running"]
+            ).exists()
+        ),
+        timeout=120,
+        message="every fire time to be claimed and every run to end",
+    )
+    assert survivor.terminate() == 0, survivor.log()
+
+    fires = Execution.objects.filter(origin="schedule")
+    assert fires.count() == len(triggers)
+    assert set(fires.values_list("state", flat=True)) <= {"succeeded", "abandoned"}
+    abandoned = fires.filter(state="abandoned")
+    assert abandoned.exists()  # what the victim held, recorded running, when it was killed
+    recoveries = Execution.objects.filter(origin="recovery")
+    assert Counter(recoveries.values_list("rerun_of_id", flat=True)) == Counter(
+        abandoned.values_list("id", flat=True)
+    )
+    assert set(recoveries.values_list("state", flat=True)) == {"succeeded"}
+    ran = Counter(recorded_runs(run_file))
+    assert max(ran.values()) == 1, "an execution ran twice"
+    succeeded = set(Execution.objects.filter(state="succeeded").values_list("id", flat=True))
+    assert succeeded <= set(ran)
 
 
 def test_node_reconnects_after_its_connections_are_terminated(start_node, tmp_path):
