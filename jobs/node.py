@@ -9,8 +9,9 @@ survive a lost connection), and a listener thread wakes the loop on NOTIFY.
 Ownership comes before action. The node claims only what it can start soon: its free
 threads, plus a prefetch while its runs are quick, so that due fires go to nodes with
 free threads. A claimed run starts only once the database has confirmed that the node
-still owns it: the claim itself, for runs claimed for a free thread, or one UPDATE that
-the runner's threads share. Until its liveness lease (the time since its last successful
+still owns it: the claim itself, for runs claimed for a free thread or quick runs it
+expects to start within SCHEDULER_START_WINDOW, or one UPDATE that the runner's threads
+share. Until its liveness lease (the time since its last successful
 heartbeat, on the monotonic clock) runs out, nobody can have declared the node dead; past
 that it asks the database before it starts anything, and a node that finds it was
 declared dead drops whatever it had not started (the cluster has taken it back) before

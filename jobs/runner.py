@@ -3,10 +3,11 @@
 The node queues the runs it claimed; each of the runner's threads takes the next one,
 makes sure the node still owns it, runs it and hands its Result to the recorder.
 
-Ownership before action. A run the claim itself recorded as running (it was claimed for
-a thread that was free) starts at once. A run claimed ahead of a free thread is still
-``dispatched``: the thread confirms it first with claims.CONFIRM_START, and the threads
-that want to start runs at the same moment share one UPDATE (StartConfirmer). Either way
+Ownership before action. A run the claim itself recorded as running (claimed for a free
+thread, or a quick run the node expected to start within SCHEDULER_START_WINDOW) starts
+at once. A run claimed further ahead of a thread is still ``dispatched``: the thread
+confirms it first with claims.CONFIRM_START, and the threads that want to start runs at
+the same moment share one UPDATE (StartConfirmer). Either way
 the node's liveness lease must be fresh: a node that was paused or cut off may have been
 declared dead meanwhile, and then only a heartbeat can tell whether its runs are still
 its own.
@@ -282,7 +283,7 @@ class Runner:
                 run.state = "dispatched"  # confirm it again, whatever the claim said
         unconfirmed = [run.id for run in runs if run.state != "running"]
         if not unconfirmed:
-            return runs  # the claim recorded them running, for free threads
+            return runs  # the claim recorded them running (claims.StartPlan)
         try:
             fences = self.confirmer.confirm(unconfirmed)
         except CONNECTION_ERRORS:
