@@ -56,10 +56,7 @@ SELECT_DUE_CELERY_TRIGGERS = SELECT_DUE_TRIGGERS.replace(
 # Fires this node will start at once (for a free thread, or quick runs it expects to start
 # within SCHEDULER_START_WINDOW: see StartPlan) are recorded already running (the claim is
 # their start confirmation: see CONFIRM_START); the others it claims ahead of a thread are
-# recorded dispatched to it; skipped fires are recorded finished. Rows go in job order: the
-# rollup's trigger (migration 0014) upserts the rollup rows of each skipped fire as it is
-# inserted, so two claims skipping fires of the same jobs take those row locks in the same
-# order and never deadlock.
+# recorded dispatched to it; skipped fires are recorded finished.
 INSERT_FIRES = """
 INSERT INTO jobs_execution
     (job_id, trigger_id, scheduled_for, origin, state, attempt, args, kwargs, node,
@@ -76,7 +73,6 @@ SELECT v.job_id, v.trigger_id, v.scheduled_for, 'schedule', v.state, 1, j.args, 
 FROM unnest(%b::bigint[], %b::bigint[], %b::timestamptz[], %b::text[], %b::text[])
      AS v(job_id, trigger_id, scheduled_for, state, note)
 JOIN jobs_job j ON j.id = v.job_id
-ORDER BY v.job_id
 ON CONFLICT (trigger_id, scheduled_for) WHERE origin = 'schedule' DO NOTHING
 RETURNING id, job_id, trigger_id, scheduled_for, state, attempt, args, kwargs, fence
 """
@@ -608,8 +604,7 @@ def claim_due_triggers(
             if fires.job_ids:
                 cursor.execute(INSERT_FIRES_AND_ADVANCE, advance + fires.params(node_id))
                 inserted = cursor.fetchall()
-                # Inserted in job order (see INSERT_FIRES); started earliest fire first.
-                claimed.runs = sorted(_runs_from_rows(inserted), key=lambda run: run.scheduled_for)
+                claimed.runs = _runs_from_rows(inserted)
                 claimed.fired = len(claimed.runs)
                 claimed.skipped = sum(1 for r in inserted if r[4] == "skipped")
             elif advance_ids:  # e.g. triggers whose window ended: nothing to record

@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from django.db import connection, transaction
-
-_rollup = importlib.import_module("jobs.migrations.0013_dashboard_rollup")
 
 # Executions deleted per statement. Each batch is its own short transaction, so pruning
 # a million old rows never holds its row locks (or delays vacuum) for long, and the
@@ -86,35 +80,3 @@ def prune_rollup(minute_hours: int, hour_days: int) -> int:
         deleted = cursor.rowcount
         cursor.execute(PRUNE_HOUR_ROLLUP, {"days": hour_days})
         return deleted + cursor.rowcount
-
-
-# A bulk load's rows (from id %(first_id)s on), added to each rollup table in one
-# statement, as the insert trigger (migration 0014) adds finished rows one by one.
-_LOADED = f"SELECT {_rollup.COLUMNS}, 1 AS sign FROM jobs_execution WHERE id >= %(first_id)s"
-ADD_LOADED_TO_ROLLUP = (
-    _rollup.rollup_upsert(_LOADED, "jobs_minuterollup", "minute"),
-    _rollup.rollup_upsert(_LOADED, "jobs_hourrollup", "hour"),
-)
-
-
-@contextmanager
-def rollup_added_in_bulk(cursor) -> Iterator[None]:
-    """For bulk loads of finished executions (seed_history, the bench): inside, the
-    rollup's per-row insert trigger is off; at the end, the rows inserted are added to the
-    rollup in one statement per table.
-
-    Use it inside a transaction: ALTER TABLE's lock keeps every other writer of
-    jobs_execution waiting until that commits, so none ever finds the trigger off.
-    """
-    # Django's foreign keys are DEFERRABLE INITIALLY DEFERRED: checked at commit, they
-    # would queue an event per row, and a table with events pending can be neither
-    # altered (the trigger turned back on) nor indexed. Checked at each statement's end.
-    cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-    cursor.execute("ALTER TABLE jobs_execution DISABLE TRIGGER execution_rollup_insert")
-    # Read under that lock: no other insert can come between.
-    cursor.execute("SELECT coalesce(max(id), 0) + 1 FROM jobs_execution")
-    first_id = cursor.fetchone()[0]
-    yield
-    for statement in ADD_LOADED_TO_ROLLUP:
-        cursor.execute(statement, {"first_id": first_id})
-    cursor.execute("ALTER TABLE jobs_execution ENABLE TRIGGER execution_rollup_insert")

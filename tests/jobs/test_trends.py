@@ -4,15 +4,11 @@ equal to a count of the executions, pruned by its own retention; and the trend r
 from __future__ import annotations
 
 import importlib
-import threading
-import time
 from bisect import bisect_right
 from collections import defaultdict
 from datetime import timedelta
-from io import StringIO
 
 import pytest
-from django.core.management import call_command
 from django.db import connection
 
 from controlplane import dashboard
@@ -183,71 +179,6 @@ def test_many_rows_in_one_statement_are_counted_once_each():
     )  # fmt: skip
     assert_rollup_matches_executions()
     Execution.objects.filter(job=job, attempt=1).update(state="abandoned")
-    assert_rollup_matches_executions()
-
-
-# Fires after the rollup's insert trigger on each skipped row (triggers fire in name
-# order): a pause with that row's rollup rows locked, so two claims interleave.
-PAUSE_AFTER_SKIPPED_ROLLUP = """
-CREATE FUNCTION test_pause_after_rollup() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN PERFORM pg_sleep(0.2); RETURN NULL; END $$;
-CREATE TRIGGER execution_rollup_insert_pause AFTER INSERT ON jobs_execution
-    FOR EACH ROW WHEN (NEW.state = 'skipped') EXECUTE FUNCTION test_pause_after_rollup();
-"""
-NO_PAUSE = """
-DROP TRIGGER IF EXISTS execution_rollup_insert_pause ON jobs_execution;
-DROP FUNCTION IF EXISTS test_pause_after_rollup();
-"""
-
-
-def test_two_claims_skipping_fires_of_the_same_jobs_never_deadlock_on_the_rollup(
-    transactional_db,
-):
-    # Each skipped fire's rollup rows are locked as it is inserted (migration 0014):
-    # claims insert their fires in job order, so two of them take those locks in one order.
-    first, second = make_job("first"), make_job("second")
-    missed = database_now() - timedelta(seconds=150)
-    # Due in this order: the first claim takes first's and second's triggers, the other
-    # claim second's and first's.
-    for offset, job in enumerate((first, second, second, first)):
-        trigger = Trigger.objects.create(
-            job=job, kind="interval", interval=60, misfire_policy="skip", misfire_grace=5
-        )
-        Trigger.objects.filter(pk=trigger.pk).update(
-            next_fire_at=missed + timedelta(milliseconds=offset)
-        )
-    with connection.cursor() as cursor:
-        cursor.execute(PAUSE_AFTER_SKIPPED_ROLLUP)
-    errors, skipped = [], []
-
-    def claim(node_id: str) -> None:
-        try:
-            claimed = claims.claim_due_triggers(node_id, 2, 100, 10, claims.StartPlan(free=0))
-            skipped.append(claimed.skipped)
-        except Exception as e:
-            errors.append(e)
-        finally:
-            connection.close()
-
-    try:
-        threads = [threading.Thread(target=claim, args=(f"node-{i}",)) for i in range(2)]
-        for thread in threads:
-            thread.start()
-            time.sleep(0.1)  # the first claim locks its two triggers first
-        for thread in threads:
-            thread.join(30)
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute(NO_PAUSE)
-    assert errors == []
-    assert sorted(skipped) == [6, 6]
-    assert_rollup_matches_executions()
-
-
-def test_a_seeded_history_is_in_the_rollup(db):
-    # seed_history loads with the insert trigger off and adds the rows in one statement.
-    call_command("seed_history", executions=3000, jobs=5, days=3, stdout=StringIO())
-    assert Execution.objects.filter(state__in=Execution.FINAL_STATES).count() > 2500
     assert_rollup_matches_executions()
 
 
