@@ -325,9 +325,10 @@ class Runner:
             with self.lock:
                 live = self.live.pop(run.id, None)
             if result is not None:
-                if live is not None:
-                    # Its last lines and progress are written with its result.
-                    result = replace(result, reports=live.reports(time.monotonic(), final=True))
+                # Its last lines and progress are written with its result.
+                reports = live and live.reports(time.monotonic(), final=True)
+                if reports:  # most runs print nothing: no copy of the result
+                    result = replace(result, reports=reports)
                 self.results(result)
             if live is not None and live.signals.progress is not None:
                 metrics.forget_progress(run.job.name)

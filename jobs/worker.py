@@ -175,7 +175,9 @@ def run_execution(execution_id: int, hostname: str | None = None) -> str:
         if result is None:
             return "lost"
         # Its last lines and progress are written with its result.
-        result = replace(result, reports=live.reports(time.monotonic(), final=True))
+        reports = live.reports(time.monotonic(), final=True)
+        if reports:  # most runs print nothing: no copy of the result
+            result = replace(result, reports=reports)
         _record(worker, result)
         return result.state
     finally:
