@@ -461,9 +461,10 @@ def binary_cursor():
         yield cursor
 
 
-def _seconds(values: list[float | None]) -> list[float | None]:
-    """Floats for a float8[] parameter bound in binary (an int among floats is refused)."""
-    return [None if v is None else float(v) for v in values]
+def _ages(values: list[float | None], waited: list[float]) -> list[float | None]:
+    """Seconds ago now, of times that were ``values`` seconds ago ``waited`` seconds ago;
+    floats for a float8[] parameter bound in binary (an int among floats is refused)."""
+    return [None if v is None else float(v) + w for v, w in zip(values, waited, strict=True)]
 
 
 def _trigger_from_row(row) -> SimpleNamespace:
@@ -758,10 +759,14 @@ def cancel_overdue(grace_seconds: float) -> list[tuple[int, str, str]]:
         return cursor.fetchall()
 
 
-def record_results(node_id: str, results: list[Result]) -> set[int]:
-    """Write a batch of results; return the ids whose write took effect."""
+def record_results(
+    node_id: str, results: list[Result], waited: list[float] | None = None
+) -> set[int]:
+    """Write a batch of results, each made ``waited`` seconds ago (default: just now);
+    return the ids whose write took effect."""
     if not results:
         return set()
+    waited = waited or [0.0] * len(results)
     # A batch with no retry to queue is one statement, atomic by itself: outside a
     # transaction it costs one round trip, not three (BEGIN, UPDATE, COMMIT). Inside one
     # (the recorder's, with reports or job locks to write), no savepoint: a failure here
@@ -775,8 +780,8 @@ def record_results(node_id: str, results: list[Result]) -> set[int]:
                 [
                     [r.execution_id for r in results],
                     [r.state for r in results],
-                    _seconds([r.started_ago for r in results]),
-                    _seconds([r.finished_ago for r in results]),
+                    _ages([r.started_ago for r in results], waited),
+                    _ages([r.finished_ago for r in results], waited),
                     [r.error for r in results],
                     [r.traceback for r in results],
                     [r.note for r in results],

@@ -18,7 +18,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
 from django.db import transaction
 
@@ -39,21 +38,17 @@ MAX_BATCH = 1000
 REPORT_EVERY = 0.5
 
 
-def aged(result: Result, waited: float) -> Result:
-    """``result`` as written ``waited`` seconds after it was made: its times are "so long
-    ago" at the moment of writing."""
-    return replace(
-        result,
-        started_ago=None if result.started_ago is None else result.started_ago + waited,
-        finished_ago=None if result.finished_ago is None else result.finished_ago + waited,
-    )
-
-
-def write_results(owner: str, batch: list[Result], reports: Reports | None = None) -> set[int]:
+def write_results(
+    owner: str,
+    batch: list[Result],
+    reports: Reports | None = None,
+    waited: list[float] | None = None,
+) -> set[int]:
     """Record what runs reported, then their results (releasing the job locks they carry),
     in one transaction.
 
-    ``owner`` is the node or worker the runs belong to; returns the ids that took effect.
+    ``owner`` is the node or worker the runs belong to; ``waited``, how long ago each
+    result was made (its times are "so long ago" then). Returns the ids that took effect.
     """
     reports = reports or Reports()
     for result in batch:
@@ -62,11 +57,11 @@ def write_results(owner: str, batch: list[Result], reports: Reports | None = Non
     if not reports and all(result.release is None for result in batch):
         # Only the results to write (the common case of quick runs that printed nothing):
         # record_results alone, one statement unless retries are queued with it.
-        return claims.record_results(owner, batch)
+        return claims.record_results(owner, batch, waited)
     with transaction.atomic():
         if reports:
             claims.record_reports(owner, reports)
-        applied = claims.record_results(owner, batch)
+        applied = claims.record_results(owner, batch, waited)
         for result in batch:
             if result.release is not None:
                 try:
@@ -158,18 +153,20 @@ class Recorder(threading.Thread):
                 self.reports.extend(item.reports)
 
     def _flush(self) -> None:
-        batch = self._aged(self.pending.values())
+        now = time.monotonic()
+        batch = [result for result, _ in self.pending.values()]
+        waited = [now - queued_at for _, queued_at in self.pending.values()]
         reports, self.reports = self.reports, Reports()
         try:
             try:
-                applied = write_results(self.node_id, batch, reports)
+                applied = write_results(self.node_id, batch, reports, waited)
             except CONNECTION_ERRORS:
                 raise
             except Exception:
                 log.exception("recording %s result(s) failed; writing them one by one", len(batch))
                 metrics.record_internal_error("recorder")
                 forget_connection()
-                applied = self._write_one_by_one(batch)
+                applied = self._write_one_by_one(batch, waited)
         except CONNECTION_ERRORS as e:
             # The writes are idempotent (guarded by state and node; log lines numbered),
             # so everything is retried.
@@ -182,11 +179,7 @@ class Recorder(threading.Thread):
         self.pending = {}
         self.written(batch, applied)
 
-    def _aged(self, pending) -> list[Result]:
-        now = time.monotonic()
-        return [aged(result, now - queued_at) for result, queued_at in pending]
-
-    def _write_one_by_one(self, batch: list[Result]) -> set[int]:
+    def _write_one_by_one(self, batch: list[Result], waited: list[float]) -> set[int]:
         """After an unexpected error: write each result alone, so one cannot block the rest.
 
         A result that still fails is written as a bare failure naming the problem; if even
@@ -194,7 +187,7 @@ class Recorder(threading.Thread):
         running until its node stops or is declared dead). A lost connection is raised.
         """
         applied: set[int] = set()
-        for result in batch:
+        for result, ago in zip(batch, waited, strict=True):
             bare = Result(
                 result.execution_id,
                 "failed",
@@ -204,7 +197,7 @@ class Recorder(threading.Thread):
             )
             for attempt in (result, bare):
                 try:
-                    applied |= write_results(self.node_id, [attempt])
+                    applied |= write_results(self.node_id, [attempt], waited=[ago])
                     break
                 except CONNECTION_ERRORS:
                     raise

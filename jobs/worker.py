@@ -35,7 +35,7 @@ from jobs import capture, claims, joblocks, metrics, registry
 from jobs.claims import Result, Run
 from jobs.execute import LiveRun, call_target, failure, live_run, outcome_result
 from jobs.reconnect import CONNECTION_ERRORS, forget_connection, retry_on_disconnect
-from jobs.recorder import REPORT_EVERY, aged, write_results
+from jobs.recorder import REPORT_EVERY, write_results
 from locks.liveness import LivenessLease, liveness_margin
 
 log = logging.getLogger("jobs.worker")
@@ -264,7 +264,7 @@ def _record(worker: str, result: Result) -> None:
     attempt = result
     while True:
         try:
-            applied = write_results(worker, [aged(attempt, time.monotonic() - made)])
+            applied = write_results(worker, [attempt], waited=[time.monotonic() - made])
             if result.execution_id not in applied:
                 log.warning(
                     "execution #%s: result refused, the run is no longer this worker's",

@@ -12,12 +12,14 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from jobs import metrics
+from jobs.claims import Result
 from jobs.models import Execution, Trigger, database_now, queue_manual_run
 from jobs.node import CELERY_CHECK_WITHOUT_ROOM, Node
+from jobs.recorder import write_results
 from locks import liveness
 from locks.models import SchedulerNode
 from tests.conftest import wait_for
-from tests.jobs.factories import due_triggers, make_job
+from tests.jobs.factories import due_triggers, make_execution, make_job
 
 
 @pytest.fixture
@@ -325,3 +327,18 @@ def test_a_node_without_room_looks_for_celery_fires_only_now_and_then(transactio
     finally:
         node.stop()
         node.shutdown()
+
+
+@pytest.mark.django_db
+def test_a_result_written_late_keeps_the_times_its_run_started_and_finished():
+    # A result's times are "so long ago" when the run makes it; the recorder adds how long
+    # the result waited before it was written.
+    execution = make_execution(
+        make_job("late"), state="dispatched", node="n1", started_at=None, finished_at=None
+    )
+    result = Result(execution.pk, "succeeded", started_ago=5.0, finished_ago=1.0)
+    assert write_results("n1", [result], waited=[10.0]) == {execution.pk}
+    execution.refresh_from_db()
+    now = database_now()
+    assert abs((now - execution.started_at).total_seconds() - 15.0) < 1.0
+    assert abs((now - execution.finished_at).total_seconds() - 11.0) < 1.0
