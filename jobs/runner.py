@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connections
 
 from jobs import claims, joblocks, metrics, registry
 from jobs.claims import Reports, Result, Run
@@ -476,7 +476,7 @@ def _tidy_connection() -> None:
     connection is kept for the thread's next start confirmation (CONN_MAX_AGE, meant for
     web requests, would otherwise open a new connection for every run).
     """
-    if connection.connection is not None and (
-        connection.errors_occurred or connection.in_atomic_block
-    ):
+    # Once through the proxy: each of its attribute reads looks the connection up again.
+    wrapper = connections[DEFAULT_DB_ALIAS]
+    if wrapper.connection is not None and (wrapper.errors_occurred or wrapper.in_atomic_block):
         forget_connection()

@@ -98,6 +98,8 @@ def _resolve(value, environ: Mapping[str, str]):
 def secret_values(args: list, kwargs: dict, environ: Mapping[str, str] | None = None) -> list[str]:
     """The values the secret references in args and kwargs resolve to (those that are set),
     so that a run's captured output can mask them."""
+    if not args and not kwargs:  # most runs: nothing to walk (this is on the claim path)
+        return []
     environ = os.environ if environ is None else environ
     values = []
     for ref in references([args, kwargs]):
