@@ -50,7 +50,7 @@ class Cancelled(Exception):
 
 class Flag:
     """Set once by one thread, checked by others: all the engine needs of a
-    threading.Event (nothing waits on these), at a fiftieth of its cost to make (a run
+    threading.Event (nothing waits on these), at a twentieth of its cost to make (a run
     makes two, on the node's claim path)."""
 
     __slots__ = ("_set",)

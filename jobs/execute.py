@@ -13,7 +13,7 @@ import json
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from django.conf import settings
 
@@ -75,6 +75,13 @@ class LiveRun:
                     text = f"{shown}: {message}" if message else shown
                     reports.events.append((execution_id, at, "progress", "", text))
         return reports
+
+    def with_last_reports(self, result: Result) -> Result:
+        """``result`` carrying what the run reported last (its final log lines and
+        progress), written with it; most runs print nothing, and their result is not
+        copied."""
+        reports = self.reports(time.monotonic(), final=True)
+        return replace(result, reports=reports) if reports else result
 
 
 def live_run(run: Run) -> LiveRun:

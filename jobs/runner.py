@@ -25,7 +25,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from django.db import DEFAULT_DB_ALIAS, connections
 
@@ -325,11 +325,7 @@ class Runner:
             with self.lock:
                 live = self.live.pop(run.id, None)
             if result is not None:
-                # Its last lines and progress are written with its result.
-                reports = live and live.reports(time.monotonic(), final=True)
-                if reports:  # most runs print nothing: no copy of the result
-                    result = replace(result, reports=reports)
-                self.results(result)
+                self.results(live.with_last_reports(result) if live is not None else result)
             if live is not None and live.signals.progress is not None:
                 metrics.forget_progress(run.job.name)
             with self.lock:

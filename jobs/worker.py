@@ -25,7 +25,6 @@ import socket
 import threading
 import time
 import traceback
-from dataclasses import replace
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
@@ -174,11 +173,7 @@ def run_execution(execution_id: int, hostname: str | None = None) -> str:
             result = failure(run, "failed", 0.0, error, traceback.format_exc())
         if result is None:
             return "lost"
-        # Its last lines and progress are written with its result.
-        reports = live.reports(time.monotonic(), final=True)
-        if reports:  # most runs print nothing: no copy of the result
-            result = replace(result, reports=reports)
-        _record(worker, result)
+        _record(worker, live.with_last_reports(result))
         return result.state
     finally:
         _heartbeats.remove(heartbeat)

@@ -97,3 +97,13 @@ def killed(fetch, step: str) -> bool:
 def stalled(marker_dir: Path, step: str) -> bool:
     """Whether the armed "stall" or "hold" fault of ``step`` has fired."""
     return (marker_dir / step).exists()
+
+
+def on_test_database(sql: str, params=None) -> list[tuple] | None:
+    """``execute`` and ``fetch`` for the functions above, on the test database of an
+    in-process test (Django's connection)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall() if cursor.description else None

@@ -1,10 +1,15 @@
-"""Fixtures shared by the jobs app's API tests."""
+"""Fixtures shared by the jobs app's tests."""
 
 from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 from rest_framework.test import APIClient
 
+from tests import faults
 from tests.conftest import make_api_key
 
 #: API principals that authenticate with a token, and whose token they hold.
@@ -25,3 +30,14 @@ def api(role_users):
         return client
 
     return make
+
+
+@pytest.fixture
+def fault_triggers(transactional_db):
+    """The fault triggers of tests/faults.py in the test database; returns the marker folder."""
+    marker_dir = Path(tempfile.mkdtemp(prefix="faults-", dir="/var/tmp"))
+    marker_dir.chmod(0o777)  # the database server writes the markers
+    faults.install(faults.on_test_database, marker_dir)
+    yield marker_dir
+    faults.on_test_database(faults.uninstall_sql())
+    shutil.rmtree(marker_dir, ignore_errors=True)

@@ -5,13 +5,10 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from celery import Celery
@@ -311,33 +308,6 @@ def traced(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.fixture
-def fault_triggers(transactional_db):
-    """The fault triggers of tests/faults.py in the test database; returns the marker folder."""
-    marker_dir = Path(tempfile.mkdtemp(prefix="faults-", dir="/var/tmp"))
-    marker_dir.chmod(0o777)  # the database server writes the markers
-
-    def execute(sql, params):
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-
-    faults.install(execute, marker_dir)
-    yield marker_dir
-    execute(faults.uninstall_sql(), None)
-    shutil.rmtree(marker_dir, ignore_errors=True)
-
-
-def arm(step: str, kind: str) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(f"CREATE SEQUENCE test_fault_{step}_{kind}")
-
-
-def fired(step: str) -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT is_called FROM test_fault_{step}_kill")
-        return cursor.fetchone()[0]
-
-
 def test_a_worker_paused_after_its_claim_never_runs_what_was_taken_from_it(
     celery_node, start_worker, tmp_path, queue, fault_triggers
 ):
@@ -349,7 +319,7 @@ def test_a_worker_paused_after_its_claim_never_runs_what_was_taken_from_it(
     worker = start_worker("w1")
     # The worker's claim is held in the database for two seconds: the worker is paused
     # while it waits for the answer, and stays paused past the execution timeout.
-    arm("worker_claim", "hold")
+    faults.arm(faults.on_test_database, "worker_claim", "hold")
     taken = queue_manual_run(job)
     wait_for(lambda: faults.stalled(fault_triggers, "worker_claim"), timeout=30)
     worker.pause()
@@ -435,7 +405,7 @@ def test_a_lost_connection_at_each_step_on_a_worker_ends_recorded(
     worker = start_worker("w1")
     for step in ["worker_claim", "take_lock", "mid-run", "release_lock", "record"]:
         if step != "mid-run":
-            arm(step, "kill")
+            faults.arm(faults.on_test_database, step, "kill")
         run = queue_manual_run(job)
         if step == "mid-run":
             wait_for(
@@ -448,7 +418,11 @@ def test_a_lost_connection_at_each_step_on_a_worker_ends_recorded(
                     " WHERE application_name LIKE 'worker:%%'"
                 )
         else:
-            wait_for(lambda step=step: fired(step), timeout=30, message=f"the fault at {step}")
+            wait_for(
+                lambda step=step: faults.killed(faults.on_test_database, step),
+                timeout=30,
+                message=f"the fault at {step}",
+            )
         wait_for(
             lambda run=run: Execution.objects.get(pk=run.pk).state == "succeeded",
             timeout=30,

@@ -11,13 +11,14 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from jobs import metrics
+from jobs import metrics, recorder
 from jobs.claims import Result
 from jobs.models import Execution, Trigger, database_now, queue_manual_run
 from jobs.node import CELERY_CHECK_WITHOUT_ROOM, Node
 from jobs.recorder import write_results
 from locks import liveness
 from locks.models import SchedulerNode
+from tests import faults
 from tests.conftest import wait_for
 from tests.jobs.factories import due_triggers, make_execution, make_job
 
@@ -342,3 +343,20 @@ def test_a_result_written_late_keeps_the_times_its_run_started_and_finished():
     now = database_now()
     assert abs((now - execution.started_at).total_seconds() - 15.0) < 1.0
     assert abs((now - execution.finished_at).total_seconds() - 11.0) < 1.0
+
+
+def test_a_result_written_after_a_dropped_connection_keeps_its_run_s_finish_time(
+    node, fault_triggers, monkeypatch
+):
+    # The recorder's connection is terminated as it writes the result: it writes again
+    # after RECONNECT_WAIT on a new connection, adding how long the result waited, so the
+    # run is recorded finishing when it finished, not when the write went through.
+    monkeypatch.setattr(recorder, "RECONNECT_WAIT", 1.0)
+    faults.arm(faults.on_test_database, "record", "kill")
+    trigger = overdue_trigger(make_job("quick", "demo.noop"), 1, kind="interval", interval=60)
+    assert node.claim_due() == 1
+    execution = Execution.objects.get(trigger=trigger)
+    wait_for(lambda: Execution.objects.get(pk=execution.pk).state == "succeeded", timeout=30)
+    assert faults.killed(faults.on_test_database, "record")
+    execution.refresh_from_db()
+    assert (execution.finished_at - execution.started_at).total_seconds() < 0.5
