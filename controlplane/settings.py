@@ -122,6 +122,13 @@ DATABASES["default"]["OPTIONS"].setdefault("application_name", env_str("APP_NAME
 # compile, and compiling took ~230 ms of a 250 ms page (the query itself: 16 ms) at 10M
 # executions. The scheduler's own statements never gain from it either.
 DATABASES["default"]["OPTIONS"].setdefault("options", "-c jit=off")
+# Server-side prepared statements for what the scheduler runs again and again (the
+# statements of jobs/claims.py, which bind server side; Django's own queries bind client
+# side and are never prepared): a statement run this many times on a connection is
+# prepared. Planning the worker's claim and result took as long as running them. 0 turns
+# it off, for a pooler in transaction mode without prepared statement support.
+_prepare_threshold = env_int("DATABASE_PREPARE_THRESHOLD", 5, minimum=0)
+DATABASES["default"]["OPTIONS"].setdefault("prepare_threshold", _prepare_threshold or None)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -227,6 +228,10 @@ def bench_queue(db_name: str) -> str:
     return "bench." + re.sub(r"[^A-Za-z0-9_.:-]", "-", db_name)
 
 
+# Signs nothing the bench keeps (its processes serve no web requests); fresh per bench.
+BENCH_SECRET_KEY = secrets.token_urlsafe(50)
+
+
 def node_env(url: str, app_name: str) -> dict[str, str]:
     return {
         **os.environ,
@@ -237,6 +242,10 @@ def node_env(url: str, app_name: str) -> dict[str, str]:
         "SCHEDULER_SHUTDOWN_GRACE": "5",
         # The bench's jobs run demo targets, in the bench's own database and processes.
         "SCHEDULER_DEMO_TARGETS": "1",
+        # As in production (the image sets DEBUG=0): with DEBUG on, Django times and keeps
+        # every query a node or worker makes.
+        "DEBUG": "0",
+        "SECRET_KEY": BENCH_SECRET_KEY,
     }
 
 

@@ -618,7 +618,7 @@ def claim_due_triggers(
 
 def claim_on_worker(execution_id: int, worker: str, adopt: bool = False) -> Run | None:
     """Take a dispatched execution for a Celery worker, or None if it is not waiting."""
-    with connection.cursor() as cursor:
+    with binary_cursor() as cursor:
         cursor.execute(CLAIM_ON_WORKER, {"id": execution_id, "worker": worker, "adopt": adopt})
         row = cursor.fetchone()
     if row is None:

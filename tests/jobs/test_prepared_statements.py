@@ -1,0 +1,49 @@
+"""The scheduler's hot statements are prepared on their connection, not planned per run."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+
+from jobs import claims
+from jobs.claims import Result
+from jobs.models import Execution, database_now
+from tests.jobs.factories import make_job
+
+pytestmark = pytest.mark.django_db
+
+WORKER = "worker:celery@test:1"
+
+
+def prepared(fragment: str) -> list[tuple[int, int]]:
+    """(generic plans, custom plans) of this connection's prepared statements containing
+    ``fragment``."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+            " WHERE NOT from_sql AND statement LIKE %s",
+            [f"%{fragment}%"],
+        )
+        return cursor.fetchall()
+
+
+def test_a_worker_s_claim_and_result_are_prepared_and_planned_a_few_times_only():
+    job = make_job("celery job", executor="celery")
+    runs = 20
+    for _ in range(runs):
+        execution = Execution.objects.create(
+            job=job, scheduled_for=database_now(), origin="manual", state="dispatched"
+        )
+        run = claims.claim_on_worker(execution.id, WORKER)
+        assert run is not None and run.id == execution.id
+        claims.record_results(WORKER, [Result(execution.id, "succeeded", 0.01, 0.0)])
+    assert Execution.objects.filter(job=job, state="succeeded").count() == runs
+
+    claim = prepared("jobs_execution_fence_seq")
+    result = prepared("AS v(id, state, started_ago, finished_ago")
+    assert len(claim) == 1, claim
+    assert len(result) == 1, result
+    # psycopg prepares a statement on its fifth run; PostgreSQL plans the first five runs
+    # of a prepared statement for their values, then settles on one plan for all.
+    for generic, custom in claim + result:
+        assert custom <= 5 and generic >= runs - 10, (generic, custom)
