@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 from django.db import connection
 
-from jobs import claims
+from jobs import claims, worker
 from jobs.claims import Result
 from jobs.models import Execution, database_now
 from tests.jobs.factories import make_job
@@ -47,3 +48,29 @@ def test_a_worker_s_claim_and_result_are_prepared_and_planned_a_few_times_only()
     # of a prepared statement for their values, then settles on one plan for all.
     for generic, custom in claim + result:
         assert custom <= 5 and generic >= runs - 10, (generic, custom)
+
+
+def test_a_worker_whose_connection_dropped_after_its_statements_were_prepared_goes_on(
+    transactional_db,
+):
+    job = make_job("celery job", executor="celery")
+    executions = [
+        Execution.objects.create(
+            job=job, scheduled_for=database_now(), origin="manual", state="dispatched"
+        )
+        for _ in range(8)
+    ]
+    for execution in executions[:6]:
+        assert claims.claim_on_worker(execution.id, WORKER) is not None
+        claims.record_results(WORKER, [Result(execution.id, "succeeded", 0.01, 0.0)])
+    assert prepared("jobs_execution_fence_seq")
+    backend = connection.connection.info.backend_pid
+    with psycopg.connect(**connection.get_connection_params()) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [backend])
+
+    # The worker's claim retries on a new connection, where nothing is prepared yet.
+    run = worker._claim(executions[6].id, WORKER)
+    assert run is not None and run.id == executions[6].id
+    assert connection.connection.info.backend_pid != backend
+    worker._record(WORKER, Result(run.id, "succeeded", 0.01, 0.0))
+    assert Execution.objects.get(id=run.id).state == "succeeded"
