@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import psycopg
 import pytest
+from django.conf import settings
 from django.db import connection
 
 from jobs import claims, worker
@@ -74,3 +79,31 @@ def test_a_worker_whose_connection_dropped_after_its_statements_were_prepared_go
     assert connection.connection.info.backend_pid != backend
     worker._record(WORKER, Result(run.id, "succeeded", 0.01, 0.0))
     assert Execution.objects.get(id=run.id).state == "succeeded"
+
+
+def threshold_setting(value: str | None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DATABASE_URL": "postgres://nobody@127.0.0.1:1/none"}
+    env.pop("DATABASE_PREPARE_THRESHOLD", None)
+    if value is not None:
+        env["DATABASE_PREPARE_THRESHOLD"] = value
+    code = (
+        "import django; django.setup(); from django.conf import settings;"
+        " print(settings.DATABASES['default']['OPTIONS']['prepare_threshold'])"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=settings.BASE_DIR, capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("value", "threshold"), [(None, "5"), ("3", "3"), ("0", "None")])
+def test_the_prepare_threshold_comes_from_the_environment_and_0_turns_it_off(value, threshold):
+    done = threshold_setting(value)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == threshold
+
+
+def test_a_negative_prepare_threshold_is_refused_with_a_clear_error():
+    done = threshold_setting("-1")
+    assert done.returncode != 0
+    assert "DATABASE_PREPARE_THRESHOLD=-1 must be at least 0" in done.stderr
