@@ -45,10 +45,15 @@ FOR UPDATE OF t SKIP LOCKED
 """
 
 # The same for the triggers of celery jobs only: a node with no free thread still
-# publishes those. Walks the (few) celery jobs and their triggers through the job_id
-# index rather than every due trigger.
+# publishes those. The jobs are looked up first (SELECT_CELERY_JOBS) and named by id:
+# with their ids as values the planner sees how few triggers they have and reads them by
+# the job_id index; joined, it judged by all jobs' triggers and walked the due index past
+# every overdue inline trigger (a whole backlog, on every loop of a full node). No celery
+# job, no query.
+SELECT_CELERY_JOBS = "SELECT id FROM jobs_job WHERE executor = 'celery' AND NOT paused"
 SELECT_DUE_CELERY_TRIGGERS = SELECT_DUE_TRIGGERS.replace(
-    "WHERE t.next_fire_at <= now()", "WHERE j.executor = 'celery' AND t.next_fire_at <= now()"
+    "WHERE t.next_fire_at <= now()",
+    "WHERE t.job_id = ANY(%s) AND j.executor = 'celery' AND t.next_fire_at <= now()",
 )
 
 # One row per fire time. The partial unique index one_execution_per_fire is the
@@ -559,10 +564,16 @@ def claim_due_triggers(
     with the commit) for a node with free threads.
     """
     claimed = Claimed()
-    select = SELECT_DUE_TRIGGERS if inline_room > 0 else SELECT_DUE_CELERY_TRIGGERS
     with transaction.atomic(), connection.cursor() as cursor:
         _load_timestamps_in_c(cursor.cursor)
-        cursor.execute(select, [limit])
+        if inline_room > 0:
+            cursor.execute(SELECT_DUE_TRIGGERS, [limit])
+        else:
+            cursor.execute(SELECT_CELERY_JOBS)
+            celery_jobs = [row[0] for row in cursor.fetchall()]
+            if not celery_jobs:
+                return claimed
+            cursor.execute(SELECT_DUE_CELERY_TRIGGERS, [celery_jobs, limit])
         rows = cursor.fetchall()
         if not rows:
             return claimed

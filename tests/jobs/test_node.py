@@ -11,7 +11,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from jobs import metrics, recorder
+from jobs import claims, metrics, recorder
 from jobs.claims import Result
 from jobs.models import Execution, Trigger, database_now, queue_manual_run
 from jobs.node import CELERY_CHECK_WITHOUT_ROOM, Node
@@ -328,6 +328,56 @@ def test_a_node_without_room_looks_for_celery_fires_only_now_and_then(transactio
     finally:
         node.stop()
         node.shutdown()
+
+
+def trigger_rows_read() -> int:
+    """Rows and index entries of jobs_trigger read so far in this transaction."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_stat_get_xact_tuples_returned('jobs_trigger'::regclass)"
+            " + (SELECT sum(pg_stat_get_xact_tuples_returned(indexrelid)) FROM pg_index"
+            "    WHERE indrelid = 'jobs_trigger'::regclass)"
+        )
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.django_db
+def test_a_full_node_claims_celery_fires_without_reading_the_inline_backlog():
+    # A node with no free thread still claims celery jobs' triggers (SELECT_DUE_CELERY_
+    # TRIGGERS). Overdue inline triggers ahead of them in time must not be read one by
+    # one: with a big backlog that was its whole length, on every loop of a full node.
+    backlog = make_job("inline backlog")
+    remote = make_job("remote", executor="celery")
+    now = database_now()
+    Trigger.objects.bulk_create(
+        Trigger(job=backlog, kind="once", run_at=when, next_fire_at=when)
+        for when in [now - timedelta(hours=1)] * 2000
+    )
+    due_triggers(remote, 3)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE jobs_trigger")
+        cursor.execute("ANALYZE jobs_job")
+    before = trigger_rows_read()
+
+    claimed = claims.claim_due_triggers(
+        "full-node", limit=100, misfire_chunk=10, inline_room=0, starts=claims.StartPlan(0)
+    )
+
+    assert [run.job_id for run in claimed.runs] == [remote.pk] * 3
+    assert trigger_rows_read() - before < 50
+
+
+@pytest.mark.django_db
+def test_a_full_node_without_celery_jobs_does_not_look_for_their_triggers():
+    due_triggers(make_job("inline backlog"), 200)
+
+    with CaptureQueriesContext(connection) as queries:
+        claimed = claims.claim_due_triggers(
+            "full-node", limit=100, misfire_chunk=10, inline_room=0, starts=claims.StartPlan(0)
+        )
+
+    assert claimed.runs == []
+    assert not [q for q in queries.captured_queries if "FROM jobs_trigger" in q["sql"]]
 
 
 @pytest.mark.django_db
