@@ -34,7 +34,7 @@ from django.db import transaction
 from jobs import capture, celery_executor, claims, history, metrics
 from jobs.claims import Reports, Result, Run
 from jobs.reconnect import CONNECTION_ERRORS, forget_connection
-from jobs.recorder import Recorder
+from jobs.recorder import MAX_BATCH, Recorder
 from jobs.runner import Runner
 from locks import liveness, maintenance
 from locks.leader import Leadership
@@ -142,6 +142,11 @@ class Node:
         self.liveness_lock = threading.Lock()
         #: Every inline run this node claimed whose result is not written yet.
         self.inflight: dict[int, Run] = {}
+        # At most this many: its threads, its prefetch and a full batch of results for the
+        # recorder. Beyond that the recorder is behind (a slow or blocked database), and
+        # claiming on would pile up runs that ran but are not recorded: a crash loses
+        # their results (they are abandoned), and every result write gets slower.
+        self.inflight_limit = self.threads + self.prefetch_max + MAX_BATCH
         self.recorder = Recorder(
             self.node_id, tick=self._timeouts, written=self._written, collect=self._collect
         )
@@ -436,13 +441,16 @@ class Node:
         the node expects to start within SCHEDULER_START_WINDOW, are recorded running by
         the claim (claims.StartPlan).
         """
+        unwritten_room = self.inflight_limit - len(self.inflight)
+        if unwritten_room <= 0:
+            return claims.StartPlan(0), 0
         idle, waiting = self.runner.idle_threads(), self.runner.waiting()
         prefetch = self.prefetch()
         free = max(idle - waiting, 0)
         queued = max(waiting - idle, 0)  # claimed runs that will wait for a thread
         if not free and queued > prefetch // 2:
             return claims.StartPlan(0), 0
-        room = free + max(prefetch - queued, 0)
+        room = min(free + max(prefetch - queued, 0), unwritten_room)
         starts = claims.StartPlan(free)
         mean = self.runner.mean_run_seconds()
         if prefetch and mean is not None and self.runner.busy_for() <= self.start_window:
@@ -594,6 +602,7 @@ class Node:
         with self.lock:
             for result in batch:
                 self.inflight.pop(result.execution_id, None)
+        self._thread_freed()  # room again, if the recorder had fallen behind
         refused = [r.execution_id for r in batch if r.execution_id not in applied]
         if refused:
             log.warning(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import Counter
 from datetime import timedelta
 
+import psycopg
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -184,6 +186,44 @@ def test_a_run_past_its_timeout_is_marked_timed_out(node):
     wait_for(lambda: not node.inflight, timeout=10)
     execution.refresh_from_db()
     assert execution.state == "timed_out"
+
+
+def test_a_node_stops_claiming_while_the_database_does_not_take_its_results(
+    transactional_db, settings
+):
+    settings.SCHEDULER_SHUTDOWN_GRACE = 5
+    settings.SCHEDULER_PREFETCH = 10
+    node = Node(node_id="blocked-recorder", batch=100, threads=2)
+    job = make_job("quick", "demo.noop")
+    triggers = due_triggers(job, node.inflight_limit + 500)
+    # A result's statement adds the finished run to the minute rollup: with that table
+    # locked, no result can be written. Claims add nothing to it, so they could go on.
+    blocker = psycopg.connect(**connection.get_connection_params())
+    blocker.execute("LOCK TABLE jobs_minuterollup IN SHARE MODE")
+
+    def run_node():
+        try:
+            node.run_forever()
+        finally:
+            connection.close()  # this thread's own
+
+    loop = threading.Thread(target=run_node)
+    loop.start()
+    try:
+        wait_for(lambda: Execution.objects.count() >= node.inflight_limit, timeout=30)
+        time.sleep(1.0)  # a node claims thousands a second: enough to overrun the limit
+        assert Execution.objects.count() == node.inflight_limit
+        assert not Execution.objects.filter(state="succeeded").exists()
+        blocker.rollback()
+        wait_for(
+            lambda: Execution.objects.filter(state="succeeded").count() == len(triggers),
+            timeout=60,
+        )
+        assert Execution.objects.count() == len(triggers)
+    finally:
+        blocker.close()
+        node.stop()
+        loop.join(30)
 
 
 def test_shutdown_hands_unstarted_runs_back_and_marks_the_node_stopped(
