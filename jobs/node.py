@@ -600,9 +600,11 @@ class Node:
     def _written(self, batch: list[Result], applied: set[int]) -> None:
         metrics.record_results(batch, applied, self.inflight)  # before they leave inflight
         with self.lock:
+            held_back = len(self.inflight) >= self.inflight_limit
             for result in batch:
                 self.inflight.pop(result.execution_id, None)
-        self._thread_freed()  # room again, if the recorder had fallen behind
+        if held_back:
+            self._thread_freed()  # the claims waited for the recorder: room again
         refused = [r.execution_id for r in batch if r.execution_id not in applied]
         if refused:
             log.warning(
