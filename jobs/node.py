@@ -439,7 +439,8 @@ class Node:
         only once it is half empty, so that quick runs are claimed in batches rather than
         one per freed thread. Runs for free threads, and prefetched runs of quick jobs that
         the node expects to start within SCHEDULER_START_WINDOW, are recorded running by
-        the claim (claims.StartPlan).
+        the claim (claims.StartPlan). Nothing while inflight_limit runs wait for their
+        results to be written.
         """
         unwritten_room = self.inflight_limit - len(self.inflight)
         if unwritten_room <= 0:
