@@ -146,7 +146,7 @@ class Node:
         # recorder. Beyond that the recorder is behind (a slow or blocked database), and
         # claiming on would pile up runs that ran but are not recorded: a crash loses
         # their results (they are abandoned), and every result write gets slower.
-        self.inflight_limit = self.threads + self.prefetch_max + MAX_BATCH
+        self.unrecorded_limit = self.threads + self.prefetch_max + MAX_BATCH
         self.recorder = Recorder(
             self.node_id, tick=self._timeouts, written=self._written, collect=self._collect
         )
@@ -439,11 +439,11 @@ class Node:
         only once it is half empty, so that quick runs are claimed in batches rather than
         one per freed thread. Runs for free threads, and prefetched runs of quick jobs that
         the node expects to start within SCHEDULER_START_WINDOW, are recorded running by
-        the claim (claims.StartPlan). Nothing while inflight_limit runs wait for their
-        results to be written.
+        the claim (claims.StartPlan). Nothing while unrecorded_limit claimed runs are not
+        yet recorded.
         """
-        unwritten_room = self.inflight_limit - len(self.inflight)
-        if unwritten_room <= 0:
+        unrecorded_room = self.unrecorded_limit - len(self.inflight)
+        if unrecorded_room <= 0:
             return claims.StartPlan(0), 0
         idle, waiting = self.runner.idle_threads(), self.runner.waiting()
         prefetch = self.prefetch()
@@ -451,7 +451,7 @@ class Node:
         queued = max(waiting - idle, 0)  # claimed runs that will wait for a thread
         if not free and queued > prefetch // 2:
             return claims.StartPlan(0), 0
-        room = min(free + max(prefetch - queued, 0), unwritten_room)
+        room = min(free + max(prefetch - queued, 0), unrecorded_room)
         starts = claims.StartPlan(free)
         mean = self.runner.mean_run_seconds()
         if prefetch and mean is not None and self.runner.busy_for() <= self.start_window:
@@ -601,7 +601,7 @@ class Node:
     def _written(self, batch: list[Result], applied: set[int]) -> None:
         metrics.record_results(batch, applied, self.inflight)  # before they leave inflight
         with self.lock:
-            held_back = len(self.inflight) >= self.inflight_limit
+            held_back = len(self.inflight) >= self.unrecorded_limit
             for result in batch:
                 self.inflight.pop(result.execution_id, None)
         if held_back:

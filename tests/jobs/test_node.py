@@ -195,7 +195,7 @@ def test_a_node_stops_claiming_while_the_database_does_not_take_its_results(
     settings.SCHEDULER_PREFETCH = 10
     node = Node(node_id="blocked-recorder", batch=100, threads=2)
     job = make_job("quick", "demo.noop")
-    triggers = due_triggers(job, node.inflight_limit + 500)
+    triggers = due_triggers(job, node.unrecorded_limit + 500)
     # A result's statement adds the finished run to the minute rollup: with that table
     # locked, no result can be written. Claims add nothing to it, so they could go on.
     blocker = psycopg.connect(**connection.get_connection_params())
@@ -210,9 +210,9 @@ def test_a_node_stops_claiming_while_the_database_does_not_take_its_results(
     loop = threading.Thread(target=run_node)
     loop.start()
     try:
-        wait_for(lambda: Execution.objects.count() >= node.inflight_limit, timeout=30)
+        wait_for(lambda: Execution.objects.count() >= node.unrecorded_limit, timeout=30)
         time.sleep(1.0)  # a node claims thousands a second: enough to overrun the limit
-        assert Execution.objects.count() == node.inflight_limit
+        assert Execution.objects.count() == node.unrecorded_limit
         assert not Execution.objects.filter(state="succeeded").exists()
         blocker.rollback()
         wait_for(
