@@ -29,3 +29,6 @@ def _keep_database_connections(**kwargs) -> None:
         # connection found broken at the claim, or at any later step, is replaced and the
         # step retried (jobs.worker, jobs.reconnect).
         database["CONN_HEALTH_CHECKS"] = False
+    from jobs.reconnect import use_scheduler_connection_options
+
+    use_scheduler_connection_options()

@@ -133,13 +133,17 @@ RETURNING e.id, e.job_id, e.trigger_id, e.scheduled_for, e.state, e.attempt, e.a
 # this statement and theirs, so whichever commits first wins and the other sees it.
 # 'running' is accepted too: runs this node claimed as running but has not started (it
 # re-checks them after a pause), and runs whose earlier confirmation committed without
-# the answer reaching the node. Uses the primary key.
+# the answer reaching the node.
+# Uses the primary key only: the guard is wrapped in IS TRUE, which no index condition
+# can use. Written plainly, PostgreSQL may read the rows by node through
+# execution_unfinished_idx, and with statistics gathered while the node had few
+# unfinished runs it did: every statement read all the node's queued celery runs.
 CONFIRM_START = """
-UPDATE jobs_execution
+UPDATE jobs_execution e
 SET state = 'running', started_at = clock_timestamp(),
     fence = nextval('jobs_execution_fence_seq')
-WHERE id = ANY(%b) AND node = %b AND state IN ('dispatched', 'running')
-RETURNING id, fence
+WHERE e.id = ANY(%b) AND (e.node = %b AND e.state IN ('dispatched', 'running')) IS TRUE
+RETURNING e.id, e.fence
 """
 
 JOB_SETTINGS = """
@@ -152,6 +156,8 @@ FROM jobs_job WHERE id = ANY(%s)
 # ago (by the node's monotonic clock) each run started and finished: database time
 # without a round trip per event. The state and node guard means a run that was
 # already declared timed out or abandoned (its node thought dead) is never overwritten.
+# The guard is written as in CONFIRM_START: the rows are found by the primary key (with
+# sequential scans off, as on nodes' and workers' connections: jobs.reconnect).
 RECORD_RESULTS = """
 UPDATE jobs_execution e
 SET state = v.state,
@@ -167,7 +173,7 @@ SET state = v.state,
 FROM unnest(%b::bigint[], %b::text[], %b::float8[], %b::float8[], %b::text[], %b::text[],
             %b::text[], %b::jsonb[])
      AS v(id, state, started_ago, finished_ago, error, traceback, note, result)
-WHERE e.id = v.id AND e.node = %b AND e.state IN ('dispatched', 'running')
+WHERE e.id = v.id AND (e.node = %b AND e.state IN ('dispatched', 'running')) IS TRUE
 RETURNING e.id
 """
 

@@ -9,11 +9,12 @@ import sys
 import psycopg
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 
 from jobs import claims, worker
 from jobs.claims import Result
 from jobs.models import Execution, database_now
+from jobs.reconnect import forget_connection, use_scheduler_connection_options
 from tests.jobs.factories import make_job
 
 pytestmark = pytest.mark.django_db
@@ -107,3 +108,84 @@ def test_a_negative_prepare_threshold_is_refused_with_a_clear_error():
     done = threshold_setting("-1")
     assert done.returncode != 0
     assert "DATABASE_PREPARE_THRESHOLD=-1 must be at least 0" in done.stderr
+
+
+def rows_read() -> int:
+    """Rows of jobs_execution this transaction has read so far, by any scan."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables"
+            " WHERE relname = 'jobs_execution'"
+        )
+        return cursor.fetchone()[0]
+
+
+def executions(job, count: int, state: str, node: str, **fields) -> list[Execution]:
+    now = database_now()
+    return Execution.objects.bulk_create(
+        Execution(job=job, scheduled_for=now, origin="manual", state=state, node=node, **fields)
+        for _ in range(count)
+    )
+
+
+@pytest.fixture
+def scheduler_connection():
+    """This test's connections opened as a node's or worker's are (run_scheduler, Celery)."""
+    saved = settings.DATABASES["default"]["OPTIONS"].get("options")
+    use_scheduler_connection_options()
+    yield
+    settings.DATABASES["default"]["OPTIONS"]["options"] = saved
+    forget_connection()
+
+
+NODE = "node-a"
+
+
+def test_a_node_s_writes_read_only_their_own_rows_however_many_celery_runs_it_has_queued(
+    transactional_db, scheduler_connection
+):
+    inline = make_job("inline job")
+    remote = make_job("celery job", executor="celery")
+    executions(inline, 300, "succeeded", "node-b")
+    executions(inline, 5, "running", NODE)
+    # Statistics from a quiet moment: the node had a handful of unfinished runs.
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE jobs_execution")
+    # Then a burst of celery fires: published, waiting for workers, in the node's name.
+    executions(remote, 2000, "dispatched", NODE, published_at=database_now())
+
+    # Enough rounds for the statements to be prepared and their generic plan chosen.
+    for _ in range(12):
+        starting = [e.id for e in executions(inline, 5, "dispatched", NODE)]
+        results = [Result(i, "succeeded", 0.02, 0.01) for i in starting]
+        with transaction.atomic():
+            before = rows_read()
+            assert set(claims.confirm_start(NODE, starting)) == set(starting)
+            confirm_read = rows_read() - before
+            before = rows_read()
+            assert claims.record_results(NODE, results) == set(starting)
+            record_read = rows_read() - before
+        assert confirm_read <= 10 and record_read <= 10, (confirm_read, record_read)
+
+
+def test_a_worker_s_statements_planned_on_a_small_table_do_not_scan_it_once_it_grew(
+    transactional_db, scheduler_connection
+):
+    job = make_job("celery job", executor="celery")
+    # A new install: the worker's first runs, its statements prepared and planned.
+    for execution in executions(job, 12, "dispatched", "node-a"):
+        assert claims.claim_on_worker(execution.id, WORKER) is not None
+        claims.record_results(WORKER, [Result(execution.id, "succeeded", 0.01, 0.0)])
+    assert prepared("jobs_execution_fence_seq") and prepared("AS v(id, state, started_ago")
+    # Months later: the history has grown (statistics not gathered since).
+    executions(job, 5000, "succeeded", "worker:old")
+
+    (execution,) = executions(job, 1, "dispatched", "node-a")
+    with transaction.atomic():
+        before = rows_read()
+        assert claims.claim_on_worker(execution.id, WORKER) is not None
+        claim_read = rows_read() - before
+        before = rows_read()
+        assert claims.record_results(WORKER, [Result(execution.id, "succeeded", 0.01, 0.0)])
+        record_read = rows_read() - before
+    assert claim_read <= 2 and record_read <= 2, (claim_read, record_read)

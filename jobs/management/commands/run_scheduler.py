@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from jobs import metrics
 from jobs.node import Node
+from jobs.reconnect import use_scheduler_connection_options
 
 log = logging.getLogger("jobs.metrics")
 
@@ -42,6 +43,7 @@ class Command(BaseCommand):
         addr = metrics_addr or settings.SCHEDULER_METRICS_ADDR
         if not 0 <= port <= 65535:
             raise CommandError("--metrics-port must be between 0 and 65535")
+        use_scheduler_connection_options()
         node = Node(node_id=node_id, batch=batch, threads=threads)
         server = None
         if port:
