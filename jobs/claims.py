@@ -177,6 +177,16 @@ WHERE e.id = v.id AND (e.node = %b AND e.state IN ('dispatched', 'running')) IS 
 RETURNING e.id
 """
 
+# The same for one result (a Celery worker's): a row of scalars instead of arrays. The
+# prepared statement's generic plan cannot know how long the arrays are and judged the
+# worker's one-element writes by many rows: PostgreSQL kept planning them on every run.
+RECORD_ONE_RESULT = RECORD_RESULTS.replace(
+    """unnest(%b::bigint[], %b::text[], %b::float8[], %b::float8[], %b::text[], %b::text[],
+            %b::text[], %b::jsonb[])""",
+    """(SELECT %b::bigint, %b::text, %b::float8, %b::float8, %b::text, %b::text, %b::text,
+             %b::jsonb)""",
+)
+
 # What a run reported while it went on, written with the recorder's next batch. Log
 # lines are numbered by the run itself; a batch retried after a lost answer adds nothing.
 INSERT_LOG_LINES = """
@@ -791,21 +801,21 @@ def record_results(
     retrying = any(r.retry_delay is not None for r in results)
     atomic = transaction.atomic(savepoint=False) if retrying else contextlib.nullcontext()
     with atomic:
+        columns = [
+            [r.execution_id for r in results],
+            [r.state for r in results],
+            _ages([r.started_ago for r in results], waited),
+            _ages([r.finished_ago for r in results], waited),
+            [r.error for r in results],
+            [r.traceback for r in results],
+            [r.note for r in results],
+            [r.result for r in results],
+        ]
         with binary_cursor() as cursor:
-            cursor.execute(
-                RECORD_RESULTS,
-                [
-                    [r.execution_id for r in results],
-                    [r.state for r in results],
-                    _ages([r.started_ago for r in results], waited),
-                    _ages([r.finished_ago for r in results], waited),
-                    [r.error for r in results],
-                    [r.traceback for r in results],
-                    [r.note for r in results],
-                    [r.result for r in results],
-                    node_id,
-                ],
-            )
+            if len(results) == 1:
+                cursor.execute(RECORD_ONE_RESULT, [column[0] for column in columns] + [node_id])
+            else:
+                cursor.execute(RECORD_RESULTS, [*columns, node_id])
             applied = {row[0] for row in cursor.fetchall()}
         retries = [r for r in results if r.retry_delay is not None and r.execution_id in applied]
         if retries:

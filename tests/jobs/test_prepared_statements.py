@@ -34,7 +34,9 @@ def prepared(fragment: str) -> list[tuple[int, int]]:
         return cursor.fetchall()
 
 
-def test_a_worker_s_claim_and_result_are_prepared_and_planned_a_few_times_only():
+def test_a_worker_s_claim_and_result_are_prepared_and_planned_a_few_times_only(
+    transactional_db, scheduler_connection
+):
     job = make_job("celery job", executor="celery")
     runs = 20
     for _ in range(runs):

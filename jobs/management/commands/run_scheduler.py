@@ -43,7 +43,6 @@ class Command(BaseCommand):
         addr = metrics_addr or settings.SCHEDULER_METRICS_ADDR
         if not 0 <= port <= 65535:
             raise CommandError("--metrics-port must be between 0 and 65535")
-        use_scheduler_connection_options()
         node = Node(node_id=node_id, batch=batch, threads=threads)
         server = None
         if port:
@@ -55,6 +54,8 @@ class Command(BaseCommand):
         # SIGTERM and Ctrl-C both drain: stop claiming, let running work finish, exit.
         signal.signal(signal.SIGTERM, node.stop)
         signal.signal(signal.SIGINT, node.stop)
+        # Last: an error above leaves the process's connections as they were.
+        use_scheduler_connection_options()
         try:
             node.run_forever()
         finally:
