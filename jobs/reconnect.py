@@ -35,14 +35,18 @@ SCHEDULER_CONNECTION_OPTIONS = "-c enable_seqscan=off"
 
 
 def use_scheduler_connection_options() -> None:
-    """Open this process's connections from now on as a node's or worker's (see above)."""
+    """Open this process's connections from now on as a node's or worker's (see above).
+
+    A connection already open keeps its options: close it after this call where one may
+    be (run_scheduler does). Not in a Celery pool process, whose connections came with
+    the fork: closing one there would end the parent's too (Celery's Django fixup drops
+    them without a word to the server).
+    """
     for database in settings.DATABASES.values():
         options = database.setdefault("OPTIONS", {})
         current = options.get("options", "")
         if SCHEDULER_CONNECTION_OPTIONS not in current:
             options["options"] = f"{current} {SCHEDULER_CONNECTION_OPTIONS}".strip()
-    # One opened before (by Django's start-up checks, say) is replaced on first use.
-    forget_connection()
 
 
 def forget_connection() -> None:

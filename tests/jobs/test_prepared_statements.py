@@ -135,6 +135,7 @@ def scheduler_connection():
     """This test's connections opened as a node's or worker's are (run_scheduler, Celery)."""
     saved = settings.DATABASES["default"]["OPTIONS"].get("options")
     use_scheduler_connection_options()
+    forget_connection()
     yield
     settings.DATABASES["default"]["OPTIONS"]["options"] = saved
     forget_connection()
@@ -174,8 +175,12 @@ def test_a_worker_s_statements_planned_on_a_small_table_do_not_scan_it_once_it_g
     transactional_db, scheduler_connection
 ):
     job = make_job("celery job", executor="celery")
-    # A new install: the worker's first runs, its statements prepared and planned.
-    for execution in executions(job, 12, "dispatched", "node-a"):
+    first = executions(job, 12, "dispatched", "node-a")
+    # A new install, with statistics to say so (not those another test left behind): the
+    # worker's first runs, its statements prepared and planned.
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE jobs_execution")
+    for execution in first:
         assert claims.claim_on_worker(execution.id, WORKER) is not None
         claims.record_results(WORKER, [Result(execution.id, "succeeded", 0.01, 0.0)])
     assert prepared("jobs_execution_fence_seq") and prepared("AS v(id, state, started_ago")

@@ -5,6 +5,7 @@ import signal
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
 
 from jobs import metrics
 from jobs.node import Node
@@ -56,6 +57,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, node.stop)
         # Last: an error above leaves the process's connections as they were.
         use_scheduler_connection_options()
+        connection.close()
         try:
             node.run_forever()
         finally:
