@@ -36,7 +36,9 @@ _queues = itertools.count()
 class WorkerProcess:
     """`celery -A controlplane worker` in its own process group, against the test database."""
 
-    def __init__(self, name: str, queue: str, log_dir, concurrency: int = 2):
+    def __init__(
+        self, name: str, queue: str, log_dir, concurrency: int = 2, extra_env: dict | None = None
+    ):
         self.log_path = log_dir / f"worker-{name}.log"
         self._log = self.log_path.open("w")
         env = {
@@ -44,6 +46,7 @@ class WorkerProcess:
             **CELERY_ENV,
             "DATABASE_URL": test_database_url(),
             "APP_NAME": f"worker:{name}",
+            **(extra_env or {}),
         }
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "controlplane", "worker", "-Q", queue,
@@ -89,8 +92,10 @@ def queue():
 def start_worker(transactional_db, tmp_path, queue):
     workers: list[WorkerProcess] = []
 
-    def start(name: str = "w1", concurrency: int = 2) -> WorkerProcess:
-        worker = WorkerProcess(name, queue, tmp_path, concurrency)
+    def start(
+        name: str = "w1", concurrency: int = 2, extra_env: dict | None = None
+    ) -> WorkerProcess:
+        worker = WorkerProcess(name, queue, tmp_path, concurrency, extra_env)
         workers.append(worker)
         return worker
 
@@ -476,3 +481,28 @@ def test_a_celery_run_is_captured_reports_progress_and_can_be_cancelled(
     wait_for(lambda: "Terminating" in worker.log() or "terminated" in worker.log().lower(),
              timeout=20, message=worker.log())  # fmt: skip
     assert [line["event"] for line in traced(trace_path)] == ["start"]
+
+
+def test_nodes_and_workers_run_with_sequential_scans_off_and_the_web_does_not(
+    start_node, start_worker, queue
+):
+    from jobs.models import ExecutionLogLine
+
+    probes = {"SCHEDULER_TARGET_MODULES": "tests.jobs.connection_targets"}
+    start_node("probe-node", extra_env={**CELERY_ENV, **probes})
+    worker = start_worker("w1", extra_env=probes)
+    inline = make_job("inline probe", "test.connection_settings")
+    remote = celery_job("celery probe", "test.connection_settings", queue=queue)
+    runs = [queue_manual_run(inline)] + [queue_manual_run(remote) for _ in range(4)]
+    wait_for(lambda: Execution.objects.filter(pk__in=[r.pk for r in runs], state="succeeded")
+             .count() == len(runs), timeout=30, message=worker.log())  # fmt: skip
+    ran_on = set()
+    for run in Execution.objects.filter(pk__in=[r.pk for r in runs]):
+        printed = [line.message for line in ExecutionLogLine.objects.filter(execution=run)]
+        assert printed == ["enable_seqscan=off"], (run.node, printed)
+        ran_on.add(run.node.split(":")[0])
+    assert ran_on == {"probe-node", "worker"}
+    # The web's connection (this test process's) plans as the server is set.
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW enable_seqscan")
+        assert cursor.fetchone()[0] == "on"

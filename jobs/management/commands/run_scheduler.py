@@ -57,6 +57,8 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, node.stop)
         # Last: an error above leaves the process's connections as they were.
         use_scheduler_connection_options()
+        # Nothing above opens one today; one opened by a future start-up step would keep
+        # the server's planner settings for the node's whole life.
         connection.close()
         try:
             node.run_forever()
