@@ -359,8 +359,9 @@ SCHEDULER_BATCH = env_int("SCHEDULER_BATCH", 100, minimum=1)
 SCHEDULER_THREADS = env_int("SCHEDULER_THREADS", 8, minimum=1)
 # A node claims inline runs for its free threads, plus at most this many more: as many as
 # it expects to start within SCHEDULER_PREFETCH_WAIT seconds, judging by how long its
-# recent runs took (quick runs: a full batch; slow runs: none). 0: free threads only.
-SCHEDULER_PREFETCH = env_int("SCHEDULER_PREFETCH", 100, minimum=0)
+# recent runs took (quick runs: two batches, one for each of the node's two claims that
+# can be in flight while it drains a backlog; slow runs: none). 0: free threads only.
+SCHEDULER_PREFETCH = env_int("SCHEDULER_PREFETCH", 200, minimum=0)
 SCHEDULER_PREFETCH_WAIT = env_float("SCHEDULER_PREFETCH_WAIT", 0.02, minimum=0)
 # Prefetched runs the node expects to start within this many seconds (at most
 # SCHEDULER_PREFETCH_WAIT) are recorded running by the claim, which confirms their start,

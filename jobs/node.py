@@ -51,6 +51,8 @@ CELERY_CHECK_WITHOUT_ROOM = 0.1
 VERSION = "0.1.0"
 # Seconds the recorder gets to write the last results when the node stops.
 RECORDER_STOP_TIMEOUT = 10.0
+# Seconds the second claimer's claim in flight gets to end when the node stops.
+CLAIMER_STOP_TIMEOUT = 10.0
 
 
 def _pause(seconds: float) -> None:
@@ -185,6 +187,18 @@ class Node:
         # Some celery runs could not be published (broker down): retry at heartbeats.
         self.unpublished = False
         self.listener: Listener | None = None
+        # Claims in flight (the loop's and the second claimer's) and the inline room each
+        # holds until its runs are queued: room() counts it as queued, so that two claims
+        # never promise the same free threads (see hold_room).
+        self.claiming = threading.Condition()
+        self.claims_in_flight = 0
+        self.held_room = 0
+        # True while adopt_orphans runs: no claim starts meanwhile.
+        self.adopting = False
+        #: Wakes the second claimer (see claim_beside).
+        self.second_wake = threading.Event()
+        self.second_claimer: threading.Thread | None = None
+        self.claimer_error: Exception | None = None
         self.leadership = Leadership(self.node_id, settings.SCHEDULER_LEADER_LEASE)
         self.next_stale_cleanup = 0.0
         self.next_prune = 0.0
@@ -208,6 +222,10 @@ class Node:
         self.runner.start()
         self.listener = Listener(self.wake, self.stopping)
         self.listener.start()
+        self.second_claimer = threading.Thread(
+            target=self.claim_beside, name="second-claimer", daemon=True
+        )
+        self.second_claimer.start()
         log.info("node %s started (batch %s, threads %s)", self.node_id, self.batch, self.threads)
 
     def recover_previous_process(self) -> int:
@@ -236,6 +254,8 @@ class Node:
                 self.step()
         finally:
             self.shutdown()
+        if self.claimer_error is not None:
+            raise RuntimeError("the second claimer failed") from self.claimer_error
 
     def step(self) -> bool:
         """One pass of the loop; returns whether it found work."""
@@ -442,10 +462,11 @@ class Node:
         the claim (claims.StartPlan). Nothing while unrecorded_limit claimed runs are not
         yet recorded.
         """
-        unrecorded_room = self.unrecorded_limit - len(self.inflight)
+        held = self.held_room  # by a claim in flight: its runs will be queued
+        unrecorded_room = self.unrecorded_limit - len(self.inflight) - held
         if unrecorded_room <= 0:
             return claims.StartPlan(0), 0
-        idle, waiting = self.runner.idle_threads(), self.runner.waiting()
+        idle, waiting = self.runner.idle_threads(), self.runner.waiting() + held
         prefetch = self.prefetch()
         free = max(idle - waiting, 0)
         queued = max(waiting - idle, 0)  # claimed runs that will wait for a thread
@@ -463,7 +484,16 @@ class Node:
         """Claim due triggers and dispatch their fires; returns triggers claimed."""
         if self.stopping.is_set():
             return 0
-        starts, room = self.room()
+        held = self.hold_room()
+        if held is None:
+            return 0
+        starts, room = held
+        try:
+            return self._claim_due(starts, room)
+        finally:
+            self.release_room(room)
+
+    def _claim_due(self, starts: claims.StartPlan, room: int) -> int:
         # With no room for inline runs, celery runs (which only need publishing) are
         # still claimed, a whole batch of them; after one such claim found nothing, again
         # only every CELERY_CHECK_WITHOUT_ROOM.
@@ -474,6 +504,7 @@ class Node:
             self.wants_room = True
             return 0
         started = time.perf_counter()
+        generation = self.lease.generation
         claimed = claims.claim_due_triggers(
             self.node_id, limit, self.misfire_chunk, inline_room=room, starts=starts
         )
@@ -484,7 +515,9 @@ class Node:
         if claimed.triggers:
             self.rechecked_due = False
         metrics.record_claim_due(claimed, time.perf_counter() - started)
-        self.dispatch(claimed.runs)
+        self.dispatch(claimed.runs, generation)
+        if self.draining:
+            self.second_wake.set()
         return claimed.triggers
 
     def claim_pending(self) -> int:
@@ -499,23 +532,77 @@ class Node:
         now = time.monotonic()
         if self.draining and now < self.next_pending_check:
             return 0
-        starts, room = self.room()
-        limit = min(self.batch, room) if room else self.batch * self.celery_jobs
-        if limit <= 0:
+        held = self.hold_room()
+        if held is None:
             return 0
-        self.next_pending_check = now + PENDING_CHECK_WHILE_DRAINING
-        started = time.perf_counter()
-        runs, left = claims.claim_pending_executions(
-            self.node_id, limit, inline_room=room, starts=starts
-        )
-        if left:
-            self.wants_room = True
-        metrics.record_claim_pending(len(runs), time.perf_counter() - started)
-        self.dispatch(runs)
-        return len(runs)
+        starts, room = held
+        try:
+            limit = min(self.batch, room) if room else self.batch * self.celery_jobs
+            if limit <= 0:
+                return 0
+            self.next_pending_check = now + PENDING_CHECK_WHILE_DRAINING
+            started = time.perf_counter()
+            generation = self.lease.generation
+            runs, left = claims.claim_pending_executions(
+                self.node_id, limit, inline_room=room, starts=starts
+            )
+            if left:
+                self.wants_room = True
+            metrics.record_claim_pending(len(runs), time.perf_counter() - started)
+            self.dispatch(runs, generation)
+            return len(runs)
+        finally:
+            self.release_room(room)
 
-    def dispatch(self, runs: list[Run]) -> None:
-        """Queue inline runs for the runner's threads, and publish celery runs."""
+    def hold_room(self) -> tuple[claims.StartPlan, int] | None:
+        """Room for one claim (see room), held until the claim's runs are queued
+        (release_room); None while adopt_orphans runs."""
+        with self.claiming:
+            if self.adopting:
+                return None
+            starts, room = self.room()
+            self.claims_in_flight += 1
+            self.held_room += room
+        return starts, room
+
+    def release_room(self, room: int) -> None:
+        with self.claiming:
+            self.claims_in_flight -= 1
+            self.held_room -= room
+            self.claiming.notify_all()
+
+    def claim_beside(self) -> None:
+        """The second claimer's thread: while the node drains a backlog, it claims beside
+        the loop, so that one claim's statements overlap the other's commit (the WAL
+        flush both wait for) and the queue does not run dry during a claim."""
+        try:
+            while not self.stopping.is_set():
+                self.second_wake.wait(self.poll_interval)
+                self.second_wake.clear()
+                while self.draining and not self.connection_lost and not self.stopping.is_set():
+                    try:
+                        if not self.claim_due():
+                            break  # no room: a freed thread wakes it again
+                    except CONNECTION_ERRORS as e:
+                        # Its claim may have committed unseen: the loop adopts the orphans.
+                        log.warning("database connection lost while claiming (%s)", e)
+                        forget_connection()
+                        self.connection_lost = True
+                        self.wake.set()
+                    except Exception as e:
+                        # As an error in the loop would: the node stops. Left active, it
+                        # is declared dead and what the failed claim held is recovered.
+                        log.exception("the second claimer failed: stopping the node")
+                        metrics.record_internal_error("claimer")
+                        self.claimer_error = e
+                        self.stop()
+        finally:
+            forget_connection()
+
+    def dispatch(self, runs: list[Run], generation: int) -> None:
+        """Queue inline runs for the runner's threads, and publish celery runs.
+
+        ``generation``: the lease's when the claim began (see Runner.queue)."""
         remote = [run for run in runs if run.job.executor == "celery"]
         if remote:
             self.publish(remote)
@@ -523,7 +610,7 @@ class Node:
         with self.lock:
             for run in local:
                 self.inflight[run.id] = run
-        self.runner.queue(local)
+        self.runner.queue(local, generation)
 
     def publish(self, runs: list[Run]) -> int:
         """Publish celery runs (already committed as dispatched); returns how many went."""
@@ -564,17 +651,31 @@ class Node:
         self.maybe_due = woken or timeout <= until_heartbeat
 
     def adopt_orphans(self) -> None:
-        """After a lost connection: give back runs whose claim committed unseen."""
-        ids = claims.own_unfinished(self.node_id)
-        with self.lock:
-            orphans = [i for i in ids if i not in self.inflight]
-        if orphans:
-            log.warning(
-                "returning %s run(s) claimed before a lost connection to pending", len(orphans)
-            )
-            claims.return_to_pending(self.node_id, orphans)
-        self.connection_lost = False
-        self.connected_since = time.monotonic()
+        """After a lost connection: give back runs whose claim committed unseen.
+
+        A claim still in flight (the second claimer's) may have committed runs it has not
+        queued yet: they are no orphans. So no claim starts while this runs, and it waits
+        for those in flight to finish first.
+        """
+        with self.claiming:
+            self.adopting = True
+            while self.claims_in_flight:
+                self.claiming.wait()
+        try:
+            ids = claims.own_unfinished(self.node_id)
+            with self.lock:
+                orphans = [i for i in ids if i not in self.inflight]
+            if orphans:
+                log.warning(
+                    "returning %s run(s) claimed before a lost connection to pending",
+                    len(orphans),
+                )
+                claims.return_to_pending(self.node_id, orphans)
+            self.connection_lost = False
+            self.connected_since = time.monotonic()
+        finally:
+            with self.claiming:
+                self.adopting = False
 
     # --- callbacks from the runner's and the recorder's threads -------------------------
 
@@ -591,6 +692,7 @@ class Node:
     def _thread_freed(self) -> None:
         if self.wants_room and self.room()[1]:
             self.wake.set()
+            self.second_wake.set()
 
     def _collect(self) -> Reports:
         return self.runner.collect()
@@ -621,6 +723,15 @@ class Node:
         """Stop claiming, hand back unstarted runs, let running ones finish, then stop."""
         log.info("node %s stopping", self.node_id)
         self.runner.stop()
+        self.second_wake.set()
+        claimer_stopped = True
+        if self.second_claimer is not None:
+            # Its claim in flight queues its runs before they are taken back below.
+            self.second_claimer.join(CLAIMER_STOP_TIMEOUT)
+            claimer_stopped = not self.second_claimer.is_alive()
+            if not claimer_stopped:
+                log.error("the second claimer's claim did not end within %ss",
+                          CLAIMER_STOP_TIMEOUT)  # fmt: skip
         unstarted = [run.id for run in self.runner.take_waiting()]
         with self.lock:
             for execution_id in unstarted:
@@ -648,6 +759,8 @@ class Node:
             )
         self.runner.release_all_job_locks()
         self._retry_db(self.leadership.resign)
+        # A claim that failed, or is still going, may hold runs nobody will start.
+        clean = clean and claimer_stopped and self.claimer_error is None
         if clean:
             self._retry_db(lambda: liveness.mark_stopped(self.node_id))
         else:

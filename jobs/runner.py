@@ -107,10 +107,21 @@ class Runner:
         for worker in self.workers:
             worker.start()
 
-    def queue(self, runs: list[Run]) -> None:
-        """Queue claimed runs; those claimed as running go first (free threads await them)."""
+    def queue(self, runs: list[Run], generation: int) -> None:
+        """Queue claimed runs; those claimed as running go first (free threads await them).
+
+        ``generation`` is the lease's when the claim began. If the node was declared dead
+        and rejoined since, the claim may have committed before the cluster took its runs
+        back: none of them starts before it is confirmed again.
+        """
         lives = {run.id: live_run(run) for run in runs}
         with self.lock:
+            # Checked under the lock that take_waiting takes after the lease expired: runs
+            # queued before that are taken back with the rest, runs queued after it are
+            # confirmed first.
+            if generation != self.lease.generation:
+                for run in runs:
+                    run.state = "dispatched"
             self.live.update(lives)
             self.ready.extendleft(reversed([r for r in runs if r.state == "running"]))
             self.ready.extend(r for r in runs if r.state != "running")

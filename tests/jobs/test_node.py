@@ -450,3 +450,183 @@ def test_a_result_written_after_a_dropped_connection_keeps_its_run_s_finish_time
     assert faults.killed(faults.on_test_database, "record")
     execution.refresh_from_db()
     assert (execution.finished_at - execution.started_at).total_seconds() < 0.5
+
+
+def hold_hand_over(node: Node) -> tuple[threading.Event, threading.Event]:
+    """Make the node's next claim stop between its commit and the queueing of its runs
+    (the node's own step, not the database: the claim has committed) until ``go_on``."""
+    handing_over, go_on = threading.Event(), threading.Event()
+    dispatch = node.dispatch
+
+    def held_dispatch(runs, generation):
+        if not handing_over.is_set():
+            handing_over.set()
+            go_on.wait(30)
+        dispatch(runs, generation)
+
+    node.dispatch = held_dispatch
+    return handing_over, go_on
+
+
+def in_thread(action) -> threading.Thread:
+    def run():
+        try:
+            action()
+        finally:
+            connection.close()  # this thread's own
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_after_a_lost_connection_the_runs_of_a_claim_in_flight_are_not_taken_for_orphans(
+    transactional_db,
+):
+    # The second claimer's claim has committed; before it queues its runs, the loop comes
+    # back from a lost connection and looks for runs claimed unseen.
+    node = Node(node_id="two-claims", batch=10, threads=4)
+    due_triggers(make_job("quick", "demo.noop"), 3)
+    handing_over, go_on = hold_hand_over(node)
+    claimer = in_thread(node.claim_due)
+    try:
+        assert handing_over.wait(10)
+        node.connection_lost = True
+        adopter = in_thread(node.adopt_orphans)
+        adopter.join(0.5)
+        assert adopter.is_alive(), "adopt_orphans did not wait for the claim in flight"
+    finally:
+        go_on.set()
+        claimer.join(10)
+    adopter.join(10)
+    # None was given back to pending (another node would have run it too): all three are
+    # this node's, queued to run.
+    assert Counter(Execution.objects.values_list("state", "node")) == {("running", "two-claims"): 3}
+    assert set(node.inflight) == set(Execution.objects.values_list("pk", flat=True))
+    assert not node.connection_lost
+
+
+def test_two_claims_in_flight_never_record_more_runs_running_than_free_threads(
+    transactional_db, settings
+):
+    settings.SCHEDULER_PREFETCH = 0  # free threads only
+    node = Node(node_id="two-claims", batch=10, threads=2)
+    due_triggers(make_job("quick", "demo.noop"), 6)
+    handing_over, go_on = hold_hand_over(node)
+    first = in_thread(node.claim_due)
+    try:
+        assert handing_over.wait(10)
+        # The first claim took both free threads; its runs are not queued yet.
+        assert node.claim_due() == 0
+        assert Execution.objects.filter(state="running").count() == 2
+    finally:
+        go_on.set()
+        first.join(10)
+    assert Execution.objects.count() == 2
+
+
+def test_shutdown_waits_for_the_second_claimer_and_gives_back_what_it_claimed(
+    transactional_db, settings
+):
+    settings.SCHEDULER_SHUTDOWN_GRACE = 5
+    node = Node(node_id="stopping", batch=10, threads=2)
+    job = make_job("slow", "demo.sleep", kwargs={"seconds": 30})
+    node.start()
+    handing_over, go_on = hold_hand_over(node)
+    due_triggers(job, 4)
+    node.draining = True  # as after a full claim: the second claimer claims too
+    node.second_wake.set()
+    assert handing_over.wait(10)
+    node.stop()
+    stopper = in_thread(node.shutdown)
+    stopper.join(0.5)  # without waiting for the second claimer, it would be done by now
+    go_on.set()
+    stopper.join(30)
+    assert not stopper.is_alive()
+    # Nothing stranded in the name of a stopped node: what the claim recorded (a run for
+    # each free thread) went back to pending, never started, for any node to run.
+    assert Counter(Execution.objects.values_list("state", "node")) == {("pending", ""): 2}
+    assert SchedulerNode.objects.get(pk="stopping").state == "stopped"
+
+
+def test_a_claim_that_committed_before_the_node_was_declared_dead_starts_nothing_unconfirmed(
+    transactional_db, settings, tmp_path
+):
+    # The node is paused between its claim's commit and queueing the runs; meanwhile the
+    # cluster declares it dead and takes the runs back, and one of its threads rejoins.
+    # The runs the claim recorded running must not start on the strength of that claim.
+    node = Node(node_id="paused", batch=10, threads=2)
+    trace = tmp_path / "trace.jsonl"
+    job = make_job("traced", "demo.trace", kwargs={"path": str(trace)}, recover=True)
+    node.start()
+    try:
+        handing_over, go_on = hold_hand_over(node)
+        due_triggers(job, 2)
+        claimer = in_thread(node.claim_due)
+        assert handing_over.wait(10)
+        assert Counter(Execution.objects.values_list("state", flat=True)) == {"running": 2}
+        SchedulerNode.objects.filter(pk="paused").update(
+            last_heartbeat=database_now() - timedelta(minutes=5)
+        )
+        other = Node(node_id="other")
+        liveness.register_node(other.node_id, "h", 2, "test")
+        assert other.recover_dead() == 1
+        assert node.prove_alive() is False  # declared dead: it rejoins
+        go_on.set()
+        claimer.join(10)
+        # Each was abandoned and recovered by the cluster; the node may run the recovery
+        # runs, never the abandoned ones.
+        recoveries = Execution.objects.filter(origin="recovery")
+        assert recoveries.count() == 2
+        wait_for(lambda: node.runner.idle_threads() == 2 and not node.inflight)
+        assert node.claim_pending() == 2
+        wait_for(lambda: finished([e.pk for e in recoveries]))
+        wait_for(lambda: not node.inflight)
+        started = [
+            json.loads(line)["execution"]
+            for line in trace.read_text().splitlines()
+            if json.loads(line)["event"] == "start"
+        ]
+        assert sorted(started) == sorted(e.pk for e in recoveries)
+    finally:
+        node.stop()
+        node.shutdown()
+
+
+def test_an_unexpected_error_in_the_second_claimer_stops_the_node_and_leaves_nothing_stranded(
+    transactional_db, settings
+):
+    settings.SCHEDULER_SHUTDOWN_GRACE = 5
+    node = Node(node_id="failing", batch=2, threads=4)
+    job = make_job("quick", "demo.noop")
+    due_triggers(job, 200)
+    dispatch = node.dispatch
+
+    def failing_dispatch(runs, generation):
+        if threading.current_thread().name == "second-claimer":
+            raise ValueError("a bug between the claim's commit and its runs' queueing")
+        dispatch(runs, generation)
+
+    node.dispatch = failing_dispatch
+    failure = []
+
+    def run_node():
+        try:
+            node.run_forever()
+        except RuntimeError as e:
+            failure.append(e)
+
+    loop = in_thread(run_node)
+    loop.join(30)
+    assert not loop.is_alive()
+    assert failure and isinstance(failure[0].__cause__, ValueError)
+    # Its failed claim committed runs it never queued: the node is left active rather than
+    # marked stopped, so that the cluster declares it dead and takes them back.
+    assert SchedulerNode.objects.get(pk="failing").state == "active"
+    SchedulerNode.objects.filter(pk="failing").update(
+        last_heartbeat=database_now() - timedelta(minutes=5)
+    )
+    other = Node(node_id="other")
+    liveness.register_node(other.node_id, "h", 2, "test")
+    assert other.recover_dead() == 1
+    assert not Execution.objects.filter(state__in=["dispatched", "running"]).exists()
