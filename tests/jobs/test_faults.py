@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from itertools import count
 from pathlib import Path
 
@@ -281,3 +282,33 @@ def test_a_postgresql_crash_loses_nothing_committed_and_every_claimed_run_ends_r
         times = sorted(per_trigger[trigger_id])
         gaps = {(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)}
         assert gaps == {1.0}, (trigger_id, gaps)
+
+
+def test_connections_killed_while_two_nodes_drain_a_backlog_lose_no_fire_and_run_none_twice(
+    cluster,
+):
+    # Quick runs: each node claims full batches, so its second claimer claims beside its
+    # loop, and a kill can land on either claim, on the recorder or between them.
+    job = cluster.add_job("backlog", "allow", seconds=0)
+    nodes = [cluster.start_node("a"), cluster.start_node("b")]
+    wait_for(lambda: all("started" in node.log() for node in nodes), timeout=30)
+    cluster.add_one_offs(job, 20000, spread=0)
+    wait_for(lambda: cluster.succeeded(job) > 0, timeout=30, message=cluster.logs())
+    kills = 0
+    while kills < 4 and cluster.succeeded(job) < 20000:
+        kills += kill_node_connections(cluster) > 0
+        time.sleep(0.15)
+    assert kills >= 2, "the backlog drained before the connections could be killed twice"
+    wait_for(
+        lambda: cluster.succeeded(job) == 20000,
+        timeout=90,
+        message=f"every fire of the backlog to run\n{cluster.logs()}",
+    )
+    cluster.quiesce()
+    cluster.stop_nodes()
+    rows = cluster.sql("SELECT id, state, trigger_id FROM jobs_execution WHERE job_id = %s", [job])
+    assert {row[1] for row in rows} == {"succeeded"}
+    assert len({row[2] for row in rows}) == len(rows) == 20000  # one run per fire
+    starts = [line["execution"] for line in cluster.trace() if line["event"] == "start"]
+    assert sorted(starts) == sorted(row[0] for row in rows)  # each ran once
+    assert any("connection lost" in node.log() for node in nodes)
