@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -480,6 +481,20 @@ def in_thread(action) -> threading.Thread:
     return thread
 
 
+@contextlib.contextmanager
+def claim_held_before_queueing(node: Node):
+    """node.claim_due in a thread of its own, held between its commit and the queueing of
+    its runs for as long as the block lasts."""
+    handing_over, go_on = hold_hand_over(node)
+    claimer = in_thread(node.claim_due)
+    try:
+        assert handing_over.wait(10)
+        yield
+    finally:
+        go_on.set()
+        claimer.join(10)
+
+
 def test_after_a_lost_connection_the_runs_of_a_claim_in_flight_are_not_taken_for_orphans(
     transactional_db,
 ):
@@ -487,17 +502,11 @@ def test_after_a_lost_connection_the_runs_of_a_claim_in_flight_are_not_taken_for
     # back from a lost connection and looks for runs claimed unseen.
     node = Node(node_id="two-claims", batch=10, threads=4)
     due_triggers(make_job("quick", "demo.noop"), 3)
-    handing_over, go_on = hold_hand_over(node)
-    claimer = in_thread(node.claim_due)
-    try:
-        assert handing_over.wait(10)
+    with claim_held_before_queueing(node):
         node.connection_lost = True
         adopter = in_thread(node.adopt_orphans)
         adopter.join(0.5)
         assert adopter.is_alive(), "adopt_orphans did not wait for the claim in flight"
-    finally:
-        go_on.set()
-        claimer.join(10)
     adopter.join(10)
     # None was given back to pending (another node would have run it too): all three are
     # this node's, queued to run.
@@ -512,16 +521,10 @@ def test_two_claims_in_flight_never_record_more_runs_running_than_free_threads(
     settings.SCHEDULER_PREFETCH = 0  # free threads only
     node = Node(node_id="two-claims", batch=10, threads=2)
     due_triggers(make_job("quick", "demo.noop"), 6)
-    handing_over, go_on = hold_hand_over(node)
-    first = in_thread(node.claim_due)
-    try:
-        assert handing_over.wait(10)
+    with claim_held_before_queueing(node):
         # The first claim took both free threads; its runs are not queued yet.
         assert node.claim_due() == 0
         assert Execution.objects.filter(state="running").count() == 2
-    finally:
-        go_on.set()
-        first.join(10)
     assert Execution.objects.count() == 2
 
 
@@ -560,20 +563,16 @@ def test_a_claim_that_committed_before_the_node_was_declared_dead_starts_nothing
     job = make_job("traced", "demo.trace", kwargs={"path": str(trace)}, recover=True)
     node.start()
     try:
-        handing_over, go_on = hold_hand_over(node)
         due_triggers(job, 2)
-        claimer = in_thread(node.claim_due)
-        assert handing_over.wait(10)
-        assert Counter(Execution.objects.values_list("state", flat=True)) == {"running": 2}
-        SchedulerNode.objects.filter(pk="paused").update(
-            last_heartbeat=database_now() - timedelta(minutes=5)
-        )
-        other = Node(node_id="other")
-        liveness.register_node(other.node_id, "h", 2, "test")
-        assert other.recover_dead() == 1
-        assert node.prove_alive() is False  # declared dead: it rejoins
-        go_on.set()
-        claimer.join(10)
+        with claim_held_before_queueing(node):
+            assert Counter(Execution.objects.values_list("state", flat=True)) == {"running": 2}
+            SchedulerNode.objects.filter(pk="paused").update(
+                last_heartbeat=database_now() - timedelta(minutes=5)
+            )
+            other = Node(node_id="other")
+            liveness.register_node(other.node_id, "h", 2, "test")
+            assert other.recover_dead() == 1
+            assert node.prove_alive() is False  # declared dead: it rejoins
         # Each was abandoned and recovered by the cluster; the node may run the recovery
         # runs, never the abandoned ones.
         recoveries = Execution.objects.filter(origin="recovery")
