@@ -825,8 +825,9 @@ def _prefixed(prefix: str, values: dict | None, keys: tuple[str, ...]) -> dict:
 
 
 # jobs/history.py's prune_history itself, to the end, in a process of its own (as the
-# leader node runs it: autocommit, each batch its own transaction). It says when it
-# starts, and at the end what it deleted and when, in database time.
+# leader node's pruner thread runs it: autocommit, each batch its own transaction, with
+# its rests). It says when it starts, and at the end what it deleted and when, in
+# database time.
 PRUNE_SCRIPT = """
 import json
 from django.db import connection

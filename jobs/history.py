@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 from django.db import connection, transaction
 
 # Executions deleted per statement. Each batch is its own short transaction, so pruning
 # a million old rows never holds its row locks (or delays vacuum) for long, and the
 # claims running meanwhile are not kept waiting (see the bench's scale section).
 PRUNE_BATCH_SIZE = 5000
+# The share of its time a prune spends deleting: after each batch it rests
+# (1 / PRUNE_DUTY - 1) times as long as the batch took. A batch is CPU-bound (its COMMIT
+# checks the foreign keys of every deleted row) and writes WAL that the claims' commits
+# then wait to flush: unpaced, pruning a million rows held a core for its whole run and
+# put the fire lag of the nodes beside it at several times its usual p99.
+PRUNE_DUTY = 0.5
 
 # Deletes one batch of finished executions older than the retention, with their log
 # lines and events. Links into the batch from newer rows (retries, reruns, lock rows) are
@@ -43,23 +52,31 @@ DELETE FROM jobs_execution WHERE id IN (SELECT id FROM old)
 
 
 def prune_history(
-    retention_days: int, batch: int = PRUNE_BATCH_SIZE, max_batches: int | None = 20
+    retention_days: int,
+    batch: int = PRUNE_BATCH_SIZE,
+    max_batches: int | None = None,
+    duty: float = PRUNE_DUTY,
+    stop: threading.Event | None = None,
 ) -> int:
     """Delete finished executions older than ``retention_days``, ``batch`` per statement,
-    each statement in a transaction of its own; stop after ``max_batches`` (None: when
-    nothing is left), so that one call of the leader's housekeeping stays short. Returns
-    how many were deleted. Call it outside a transaction: inside one, the batches would
-    all commit together and hold every lock until then."""
+    each statement in a transaction of its own and followed by a rest (see PRUNE_DUTY),
+    until none is left, ``max_batches`` were deleted or ``stop`` is set. Returns how many
+    were deleted. Call it outside a transaction: inside one, the batches would all commit
+    together and hold every lock until then."""
+    stop = stop or threading.Event()
     deleted = 0
     batches = 0
-    while max_batches is None or batches < max_batches:
+    while not stop.is_set():
+        began = time.monotonic()
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(PRUNE_BATCH, {"days": retention_days, "batch": batch})
             count = cursor.rowcount
         deleted += count
         batches += 1
-        if count < batch:
+        if count < batch or batches == max_batches:
             break
+        # An Event's wait, not time.sleep: ``stop`` ends the rest at once.
+        stop.wait((time.monotonic() - began) * (1 / duty - 1))
     return deleted
 
 

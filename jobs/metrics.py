@@ -97,8 +97,9 @@ INFLIGHT_LIMIT = Gauge(
 )
 INTERNAL_ERRORS = Counter(
     "scheduler_internal_errors",
-    "Unexpected errors caught in the node's own threads (runner, recorder), each logged "
-    "with its execution id; the run is still recorded.",
+    "Unexpected errors caught in the node's own threads (runner, recorder, second claimer, "
+    "history pruner) and in Celery workers, each logged (with the execution id where there "
+    "is one); a run is still recorded.",
     ["thread"],
     registry=REGISTRY,
 )
@@ -134,7 +135,7 @@ FINAL_STATES = ("succeeded", "failed", "timed_out", "skipped")
 # Known label values start at zero, so rate() and increase() see their first event.
 for _policy in ("skip", "fire_once", "fire_all"):
     MISFIRES.labels(_policy)
-for _thread in ("runner", "recorder"):
+for _thread in ("runner", "recorder", "claimer", "pruner"):
     INTERNAL_ERRORS.labels(_thread)
 for _kind in ("due", "pending"):
     CLAIM_BATCH.labels(_kind)

@@ -53,6 +53,10 @@ VERSION = "0.1.0"
 RECORDER_STOP_TIMEOUT = 10.0
 # Seconds the second claimer's claim in flight gets to end when the node stops.
 CLAIMER_STOP_TIMEOUT = 10.0
+# Seconds the leader's history pruner gets to end its batch when the node stops.
+PRUNER_STOP_TIMEOUT = 10.0
+# Seconds after a prune that failed (a lost connection) before the leader tries again.
+PRUNE_RETRY = 60.0
 
 
 def _pause(seconds: float) -> None:
@@ -202,6 +206,9 @@ class Node:
         self.leadership = Leadership(self.node_id, settings.SCHEDULER_LEADER_LEASE)
         self.next_stale_cleanup = 0.0
         self.next_prune = 0.0
+        #: The leader's history pruner (see start_pruning), and what tells it to stop.
+        self.pruner: threading.Thread | None = None
+        self.prune_stop = threading.Event()
         self.next_silent_check = 0.0
         self.next_cancel_check = 0.0
         self.next_republish_check = 0.0
@@ -282,6 +289,7 @@ class Node:
     def stop(self, *_args) -> None:
         """Ask the loop to stop (signal handler): no more claims, drain, exit."""
         self.stopping.set()
+        self.prune_stop.set()
         self.wake.set()
 
     # --- steps ------------------------------------------------------------------------
@@ -368,14 +376,43 @@ class Node:
             if freed:
                 log.warning("released %s stale lock(s): %s", len(freed),
                             ", ".join(f"{f.name} ({f.reason})" for f in freed))  # fmt: skip
-        if now >= self.next_prune:
+        if now >= self.next_prune and not (self.pruner and self.pruner.is_alive()):
             self.next_prune = now + settings.SCHEDULER_PRUNE_INTERVAL
-            deleted = history.prune_history(settings.SCHEDULER_HISTORY_RETENTION_DAYS)
+            self.start_pruning()
+
+    def start_pruning(self) -> None:
+        """Prune old history on a thread of its own: a million old rows take a minute or
+        more to delete, paced (jobs.history), and the loop must go on claiming meanwhile."""
+        self.prune_stop = threading.Event()
+        if self.stopping.is_set():
+            return
+        self.pruner = threading.Thread(
+            target=self.prune, args=(self.prune_stop,), name="history-pruner", daemon=True
+        )
+        self.pruner.start()
+
+    def prune(self, stop: threading.Event) -> None:
+        """The pruner thread: executions past their retention, then the run rollup's old
+        rows. It ends early when ``stop`` is set (the node stops); after a failure the
+        leader tries again PRUNE_RETRY seconds later."""
+        days = settings.SCHEDULER_HISTORY_RETENTION_DAYS
+        try:
+            deleted = history.prune_history(days, stop=stop)
             if deleted:
-                log.info("pruned %s execution(s) older than %s days", deleted,
-                         settings.SCHEDULER_HISTORY_RETENTION_DAYS)  # fmt: skip
-            history.prune_rollup(settings.SCHEDULER_ROLLUP_MINUTE_RETENTION_HOURS,
-                                 settings.SCHEDULER_ROLLUP_RETENTION_DAYS)  # fmt: skip
+                log.info("pruned %s execution(s) older than %s days", deleted, days)
+            if not stop.is_set():
+                history.prune_rollup(settings.SCHEDULER_ROLLUP_MINUTE_RETENTION_HOURS,
+                                     settings.SCHEDULER_ROLLUP_RETENTION_DAYS)  # fmt: skip
+        except CONNECTION_ERRORS as e:
+            log.warning("pruning history stopped: database connection lost (%s); trying "
+                        "again in %ss", e, PRUNE_RETRY)  # fmt: skip
+            self.next_prune = min(self.next_prune, time.monotonic() + PRUNE_RETRY)
+        except Exception:
+            log.exception("pruning history failed; trying again in %ss", PRUNE_RETRY)
+            metrics.record_internal_error("pruner")
+            self.next_prune = min(self.next_prune, time.monotonic() + PRUNE_RETRY)
+        finally:
+            forget_connection()  # this thread's own
 
     def recover_dead(self) -> int:
         """Declare silent nodes dead: their unstarted runs go back to pending, their running
@@ -722,6 +759,7 @@ class Node:
     def shutdown(self) -> None:
         """Stop claiming, hand back unstarted runs, let running ones finish, then stop."""
         log.info("node %s stopping", self.node_id)
+        self.prune_stop.set()
         self.runner.stop()
         self.second_wake.set()
         claimer_stopped = True
@@ -758,6 +796,12 @@ class Node:
                 )
             )
         self.runner.release_all_job_locks()
+        if self.pruner is not None:
+            # Ends after its statement: resigning first would let the next leader start
+            # pruning beside it.
+            self.pruner.join(PRUNER_STOP_TIMEOUT)
+            if self.pruner.is_alive():
+                log.error("the history pruner did not end within %ss", PRUNER_STOP_TIMEOUT)
         self._retry_db(self.leadership.resign)
         # A claim that failed, or is still going, may hold runs nobody will start.
         clean = clean and claimer_stopped and self.claimer_error is None

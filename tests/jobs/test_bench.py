@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from datetime import timedelta
 from io import StringIO
 from pathlib import Path
@@ -19,6 +20,7 @@ from jobs import bench
 from jobs.bench import BenchDatabase, BenchError, bench_broker_url, bench_queue, describe_server
 from jobs.history import prune_history
 from jobs.models import Execution, ExecutionLogLine, Trigger, database_now
+from tests.conftest import wait_for
 from tests.jobs.factories import due_triggers, make_execution, make_job
 
 JSON_NUMBERS = [
@@ -291,3 +293,28 @@ def test_prune_history_deletes_old_finished_executions_in_batches_and_nothing_el
     assert not ExecutionLogLine.objects.exists()
     retry_of_old.refresh_from_db()
     assert retry_of_old.retry_of_id is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_prune_rests_between_batches_and_a_stop_ends_the_rest_at_once():
+    job = make_job("pruned", "demo.noop")
+    old = database_now() - timedelta(days=40)
+    old_ids = [make_execution(job, created_at=old).pk for _ in range(3)]
+    stop = threading.Event()
+    pruned = []
+
+    def prune():
+        try:
+            # Deleting a tenth of a millionth of the time, it rests for ages after a batch.
+            pruned.append(prune_history(30, batch=1, duty=1e-7, stop=stop))
+        finally:
+            connection.close()  # this thread's own
+
+    pruner = threading.Thread(target=prune, daemon=True)
+    pruner.start()
+    wait_for(lambda: Execution.objects.filter(pk__in=old_ids).count() == 2)
+    stop.set()
+    pruner.join(10)
+    assert not pruner.is_alive(), "the stop did not end the prune's rest"
+    assert pruned == [1]
+    assert Execution.objects.filter(pk__in=old_ids).count() == 2

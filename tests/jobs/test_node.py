@@ -14,10 +14,10 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from jobs import claims, metrics, recorder
+from jobs import claims, history, metrics, recorder
 from jobs.claims import Result
 from jobs.models import Execution, Trigger, database_now, queue_manual_run
-from jobs.node import CELERY_CHECK_WITHOUT_ROOM, Node
+from jobs.node import CELERY_CHECK_WITHOUT_ROOM, PRUNE_RETRY, Node
 from jobs.recorder import write_results
 from locks import liveness
 from locks.models import SchedulerNode
@@ -629,3 +629,99 @@ def test_an_unexpected_error_in_the_second_claimer_stops_the_node_and_leaves_not
     liveness.register_node(other.node_id, "h", 2, "test")
     assert other.recover_dead() == 1
     assert not Execution.objects.filter(state__in=["dispatched", "running"]).exists()
+
+
+def old_history(job, count: int) -> list[int]:
+    """``count`` succeeded executions of ``job`` past a 30-day retention."""
+    old = database_now() - timedelta(days=40)
+    return [make_execution(job, created_at=old).pk for _ in range(count)]
+
+
+@contextlib.contextmanager
+def row_locked(execution_id: int):
+    """The execution's row locked by another connection: a prune's DELETE waits on it."""
+    blocker = psycopg.connect(**connection.get_connection_params())
+    try:
+        blocker.execute("SELECT 1 FROM jobs_execution WHERE id = %s FOR UPDATE", [execution_id])
+        yield
+    finally:
+        blocker.close()
+
+
+def pruning_backend() -> int | None:
+    """The pid of the connection whose prune statement is running, if one is."""
+    rows = faults.on_test_database(
+        "SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND state = 'active'"
+        " AND query LIKE %s",
+        ["%DELETE FROM jobs_execution WHERE id IN (SELECT id FROM old)%"],
+    )
+    return rows[0][0] if rows else None
+
+
+def test_the_leader_prunes_on_a_thread_of_its_own_and_goes_on_claiming_meanwhile(node, settings):
+    settings.SCHEDULER_HISTORY_RETENTION_DAYS = 30
+    job = make_job("tick", "demo.noop")
+    old = old_history(job, 3)
+    with row_locked(old[0]):
+        node.next_prune = 0.0
+        beat = in_thread(node.heartbeat)
+        beat.join(10)
+        assert not beat.is_alive(), "the leader's heartbeat waited for its prune"
+        wait_for(lambda: pruning_backend() is not None)
+        trigger = overdue_trigger(job, 1, kind="interval", interval=60)
+        assert node.claim_due() == 1
+        wait_for(lambda: Execution.objects.filter(trigger=trigger, state="succeeded").exists())
+        assert Execution.objects.filter(pk__in=old).count() == 3
+    node.pruner.join(10)
+    assert not Execution.objects.filter(pk__in=old).exists()
+
+
+def test_a_prune_that_loses_its_connection_is_logged_and_tried_again_soon(node, settings, caplog):
+    settings.SCHEDULER_HISTORY_RETENTION_DAYS = 30
+    job = make_job("tick", "demo.noop")
+    old = old_history(job, 3)
+    with row_locked(old[0]):
+        node.next_prune = 0.0
+        node.heartbeat()
+        wait_for(lambda: pruning_backend() is not None)
+        faults.on_test_database("SELECT pg_terminate_backend(%s)", [pruning_backend()])
+        node.pruner.join(10)
+        assert not node.pruner.is_alive()
+    assert "pruning history stopped: database connection lost" in caplog.text
+    assert Execution.objects.filter(pk__in=old).count() == 3
+    assert node.next_prune <= time.monotonic() + PRUNE_RETRY
+    # The leader's next try, once due, prunes it all.
+    node.next_prune = 0.0
+    node.heartbeat()
+    node.pruner.join(10)
+    assert not Execution.objects.filter(pk__in=old).exists()
+
+
+def test_a_stopping_node_ends_its_prune_at_the_batch_in_hand(node, settings):
+    settings.SCHEDULER_HISTORY_RETENTION_DAYS = 30
+    job = make_job("tick", "demo.noop")
+    first = old_history(job, 1)[0]
+    batch = history.PRUNE_BATCH_SIZE
+    faults.on_test_database(
+        "INSERT INTO jobs_execution (job_id, scheduled_for, origin, state, attempt, args,"
+        " kwargs, node, created_at, run_after, started_at, finished_at, error, traceback,"
+        " note, cancel_reason, cancel_requested_by, progress_message, reason)"
+        " SELECT job_id, scheduled_for, origin, state, attempt, args, kwargs, node,"
+        " created_at + interval '1 hour', run_after, started_at, finished_at, error,"
+        " traceback, note,"
+        " cancel_reason, cancel_requested_by, progress_message, reason"
+        " FROM jobs_execution, generate_series(1, %s) WHERE id = %s",
+        [2 * batch, first],
+    )
+    # The oldest, so in the first batch: that batch waits for its lock.
+    with row_locked(first):
+        node.next_prune = 0.0
+        node.heartbeat()
+        wait_for(lambda: pruning_backend() is not None)
+        node.stop()
+        stopping = in_thread(node.shutdown)
+    stopping.join(30)
+    assert not stopping.is_alive() and not node.pruner.is_alive()
+    # The batch it was deleting when told to stop, and no other.
+    assert Execution.objects.count() == batch + 1
+    assert SchedulerNode.objects.get(pk=node.node_id).state == "stopped"
