@@ -13,9 +13,9 @@ from django.db import connection, transaction
 PRUNE_BATCH_SIZE = 5000
 # The share of its time a prune spends deleting: after each batch it rests
 # (1 / PRUNE_DUTY - 1) times as long as the batch took. A batch is CPU-bound (its COMMIT
-# checks the foreign keys of every deleted row) and writes WAL that the claims' commits
-# then wait to flush: unpaced, pruning a million rows held a core for its whole run and
-# put the fire lag of the nodes beside it at several times its usual p99.
+# checks the foreign keys of every deleted row): unpaced, pruning a million rows held one
+# core of the database server for its whole run. (The nodes' fire lag beside it did not
+# measurably change either way on a 2-core development machine: README, Benchmark.)
 PRUNE_DUTY = 0.5
 
 # Deletes one batch of finished executions older than the retention, with their log
