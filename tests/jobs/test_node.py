@@ -725,3 +725,18 @@ def test_a_stopping_node_ends_its_prune_at_the_batch_in_hand(node, settings):
     # The batch it was deleting when told to stop, and no other.
     assert Execution.objects.count() == batch + 1
     assert SchedulerNode.objects.get(pk=node.node_id).state == "stopped"
+
+
+def test_each_claimed_run_has_args_and_kwargs_of_its_own(transactional_db):
+    # Most runs have none: the claim builds them without the JSON parser, and a run that
+    # changes its own must not change another's.
+    job = make_job("plain", "demo.noop")
+    due_triggers(job, 2)
+    claimed = claims.claim_due_triggers(
+        "test-node", 10, 10, inline_room=10, starts=claims.StartPlan(0)
+    )
+    first, second = claimed.runs
+    assert (first.args, first.kwargs) == ([], {})
+    first.args.append("changed")
+    first.kwargs["changed"] = True
+    assert (second.args, second.kwargs) == ([], {})
