@@ -12,6 +12,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 from django.db import connection
+from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 
 from jobs import claims, history, metrics, recorder
@@ -658,6 +659,14 @@ def pruning_backend() -> int | None:
     return rows[0][0] if rows else None
 
 
+def start_leader_prune(node: Node) -> int:
+    """The leader's heartbeat with its prune due; returns the pid of the pruning backend
+    once its statement runs (held there by a row lock the test took)."""
+    node.next_prune = 0.0
+    node.heartbeat()
+    return wait_for(pruning_backend)
+
+
 def test_the_leader_prunes_on_a_thread_of_its_own_and_goes_on_claiming_meanwhile(node, settings):
     settings.SCHEDULER_HISTORY_RETENTION_DAYS = 30
     job = make_job("tick", "demo.noop")
@@ -681,10 +690,8 @@ def test_a_prune_that_loses_its_connection_is_logged_and_tried_again_soon(node, 
     job = make_job("tick", "demo.noop")
     old = old_history(job, 3)
     with row_locked(old[0]):
-        node.next_prune = 0.0
-        node.heartbeat()
-        wait_for(lambda: pruning_backend() is not None)
-        faults.on_test_database("SELECT pg_terminate_backend(%s)", [pruning_backend()])
+        pid = start_leader_prune(node)
+        faults.on_test_database("SELECT pg_terminate_backend(%s)", [pid])
         node.pruner.join(10)
         assert not node.pruner.is_alive()
     assert "pruning history stopped: database connection lost" in caplog.text
@@ -715,9 +722,7 @@ def test_a_stopping_node_ends_its_prune_at_the_batch_in_hand(node, settings):
     )
     # The oldest, so in the first batch: that batch waits for its lock.
     with row_locked(first):
-        node.next_prune = 0.0
-        node.heartbeat()
-        wait_for(lambda: pruning_backend() is not None)
+        start_leader_prune(node)
         node.stop()
         stopping = in_thread(node.shutdown)
     stopping.join(30)
@@ -740,3 +745,36 @@ def test_each_claimed_run_has_args_and_kwargs_of_its_own(transactional_db):
     first.args.append("changed")
     first.kwargs["changed"] = True
     assert (second.args, second.kwargs) == ([], {})
+
+
+def test_a_prune_that_fails_is_logged_counted_and_tried_again_soon(node, settings, caplog):
+    settings.SCHEDULER_HISTORY_RETENTION_DAYS = 30
+    job = make_job("tick", "demo.noop")
+    # The batch deletes ``held`` first (older, and first in the table) and waits on its
+    # lock; meanwhile a rerun of ``rerun_of`` commits. The batch then deletes that row too,
+    # and its commit fails the foreign key of the rerun, which its statement did not see.
+    held, rerun_of = old_history(job, 2)
+    Execution.objects.filter(pk=rerun_of).update(created_at=F("created_at") + timedelta(hours=1))
+    errors = metrics.REGISTRY.get_sample_value(
+        "scheduler_internal_errors_total", {"thread": "pruner"}
+    )
+    with row_locked(held):
+        start_leader_prune(node)
+        rerun = make_execution(job, rerun_of_id=rerun_of)
+        node.pruner.join(0.5)
+        assert node.pruner.is_alive()  # still waiting for the lock
+    node.pruner.join(10)
+    assert not node.pruner.is_alive()
+    assert "pruning history failed" in caplog.text
+    assert (
+        metrics.REGISTRY.get_sample_value("scheduler_internal_errors_total", {"thread": "pruner"})
+        == errors + 1
+    )
+    assert Execution.objects.filter(pk__in=[held, rerun_of]).count() == 2  # rolled back
+    assert node.next_prune <= time.monotonic() + PRUNE_RETRY
+    # The next try unlinks the rerun first, as for any newer row, and prunes both.
+    node.next_prune = 0.0
+    node.heartbeat()
+    node.pruner.join(10)
+    assert not Execution.objects.filter(pk__in=[held, rerun_of]).exists()
+    assert Execution.objects.get(pk=rerun.pk).rerun_of_id is None
