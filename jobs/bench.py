@@ -656,6 +656,61 @@ CREATE UNIQUE INDEX bench_min_execution_fire ON bench_min_execution (trigger_id,
 DROP_MINIMAL_SCHEMA = "DROP TABLE IF EXISTS bench_min_execution, bench_min_trigger, bench_min_job"
 
 
+# --- this machine's CPU ---------------------------------------------------------------
+
+
+def busy_cpu_seconds(proc_stat: str) -> float:
+    """Core-seconds this machine's CPUs spent busy since boot, from the text of /proc/stat:
+    the first line's user, nice, system, irq, softirq and steal (idle and iowait are not
+    busy; guest time is inside user already)."""
+    fields = proc_stat.split("\n", 1)[0].split()
+    if fields[0] != "cpu":
+        raise ValueError(f"not a /proc/stat cpu line: {fields[:1]}")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class CpuSpan:
+    """What this machine's CPUs did over a span: ``busy`` core-seconds in ``seconds``."""
+
+    busy: float
+    seconds: float
+
+    @property
+    def cores(self) -> float:
+        """Cores busy on average."""
+        return self.busy / self.seconds if self.seconds > 0 else 0.0
+
+    def ms_per(self, count: int) -> float | None:
+        return self.busy * 1000 / count if count else None
+
+
+class CpuMeter:
+    """This machine's busy CPU time between start() and stop(), from /proc/stat: every
+    process on it, the database server's too when it runs here. ``span`` stays None
+    where /proc/stat cannot be read."""
+
+    def __init__(self, path: Path = Path("/proc/stat")):
+        self.path = path
+        self.started: tuple[float, float] | None = None
+        self.span: CpuSpan | None = None
+
+    def _sample(self) -> tuple[float, float] | None:
+        try:
+            return busy_cpu_seconds(self.path.read_text()), time.monotonic()
+        except (OSError, ValueError):
+            return None
+
+    def start(self) -> None:
+        self.started = self._sample()
+
+    def stop(self) -> None:
+        ended = self._sample()
+        if self.started is not None and ended is not None:
+            self.span = CpuSpan(ended[0] - self.started[0], ended[1] - self.started[1])
+
+
 @dataclass
 class Claim:
     """One claim-throughput measurement: ``fires`` recorded in ``seconds`` of database time."""
@@ -682,6 +737,8 @@ class EndToEnd:
     #: Executions that did not succeed (failed, or still waiting when capped).
     other: int
     complete: bool
+    #: This machine's CPU from the release to the drain (the Celery section's runs).
+    cpu: CpuSpan | None = None
 
     @property
     def per_s(self) -> float:
@@ -697,6 +754,8 @@ class Bare:
     ran: int
     seconds: float
     complete: bool
+    #: This machine's CPU from the first publish until all had run.
+    cpu: CpuSpan | None = None
 
     @property
     def per_s(self) -> float:
@@ -767,6 +826,7 @@ class Results:
     def _celery_json(self) -> dict:
         ran = bool(self.celery)
         figures = {
+            "machine_cores": os.cpu_count(),
             "celery_triggers": self.sizes.celery_triggers if ran else None,
             "celery_worker_concurrency": self.sizes.celery_concurrency if ran else None,
         }
@@ -782,6 +842,11 @@ class Results:
             figures[f"{prefix}_bare_per_s"] = round(bare.per_s, 1) if bare else None
             figures[f"{prefix}_bare_complete"] = bare.complete if bare else None
             figures[f"{prefix}_bare_ratio"] = _ratio(run, bare)
+            cpu, bare_cpu = (run.cpu if run else None), (bare.cpu if bare else None)
+            figures[f"{prefix}_cpu_ms"] = _cpu_figure(cpu, run.succeeded if run else 0)
+            figures[f"{prefix}_cores_busy"] = _cpu_figure(cpu)
+            figures[f"{prefix}_bare_cpu_ms"] = _cpu_figure(bare_cpu, bare.ran if bare else 0)
+            figures[f"{prefix}_bare_cores_busy"] = _cpu_figure(bare_cpu)
         inline = self.celery_inline
         figures["celery_inline_triggers"] = inline.triggers if inline else None
         figures["celery_inline_per_s"] = round(inline.per_s, 1) if inline else None
@@ -807,6 +872,20 @@ def _ratio(a: Claim | EndToEnd | None, b: Claim | Bare | None) -> float | None:
     if a is None or b is None or not b.per_s:
         return None
     return round(a.per_s / b.per_s, 3)
+
+
+def _cpu_figure(span: CpuSpan | None, count: int | None = None) -> float | None:
+    """CPU ms per run (given ``count``) or cores busy, rounded; None when not metered."""
+    if span is None:
+        return None
+    if count is None:
+        return round(span.cores, 2)
+    per = span.ms_per(count)
+    return round(per, 2) if per is not None else None
+
+
+def _shown(figure: float | None) -> str:
+    return "n/a" if figure is None else f"{figure:.2f}"
 
 
 def _end_to_end(prefix: str, run: EndToEnd | None) -> dict:
@@ -965,11 +1044,13 @@ class Bench:
         until_finished: bool,
         extra_env: dict[str, str] | None = None,
         watch: Sequence[Workers] = (),
+        cpu: CpuMeter | None = None,
     ):
         """Start nodes on a paused backlog, release it, and wait until it is claimed (and,
         with ``until_finished``, run) or ``cap`` seconds pass. Returns the database time
         the backlog was released and whether it was drained. ``watch``: other processes
-        the run depends on, checked alive while waiting."""
+        the run depends on, checked alive while waiting; ``cpu``, metering this machine
+        from the release to the drain."""
         conn = self.conn
         tag = f"{nodes}x{batch or 'default'}"
         conn.execute("UPDATE jobs_job SET paused = true")
@@ -979,7 +1060,11 @@ class Bench:
             released = conn.execute(
                 "UPDATE jobs_job SET paused = false RETURNING clock_timestamp()"
             ).fetchone()[0]
+            if cpu:
+                cpu.start()
             drained = self.wait_drained(procs, cap, until_finished, watch)
+            if cpu:
+                cpu.stop()
         return released, drained
 
     def wait_drained(
@@ -1182,11 +1267,12 @@ class Bench:
         with Workers(self.db, self.broker, queue, workers, s.celery_concurrency,
                      self.log_dir, tag) as procs:  # fmt: skip
             procs.wait_ready(app)
+            cpu = CpuMeter()
             _, drained = self.run_nodes(
                 1, 100, s.celery_cap, until_finished=True,
-                extra_env={"CELERY_BROKER_URL": self.broker}, watch=[procs],
+                extra_env={"CELERY_BROKER_URL": self.broker}, watch=[procs], cpu=cpu,
             )  # fmt: skip
-            ours = self.succeeded_rate(s.celery_triggers, drained)
+            ours = replace(self.succeeded_rate(s.celery_triggers, drained), cpu=cpu.span)
             self.progress(f"celery: bare {BARE_TASK} x {s.celery_triggers}, {workers} worker(s)")
             bare = self.measure_bare_celery(app, queue, procs, s.celery_triggers)
         return ours, bare
@@ -1198,6 +1284,8 @@ class Bench:
         purge_queue(app, queue)
         inspect = app.control.inspect(destination=procs.names, timeout=1.0, limit=len(procs.names))
         before = _tasks_accepted(inspect, BARE_TASK)
+        cpu = CpuMeter()
+        cpu.start()
         start = self.conn.execute("SELECT clock_timestamp()").fetchone()[0]
         with app.producer_or_acquire() as producer:
             for _ in range(count):
@@ -1212,8 +1300,9 @@ class Bench:
             accepted = _tasks_accepted(inspect, BARE_TASK) - before
             done = complete = accepted >= count and not any((inspect.active() or {}).values())
         end = self.conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        cpu.stop()
         ran = count if complete else _tasks_accepted(inspect, BARE_TASK) - before
-        return Bare(count, ran, (end - start).total_seconds(), complete)
+        return Bare(count, ran, (end - start).total_seconds(), complete, cpu.span)
 
     def print_celery(self, queue: str) -> None:
         s = self.sizes
@@ -1246,6 +1335,18 @@ class Bench:
                      f" {bare.ran:>6} {bare.seconds:>8.2f} {bare.per_s:>8.0f}"
                      f" {ratio if ratio is not None else 0:>9.2f}{note}")  # fmt: skip
         self.out(f"   target ours/bare with 2 workers >= {TARGETS['celery_bare_ratio_2w']}")
+        self.out(f"   this machine's CPU ({os.cpu_count()} cores, /proc/stat; the database's"
+                 " counts when it runs here),")  # fmt: skip
+        self.out("   ours from the release to the drain, bare from the first publish to the end:")
+        self.out(f"   {'':<10} {'ours ms/run':>11} {'cores busy':>10}"
+                 f" {'bare ms/task':>12} {'cores busy':>10}")  # fmt: skip
+        for workers, run in self.results.celery.items():
+            bare = self.results.celery_bare[workers]
+            label = f"{workers} worker{'s' if workers > 1 else ''}"
+            self.out(f"   {label:<10} {_shown(_cpu_figure(run.cpu, run.succeeded)):>11}"
+                     f" {_shown(_cpu_figure(run.cpu)):>10}"
+                     f" {_shown(_cpu_figure(bare.cpu, bare.ran)):>12}"
+                     f" {_shown(_cpu_figure(bare.cpu)):>10}")  # fmt: skip
         inline = self.results.celery_inline
         source = "the e2e section's run" if inline is self.results.e2e else "the same backlog"
         note = ", capped" if not inline.complete else ""

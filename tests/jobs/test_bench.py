@@ -195,6 +195,13 @@ def test_it_prints_a_table_and_a_json_line_of_positive_figures_in_its_own_databa
     # The e2e section ran, so the Celery figures are printed beside its figure.
     assert figures["celery_inline_per_s"] == figures["e2e_per_s"]
     assert figures["celery_triggers"] == 50 and figures["celery_worker_concurrency"] == 2
+    # This machine's CPU over both Celery measurements, per run and per bare task.
+    assert figures["machine_cores"] == os.cpu_count()
+    for key in ("celery_1w_cpu_ms", "celery_1w_cores_busy", "celery_1w_bare_cpu_ms",
+                "celery_1w_bare_cores_busy"):  # fmt: skip
+        assert isinstance(figures[key], float) and figures[key] > 0, (key, figures[key])
+    assert figures["celery_2w_cpu_ms"] is None and figures["celery_2w_bare_cpu_ms"] is None
+    assert "ours ms/run" in text and "bare ms/task" in text
 
     assert not database_exists(bench_db)
     assert not bench_workers_left()
@@ -318,3 +325,37 @@ def test_a_prune_rests_between_batches_and_a_stop_ends_the_rest_at_once():
     assert not pruner.is_alive(), "the stop did not end the prune's rest"
     assert pruned == [1]
     assert Execution.objects.filter(pk__in=old_ids).count() == 2
+
+
+def proc_stat(user: int, nice: int, system: int, idle: int, iowait: int, irq: int,
+              softirq: int, steal: int) -> str:  # fmt: skip
+    return (
+        f"cpu  {user} {nice} {system} {idle} {iowait} {irq} {softirq} {steal} 7 9\n"
+        "cpu0 1 2 3 4 5 6 7 8 0 0\nintr 12345\n"
+    )
+
+
+def test_busy_cpu_time_counts_all_but_idle_and_iowait_from_the_first_line():
+    text = proc_stat(100, 20, 30, 5000, 400, 6, 7, 8)
+    ticks = os.sysconf("SC_CLK_TCK")
+    assert bench.busy_cpu_seconds(text) == pytest.approx((100 + 20 + 30 + 6 + 7 + 8) / ticks)
+    with pytest.raises(ValueError):
+        bench.busy_cpu_seconds("intr 12345\n")
+
+
+def test_the_cpu_meter_measures_busy_time_between_start_and_stop(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text(proc_stat(100, 0, 50, 1000, 0, 0, 0, 0))
+    meter = bench.CpuMeter(stat)
+    meter.start()
+    ticks = os.sysconf("SC_CLK_TCK")
+    stat.write_text(proc_stat(100 + 3 * ticks, 0, 50 + ticks, 1000 + 5 * ticks, 0, 0, 0, 0))
+    meter.stop()
+    assert meter.span.busy == pytest.approx(4.0)
+    assert meter.span.seconds > 0
+    assert meter.span.ms_per(2000) == pytest.approx(2.0)
+
+    unreadable = bench.CpuMeter(tmp_path / "missing")
+    unreadable.start()
+    unreadable.stop()
+    assert unreadable.span is None

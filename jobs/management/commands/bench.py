@@ -71,6 +71,12 @@ The last line of output is one JSON object (null for a section not run):
                           the same workers: tasks / (all run - first publish)
   celery_1w_bare_ratio, celery_2w_bare_ratio
                           ours / bare (target >= 0.5 with 2 workers)
+  celery_1w_cpu_ms, celery_1w_cores_busy, celery_1w_bare_cpu_ms, celery_1w_bare_cores_busy
+  celery_2w_cpu_ms, ...
+                          this machine's CPU (all of it, from /proc/stat: the database's too
+                          when it runs here) over each measurement, per run or bare task
+                          in ms, and the cores busy on average; null without /proc/stat
+  machine_cores           this machine's CPU count
   scale_*                 with --scale: scale_triggers not due and scale_prune_executions
                           succeeded executions past the retention in the tables;
                           scale_idle_qps (target < 1) of one idle node; scale_lag_p99_ms and
