@@ -52,6 +52,12 @@ class Cluster:
         self.log_dir = log_dir
         self.dbname = f"faults_{next(_databases)}"
         server.create_database(self.dbname, template=TEMPLATE)
+        # The stall markers of this test alone: one left by an earlier test (they are
+        # named after the step) would make a stall seem to have fired before it did.
+        self.marker_dir = server.root / f"markers-{self.dbname}"
+        self.marker_dir.mkdir()
+        self.marker_dir.chmod(0o777)  # the database server writes the markers
+        self.sql("UPDATE test_fault_config SET dir = %s", [str(self.marker_dir)])
         self.nodes: list[NodeProcess] = []
         self.trace_path = log_dir / "trace.jsonl"
 
@@ -136,12 +142,14 @@ def cluster(durable, tmp_path):
 
 
 def arm(cluster: Cluster, step: str, kind: str) -> None:
+    if kind == "stall":
+        assert not fault_fired(cluster, step, kind), f"a stall marker of {step} is already there"
     faults.arm(cluster.sql, step, kind)
 
 
 def fault_fired(cluster: Cluster, step: str, kind: str) -> bool:
     if kind == "stall":
-        return faults.stalled(cluster.server.root, step)
+        return faults.stalled(cluster.marker_dir, step)
     return faults.killed(cluster.sql, step)
 
 
