@@ -842,11 +842,10 @@ class Results:
             figures[f"{prefix}_bare_per_s"] = round(bare.per_s, 1) if bare else None
             figures[f"{prefix}_bare_complete"] = bare.complete if bare else None
             figures[f"{prefix}_bare_ratio"] = _ratio(run, bare)
-            cpu, bare_cpu = (run.cpu if run else None), (bare.cpu if bare else None)
-            figures[f"{prefix}_cpu_ms"] = _cpu_figure(cpu, run.succeeded if run else 0)
-            figures[f"{prefix}_cores_busy"] = _cpu_figure(cpu)
-            figures[f"{prefix}_bare_cpu_ms"] = _cpu_figure(bare_cpu, bare.ran if bare else 0)
-            figures[f"{prefix}_bare_cores_busy"] = _cpu_figure(bare_cpu)
+            figures[f"{prefix}_cpu_ms"] = _cpu_ms(run.cpu, run.succeeded) if run else None
+            figures[f"{prefix}_cores_busy"] = _cores_busy(run.cpu) if run else None
+            figures[f"{prefix}_bare_cpu_ms"] = _cpu_ms(bare.cpu, bare.ran) if bare else None
+            figures[f"{prefix}_bare_cores_busy"] = _cores_busy(bare.cpu) if bare else None
         inline = self.celery_inline
         figures["celery_inline_triggers"] = inline.triggers if inline else None
         figures["celery_inline_per_s"] = round(inline.per_s, 1) if inline else None
@@ -874,14 +873,18 @@ def _ratio(a: Claim | EndToEnd | None, b: Claim | Bare | None) -> float | None:
     return round(a.per_s / b.per_s, 3)
 
 
-def _cpu_figure(span: CpuSpan | None, count: int | None = None) -> float | None:
-    """CPU ms per run (given ``count``) or cores busy, rounded; None when not metered."""
-    if span is None:
-        return None
-    if count is None:
-        return round(span.cores, 2)
-    per = span.ms_per(count)
+def _cpu_ms(span: CpuSpan | None, count: int) -> float | None:
+    """CPU ms per run, rounded; None when not metered (or nothing ran)."""
+    per = span.ms_per(count) if span else None
     return round(per, 2) if per is not None else None
+
+
+def _cores_busy(span: CpuSpan | None) -> float | None:
+    return round(span.cores, 2) if span else None
+
+
+def _workers_label(workers: int) -> str:
+    return f"{workers} worker{'s' if workers > 1 else ''}"
 
 
 def _shown(figure: float | None) -> str:
@@ -1330,7 +1333,7 @@ class Bench:
                 notes.append("bare capped")
             note = f"  ({'; '.join(notes)})" if notes else ""
             ratio = _ratio(run, bare)
-            label = f"{workers} worker{'s' if workers > 1 else ''}"
+            label = _workers_label(workers)
             self.out(f"   {label:<10} {run.succeeded:>9} {run.seconds:>8.2f} {run.per_s:>8.0f}"
                      f" {bare.ran:>6} {bare.seconds:>8.2f} {bare.per_s:>8.0f}"
                      f" {ratio if ratio is not None else 0:>9.2f}{note}")  # fmt: skip
@@ -1342,11 +1345,11 @@ class Bench:
                  f" {'bare ms/task':>12} {'cores busy':>10}")  # fmt: skip
         for workers, run in self.results.celery.items():
             bare = self.results.celery_bare[workers]
-            label = f"{workers} worker{'s' if workers > 1 else ''}"
-            self.out(f"   {label:<10} {_shown(_cpu_figure(run.cpu, run.succeeded)):>11}"
-                     f" {_shown(_cpu_figure(run.cpu)):>10}"
-                     f" {_shown(_cpu_figure(bare.cpu, bare.ran)):>12}"
-                     f" {_shown(_cpu_figure(bare.cpu)):>10}")  # fmt: skip
+            self.out(f"   {_workers_label(workers):<10}"
+                     f" {_shown(_cpu_ms(run.cpu, run.succeeded)):>11}"
+                     f" {_shown(_cores_busy(run.cpu)):>10}"
+                     f" {_shown(_cpu_ms(bare.cpu, bare.ran)):>12}"
+                     f" {_shown(_cores_busy(bare.cpu)):>10}")  # fmt: skip
         inline = self.results.celery_inline
         source = "the e2e section's run" if inline is self.results.e2e else "the same backlog"
         note = ", capped" if not inline.complete else ""
