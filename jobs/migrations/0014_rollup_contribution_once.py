@@ -1,0 +1,28 @@
+"""The rollup triggers of 0013 compute each changed run's contribution once per statement.
+
+Their contribution CTE was inlined into the aggregate that reads it, so the lag slot,
+duration and lag of every row were computed again for each of the 13 lag-slot sums and
+the other aggregates that use them. Materialized, they are computed once: a recorder's
+write of 100 finished runs took 4.1-4.4 ms instead of 4.7-4.9 (durable server, one
+connection; 3.0 ms without the rollup).
+"""
+
+import importlib
+
+from django.db import migrations
+
+rollup = importlib.import_module("jobs.migrations.0013_dashboard_rollup")
+
+# 0013's two trigger functions (what precedes its CREATE TRIGGER statements), replaced.
+INLINED = rollup.TRIGGERS.split("CREATE TRIGGER")[0].replace(
+    "CREATE FUNCTION", "CREATE OR REPLACE FUNCTION"
+)
+MATERIALIZED = INLINED.replace("WITH contribution AS (", "WITH contribution AS MATERIALIZED (")
+# Two upserts (minutes, hours) in each of the two functions.
+assert MATERIALIZED.count("WITH contribution AS MATERIALIZED (") == 4
+
+
+class Migration(migrations.Migration):
+    dependencies = [("jobs", "0013_dashboard_rollup")]
+
+    operations = [migrations.RunSQL(MATERIALIZED, INLINED)]
