@@ -670,12 +670,41 @@ def busy_cpu_seconds(proc_stat: str) -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def process_cpu_seconds(stat: str) -> tuple[int, float]:
+    """(parent pid, CPU seconds used: user and system, every thread) of a process, from the
+    text of its /proc/<pid>/stat."""
+    # The command name, in parentheses, may hold spaces and parentheses: count from after it.
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def local_server_pid(backend_pid: int, dbname: str, proc: Path = Path("/proc")) -> int | None:
+    """The pid of the PostgreSQL server whose backend ``backend_pid`` serves a connection
+    to ``dbname``, when that server runs on this machine; None when it does not (no such
+    local process, or one that is not that database's backend)."""
+    here = proc / str(backend_pid)
+    try:
+        name = (here / "comm").read_text().strip()
+        # A backend shows "postgres: <user> <database> <client> <activity>" as its command.
+        command = (here / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        parent, _ = process_cpu_seconds((here / "stat").read_text())
+    except (OSError, ValueError, IndexError):
+        return None
+    if name != "postgres" or f" {dbname} " not in command:
+        return None
+    return parent
+
+
 @dataclass(frozen=True)
 class CpuSpan:
-    """What this machine's CPUs did over a span: ``busy`` core-seconds in ``seconds``."""
+    """What this machine's CPUs did over a span: ``busy`` core-seconds in ``seconds``; of
+    them, the CPU seconds of the nodes' processes and of the database server's (None when
+    not metered: the server on another machine, a node gone before the end)."""
 
     busy: float
     seconds: float
+    nodes: float | None = None
+    database: float | None = None
 
     @property
     def cores(self) -> float:
@@ -689,11 +718,24 @@ class CpuSpan:
 class CpuMeter:
     """This machine's busy CPU time between start() and stop(), from /proc/stat: every
     process on it, the database server's too when it runs here. ``span`` stays None
-    where /proc/stat cannot be read."""
+    where /proc/stat cannot be read.
 
-    def __init__(self, path: Path = Path("/proc/stat")):
+    Out of it, from /proc/<pid>/stat: the CPU time of the node processes given to start(),
+    and, with ``server_pid`` (local_server_pid), of the database server's processes (it
+    and its children). A server process that starts meanwhile (a node's new connection)
+    counts whole; one that ends before stop() does not count at all.
+    """
+
+    def __init__(
+        self, path: Path = Path("/proc/stat"), server_pid: int | None = None,
+        proc: Path = Path("/proc"),
+    ):  # fmt: skip
         self.path = path
+        self.proc = proc
+        self.server_pid = server_pid
+        self.node_pids: list[int] = []
         self.started: tuple[float, float] | None = None
+        self.started_processes: dict[int, tuple[int, float]] = {}
         self.span: CpuSpan | None = None
 
     def _sample(self) -> tuple[float, float] | None:
@@ -702,13 +744,46 @@ class CpuMeter:
         except (OSError, ValueError):
             return None
 
-    def start(self) -> None:
+    def _processes(self) -> dict[int, tuple[int, float]]:
+        """pid -> (parent pid, CPU seconds) of every process (none when not asked for)."""
+        if not self.node_pids and self.server_pid is None:
+            return {}
+        processes = {}
+        for entry in self.proc.glob("[0-9]*"):
+            try:
+                processes[int(entry.name)] = process_cpu_seconds((entry / "stat").read_text())
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile
+        return processes
+
+    def _used(self, ended: dict, pids: list[int], new_count: bool) -> float | None:
+        """CPU seconds ``pids`` used since start(); None when one of them is gone (or, unless
+        ``new_count``, was not there at start)."""
+        used = 0.0
+        for pid in pids:
+            if pid not in ended or (pid not in self.started_processes and not new_count):
+                return None
+            used += ended[pid][1] - self.started_processes.get(pid, (0, 0.0))[1]
+        return used
+
+    def start(self, node_pids: Sequence[int] = ()) -> None:
+        self.node_pids = list(node_pids)
         self.started = self._sample()
+        self.started_processes = self._processes()
 
     def stop(self) -> None:
         ended = self._sample()
-        if self.started is not None and ended is not None:
-            self.span = CpuSpan(ended[0] - self.started[0], ended[1] - self.started[1])
+        processes = self._processes()
+        if self.started is None or ended is None:
+            return
+        nodes = self._used(processes, self.node_pids, new_count=False) if self.node_pids else None
+        database = None
+        if self.server_pid is not None and self.server_pid in processes:
+            server = [self.server_pid] + [
+                pid for pid, (parent, _) in processes.items() if parent == self.server_pid
+            ]
+            database = self._used(processes, server, new_count=True)
+        self.span = CpuSpan(ended[0] - self.started[0], ended[1] - self.started[1], nodes, database)
 
 
 @dataclass
@@ -737,7 +812,7 @@ class EndToEnd:
     #: Executions that did not succeed (failed, or still waiting when capped).
     other: int
     complete: bool
-    #: This machine's CPU from the release to the drain (the Celery section's runs).
+    #: This machine's CPU from the release to the drain (the e2e and Celery sections).
     cpu: CpuSpan | None = None
 
     @property
@@ -815,6 +890,7 @@ class Results:
             "minimal_fires_per_s": round(self.minimal.per_s, 1) if self.minimal else None,
             "schema_ratio": _ratio(self.raw, self.minimal),
             **_end_to_end("e2e", self.e2e),
+            **_e2e_cpu(self.e2e),
             **_prefixed("lag", self.lag, ("triggers", "p50_ms", "p99_ms", "max_ms")),
             **_prefixed("idle", self.idle, ("window_s", "transactions", "qps")),
             **_prefixed("mixed", self.mixed, MIXED_KEYS),
@@ -877,6 +953,22 @@ def _cpu_ms(span: CpuSpan | None, count: int) -> float | None:
     """CPU ms per run, rounded; None when not metered (or nothing ran)."""
     per = span.ms_per(count) if span else None
     return round(per, 2) if per is not None else None
+
+
+def _cpu_us(span: CpuSpan | None, part: str, count: int) -> float | None:
+    """CPU us per run of ``part`` of the span ("nodes", "database"), rounded; None when
+    not metered (or nothing ran)."""
+    used = getattr(span, part) if span else None
+    return round(used * 1e6 / count, 1) if used is not None and count else None
+
+
+def _e2e_cpu(run: EndToEnd | None) -> dict:
+    span, count = (run.cpu, run.succeeded) if run else (None, 0)
+    return {
+        "e2e_node_cpu_us": _cpu_us(span, "nodes", count),
+        "e2e_db_cpu_us": _cpu_us(span, "database", count),
+        "e2e_cores_busy": _cores_busy(span),
+    }
 
 
 def _cores_busy(span: CpuSpan | None) -> float | None:
@@ -988,6 +1080,8 @@ class Bench:
         self.progress = progress
         self.results = Results(sizes)
         self.conn: psycopg.Connection | None = None
+        #: The database server's pid when it runs on this machine (local_server_pid).
+        self.server_pid: int | None = None
         self.log_dir = Path(tempfile.mkdtemp(prefix="bench-"))
 
     def run(self, sections: tuple[str, ...]) -> Results:
@@ -998,6 +1092,7 @@ class Bench:
             self.db.manage("shell", "-c", SETUP_SCRIPT)
             self.conn = self.db.connect()
             self.results.server = server_settings(self.conn)
+            self.server_pid = local_server_pid(self.conn.info.backend_pid, self.db.name)
             for line in describe_server(self.results.server):
                 self.out(line)
             self.conn.execute(TEMPLATE)
@@ -1053,7 +1148,7 @@ class Bench:
         with ``until_finished``, run) or ``cap`` seconds pass. Returns the database time
         the backlog was released and whether it was drained. ``watch``: other processes
         the run depends on, checked alive while waiting; ``cpu``, metering this machine
-        from the release to the drain."""
+        (and the nodes' processes) from the release to the drain."""
         conn = self.conn
         tag = f"{nodes}x{batch or 'default'}"
         conn.execute("UPDATE jobs_job SET paused = true")
@@ -1064,7 +1159,7 @@ class Bench:
                 "UPDATE jobs_job SET paused = false RETURNING clock_timestamp()"
             ).fetchone()[0]
             if cpu:
-                cpu.start()
+                cpu.start(node_pids=[proc.pid for proc, _ in procs.procs])
             drained = self.wait_drained(procs, cap, until_finished, watch)
             if cpu:
                 cpu.stop()
@@ -1202,10 +1297,12 @@ class Bench:
             self.conn.execute(DROP_MINIMAL_SCHEMA)
 
     def measure_e2e(self, triggers: int) -> EndToEnd:
-        """One node, batch 100, default threads, on ``triggers`` due inline triggers."""
+        """One node, batch 100, default threads, on ``triggers`` due inline triggers; with
+        the CPU the node and the database server (when it runs here) used meanwhile."""
         self.reset(triggers)
-        _, drained = self.run_nodes(1, 100, self.sizes.e2e_cap, until_finished=True)
-        return self.succeeded_rate(triggers, drained)
+        cpu = CpuMeter(server_pid=self.server_pid)
+        _, drained = self.run_nodes(1, 100, self.sizes.e2e_cap, until_finished=True, cpu=cpu)
+        return replace(self.succeeded_rate(triggers, drained), cpu=cpu.span)
 
     def succeeded_rate(self, triggers: int, complete: bool) -> EndToEnd:
         succeeded, first, last, other = self.conn.execute(
@@ -1229,6 +1326,14 @@ class Bench:
                  f"   target >= {TARGETS['e2e_per_s']:.0f}")  # fmt: skip
         self.out(f"   ({e2e.succeeded} succeeded in {e2e.seconds:.2f} s,"
                  f" {e2e.other} not succeeded){note}")  # fmt: skip
+        self.out("   CPU from the release to the drain (/proc), per run: the node's process, the")
+        self.out("   database server's processes (n/a when it runs on another machine), and the")
+        self.out("   cores this machine kept busy")
+        cpu = _e2e_cpu(e2e)
+        self.out(f"   node us per run        {_shown(cpu['e2e_node_cpu_us']):>9}")
+        self.out(f"   database us per run    {_shown(cpu['e2e_db_cpu_us']):>9}")
+        self.out(f"   cores busy             {_shown(cpu['e2e_cores_busy']):>9}"
+                 f"   of {os.cpu_count()}")  # fmt: skip
 
     def section_celery(self) -> None:
         """End to end through Celery: one node publishes a backlog of celery runs, real

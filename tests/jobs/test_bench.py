@@ -202,6 +202,10 @@ def test_it_prints_a_table_and_a_json_line_of_positive_figures_in_its_own_databa
         assert isinstance(figures[key], float) and figures[key] > 0, (key, figures[key])
     assert figures["celery_2w_cpu_ms"] is None and figures["celery_2w_bare_cpu_ms"] is None
     assert "ours ms/run" in text and "bare ms/task" in text
+    # The e2e run's CPU: the node's and the test server's (it runs on this machine).
+    for key in ("e2e_node_cpu_us", "e2e_db_cpu_us", "e2e_cores_busy"):
+        assert isinstance(figures[key], float) and figures[key] > 0, (key, figures[key])
+    assert "node us per run" in text and "database us per run" in text
 
     assert not database_exists(bench_db)
     assert not bench_workers_left()
@@ -359,3 +363,67 @@ def test_the_cpu_meter_measures_busy_time_between_start_and_stop(tmp_path):
     unreadable.start()
     unreadable.stop()
     assert unreadable.span is None
+
+
+def pid_stat(pid: int, command: str, parent: int, cpu_seconds: float) -> str:
+    """A /proc/<pid>/stat line: ``cpu_seconds`` split between user and system time."""
+    ticks = round(cpu_seconds * os.sysconf("SC_CLK_TCK"))
+    user, system = ticks - ticks // 3, ticks // 3
+    rest = "0 0 20 0 3 0"  # children's times, priority, nice, threads, ...
+    return f"{pid} ({command}) S {parent} {pid} {pid} 0 -1 4194560 10 0 0 0 {user} {system} {rest}"
+
+
+def fake_process(proc: Path, pid: int, command: str, parent: int, cpu_seconds: float) -> None:
+    (proc / str(pid)).mkdir(exist_ok=True)
+    (proc / str(pid) / "stat").write_text(pid_stat(pid, command, parent, cpu_seconds))
+
+
+def test_a_process_cpu_time_and_parent_come_from_after_its_command_name():
+    # A command name may hold spaces and parentheses: the fields are counted after it.
+    assert bench.process_cpu_seconds(pid_stat(42, "a (b) c", 7, 3.0)) == (7, pytest.approx(3.0))
+
+
+def test_the_cpu_meter_splits_out_the_nodes_and_the_database_servers_processes(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text(proc_stat(100, 0, 50, 1000, 0, 0, 0, 0))
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    fake_process(proc, 100, "postgres", 1, 1.0)  # the server
+    fake_process(proc, 101, "postgres", 100, 2.0)  # a backend
+    fake_process(proc, 103, "postgres", 100, 4.0)  # a backend that ends meanwhile
+    fake_process(proc, 200, "python", 1, 5.0)  # the node
+    fake_process(proc, 300, "python", 1, 9.0)  # another process
+    meter = bench.CpuMeter(stat, server_pid=100, proc=proc)
+    meter.start(node_pids=[200])
+    fake_process(proc, 100, "postgres", 1, 1.5)
+    fake_process(proc, 101, "postgres", 100, 3.0)
+    (proc / "103" / "stat").unlink()
+    (proc / "103").rmdir()
+    fake_process(proc, 102, "postgres", 100, 0.25)  # a new backend counts whole
+    fake_process(proc, 200, "python", 1, 7.0)
+    fake_process(proc, 300, "python", 1, 20.0)
+    meter.stop()
+    assert meter.span.nodes == pytest.approx(2.0)
+    assert meter.span.database == pytest.approx(1.75)
+
+    # A node gone before the end, and no server on this machine: neither is metered.
+    meter = bench.CpuMeter(stat, proc=proc)
+    meter.start(node_pids=[200])
+    (proc / "200" / "stat").unlink()
+    meter.stop()
+    assert meter.span is not None
+    assert meter.span.nodes is None and meter.span.database is None
+
+
+@pytest.mark.django_db
+def test_the_local_server_is_the_parent_of_the_backend_serving_the_connection():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid(), current_setting('data_directory')")
+        backend, data_directory = cursor.fetchone()
+    # The server's own record of its pid (this suite's server runs on this machine).
+    server = int(Path(data_directory, "postmaster.pid").read_text().split()[0])
+    name = connection.settings_dict["NAME"]
+    assert bench.local_server_pid(backend, name) == server
+    # Not that database's backend, or not a backend at all: not the server's.
+    assert bench.local_server_pid(backend, name + "_other") is None
+    assert bench.local_server_pid(os.getpid(), name) is None

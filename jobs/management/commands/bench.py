@@ -41,6 +41,11 @@ The last line of output is one JSON object (null for a section not run):
   e2e_succeeded, e2e_seconds, e2e_per_s
                           one node, batch 100: succeeded executions / (last finished_at -
                           first dispatched_at) (target >= 7000/s)
+  e2e_node_cpu_us, e2e_db_cpu_us, e2e_cores_busy
+                          CPU over that run (from the release to the drain, /proc): us per
+                          run of the node's process and of the database server's processes
+                          (null when the server runs on another machine), and the cores
+                          this machine kept busy on average
   lag_triggers, lag_p50_ms, lag_p99_ms, lag_max_ms
                           dispatched_at - scheduled_for of one-off triggers due evenly over
                           10 s, one idle node (target p99 < 20 ms)
