@@ -670,12 +670,23 @@ def busy_cpu_seconds(proc_stat: str) -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def process_cpu_seconds(stat: str) -> tuple[int, float]:
-    """(parent pid, CPU seconds used: user and system, every thread) of a process, from the
-    text of its /proc/<pid>/stat."""
+@dataclass(frozen=True)
+class ProcessCpu:
+    """A process's parent pid, the CPU seconds it used (user and system, every thread),
+    and those of its children that ended and that it waited for."""
+
+    parent: int
+    used: float
+    reaped: float
+
+
+def process_cpu(stat: str) -> ProcessCpu:
+    """ProcessCpu from the text of a /proc/<pid>/stat."""
     # The command name, in parentheses, may hold spaces and parentheses: count from after it.
     fields = stat.rsplit(")", 1)[1].split()
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
+    ticks = os.sysconf("SC_CLK_TCK")
+    return ProcessCpu(int(fields[1]), (utime + stime) / ticks, (cutime + cstime) / ticks)
 
 
 def local_server_pid(backend_pid: int, dbname: str, proc: Path = Path("/proc")) -> int | None:
@@ -687,7 +698,7 @@ def local_server_pid(backend_pid: int, dbname: str, proc: Path = Path("/proc")) 
         name = (here / "comm").read_text().strip()
         # A backend shows "postgres: <user> <database> <client> <activity>" as its command.
         command = (here / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        parent, _ = process_cpu_seconds((here / "stat").read_text())
+        parent = process_cpu((here / "stat").read_text()).parent
     except (OSError, ValueError, IndexError):
         return None
     if name != "postgres" or f" {dbname} " not in command:
@@ -711,8 +722,11 @@ class CpuSpan:
         """Cores busy on average."""
         return self.busy / self.seconds if self.seconds > 0 else 0.0
 
-    def ms_per(self, count: int) -> float | None:
-        return self.busy * 1000 / count if count else None
+    def per_run(self, count: int, part: str = "busy") -> float | None:
+        """CPU seconds per run of ``part``: the machine's ``busy`` time, the ``nodes``' or the
+        ``database``'s; None when that part was not metered (or nothing ran)."""
+        used = getattr(self, part)
+        return used / count if used is not None and count else None
 
 
 class CpuMeter:
@@ -721,9 +735,10 @@ class CpuMeter:
     where /proc/stat cannot be read.
 
     Out of it, from /proc/<pid>/stat: the CPU time of the node processes given to start(),
-    and, with ``server_pid`` (local_server_pid), of the database server's processes (it
-    and its children). A server process that starts meanwhile (a node's new connection)
-    counts whole; one that ends before stop() does not count at all.
+    and, with ``server_pid`` (local_server_pid), of the database server's processes: it,
+    its children, and the children it reaped meanwhile (autovacuum workers, closed
+    connections), which leave their time with it. A child that starts meanwhile counts
+    whole.
     """
 
     def __init__(
@@ -735,7 +750,7 @@ class CpuMeter:
         self.server_pid = server_pid
         self.node_pids: list[int] = []
         self.started: tuple[float, float] | None = None
-        self.started_processes: dict[int, tuple[int, float]] = {}
+        self.started_processes: dict[int, ProcessCpu] = {}
         self.span: CpuSpan | None = None
 
     def _sample(self) -> tuple[float, float] | None:
@@ -744,26 +759,39 @@ class CpuMeter:
         except (OSError, ValueError):
             return None
 
-    def _processes(self) -> dict[int, tuple[int, float]]:
-        """pid -> (parent pid, CPU seconds) of every process (none when not asked for)."""
+    def _processes(self) -> dict[int, ProcessCpu]:
+        """Every process by pid (none when not asked for)."""
         if not self.node_pids and self.server_pid is None:
             return {}
         processes = {}
         for entry in self.proc.glob("[0-9]*"):
             try:
-                processes[int(entry.name)] = process_cpu_seconds((entry / "stat").read_text())
+                processes[int(entry.name)] = process_cpu((entry / "stat").read_text())
             except (OSError, ValueError, IndexError):
                 continue  # gone meanwhile
         return processes
 
-    def _used(self, ended: dict, pids: list[int], new_count: bool) -> float | None:
-        """CPU seconds ``pids`` used since start(); None when one of them is gone (or, unless
-        ``new_count``, was not there at start)."""
-        used = 0.0
-        for pid in pids:
-            if pid not in ended or (pid not in self.started_processes and not new_count):
-                return None
-            used += ended[pid][1] - self.started_processes.get(pid, (0, 0.0))[1]
+    def _nodes_used(self, ended: dict[int, ProcessCpu]) -> float | None:
+        """CPU seconds the nodes used since start(); None when one is gone."""
+        if not self.node_pids or any(pid not in ended for pid in self.node_pids):
+            return None
+        return sum(ended[pid].used - self.started_processes[pid].used for pid in self.node_pids)
+
+    def _server_used(self, ended: dict[int, ProcessCpu]) -> float | None:
+        """CPU seconds the server's processes used since start(); None when not metered."""
+        server, before = ended.get(self.server_pid), self.started_processes.get(self.server_pid)
+        if server is None or before is None:
+            return None
+        used = server.used - before.used + server.reaped - before.reaped
+        for pid, now in ended.items():
+            if now.parent == self.server_pid:
+                started = self.started_processes.get(pid)
+                used += now.used - (started.used if started else 0.0)
+        # A child reaped meanwhile left all its time with the server, its time before
+        # start() too: that part is not this span's.
+        for pid, started in self.started_processes.items():
+            if started.parent == self.server_pid and pid not in ended:
+                used -= started.used
         return used
 
     def start(self, node_pids: Sequence[int] = ()) -> None:
@@ -776,14 +804,12 @@ class CpuMeter:
         processes = self._processes()
         if self.started is None or ended is None:
             return
-        nodes = self._used(processes, self.node_pids, new_count=False) if self.node_pids else None
-        database = None
-        if self.server_pid is not None and self.server_pid in processes:
-            server = [self.server_pid] + [
-                pid for pid, (parent, _) in processes.items() if parent == self.server_pid
-            ]
-            database = self._used(processes, server, new_count=True)
-        self.span = CpuSpan(ended[0] - self.started[0], ended[1] - self.started[1], nodes, database)
+        self.span = CpuSpan(
+            ended[0] - self.started[0],
+            ended[1] - self.started[1],
+            self._nodes_used(processes),
+            self._server_used(processes),
+        )
 
 
 @dataclass
@@ -918,10 +944,15 @@ class Results:
             figures[f"{prefix}_bare_per_s"] = round(bare.per_s, 1) if bare else None
             figures[f"{prefix}_bare_complete"] = bare.complete if bare else None
             figures[f"{prefix}_bare_ratio"] = _ratio(run, bare)
-            figures[f"{prefix}_cpu_ms"] = _cpu_ms(run.cpu, run.succeeded) if run else None
-            figures[f"{prefix}_cores_busy"] = _cores_busy(run.cpu) if run else None
-            figures[f"{prefix}_bare_cpu_ms"] = _cpu_ms(bare.cpu, bare.ran) if bare else None
-            figures[f"{prefix}_bare_cores_busy"] = _cores_busy(bare.cpu) if bare else None
+            span, count = (run.cpu, run.succeeded) if run else (None, 0)
+            figures[f"{prefix}_cpu_ms"] = _cpu_ms(span, count)
+            figures[f"{prefix}_node_cpu_ms"] = _cpu_ms(span, count, "nodes")
+            figures[f"{prefix}_db_cpu_ms"] = _cpu_ms(span, count, "database")
+            figures[f"{prefix}_cores_busy"] = _cores_busy(span)
+            span, count = (bare.cpu, bare.ran) if bare else (None, 0)
+            figures[f"{prefix}_bare_cpu_ms"] = _cpu_ms(span, count)
+            figures[f"{prefix}_bare_db_cpu_ms"] = _cpu_ms(span, count, "database")
+            figures[f"{prefix}_bare_cores_busy"] = _cores_busy(span)
         inline = self.celery_inline
         figures["celery_inline_triggers"] = inline.triggers if inline else None
         figures["celery_inline_per_s"] = round(inline.per_s, 1) if inline else None
@@ -949,24 +980,23 @@ def _ratio(a: Claim | EndToEnd | None, b: Claim | Bare | None) -> float | None:
     return round(a.per_s / b.per_s, 3)
 
 
-def _cpu_ms(span: CpuSpan | None, count: int) -> float | None:
-    """CPU ms per run, rounded; None when not metered (or nothing ran)."""
-    per = span.ms_per(count) if span else None
-    return round(per, 2) if per is not None else None
+def _cpu_ms(span: CpuSpan | None, count: int, part: str = "busy") -> float | None:
+    """CPU ms per run of ``part`` (CpuSpan.per_run), rounded; None when not metered."""
+    per = span.per_run(count, part) if span else None
+    return round(per * 1e3, 2) if per is not None else None
 
 
-def _cpu_us(span: CpuSpan | None, part: str, count: int) -> float | None:
-    """CPU us per run of ``part`` of the span ("nodes", "database"), rounded; None when
-    not metered (or nothing ran)."""
-    used = getattr(span, part) if span else None
-    return round(used * 1e6 / count, 1) if used is not None and count else None
+def _cpu_us(span: CpuSpan | None, count: int, part: str) -> float | None:
+    """The same in us."""
+    per = span.per_run(count, part) if span else None
+    return round(per * 1e6, 1) if per is not None else None
 
 
 def _e2e_cpu(run: EndToEnd | None) -> dict:
     span, count = (run.cpu, run.succeeded) if run else (None, 0)
     return {
-        "e2e_node_cpu_us": _cpu_us(span, "nodes", count),
-        "e2e_db_cpu_us": _cpu_us(span, "database", count),
+        "e2e_node_cpu_us": _cpu_us(span, count, "nodes"),
+        "e2e_db_cpu_us": _cpu_us(span, count, "database"),
         "e2e_cores_busy": _cores_busy(span),
     }
 
@@ -1375,7 +1405,7 @@ class Bench:
         with Workers(self.db, self.broker, queue, workers, s.celery_concurrency,
                      self.log_dir, tag) as procs:  # fmt: skip
             procs.wait_ready(app)
-            cpu = CpuMeter()
+            cpu = CpuMeter(server_pid=self.server_pid)
             _, drained = self.run_nodes(
                 1, 100, s.celery_cap, until_finished=True,
                 extra_env={"CELERY_BROKER_URL": self.broker}, watch=[procs], cpu=cpu,
@@ -1392,7 +1422,7 @@ class Bench:
         purge_queue(app, queue)
         inspect = app.control.inspect(destination=procs.names, timeout=1.0, limit=len(procs.names))
         before = _tasks_accepted(inspect, BARE_TASK)
-        cpu = CpuMeter()
+        cpu = CpuMeter(server_pid=self.server_pid)
         cpu.start()
         start = self.conn.execute("SELECT clock_timestamp()").fetchone()[0]
         with app.producer_or_acquire() as producer:
@@ -1445,15 +1475,19 @@ class Bench:
         self.out(f"   target ours/bare with 2 workers >= {TARGETS['celery_bare_ratio_2w']}")
         self.out(f"   this machine's CPU ({os.cpu_count()} cores, /proc/stat; the database's"
                  " counts when it runs here),")  # fmt: skip
-        self.out("   ours from the release to the drain, bare from the first publish to the end:")
-        self.out(f"   {'':<10} {'ours ms/run':>11} {'cores busy':>10}"
-                 f" {'bare ms/task':>12} {'cores busy':>10}")  # fmt: skip
+        self.out("   ours from the release to the drain, bare from the first publish to the end;")
+        self.out("   of it, the node's process and the database server's processes (/proc/<pid>):")
+        self.out(f"   {'':<10} {'ours ms/run':>11} {'node':>6} {'database':>8} {'cores busy':>10}"
+                 f" {'bare ms/task':>12} {'database':>8} {'cores busy':>10}")  # fmt: skip
         for workers, run in self.results.celery.items():
             bare = self.results.celery_bare[workers]
             self.out(f"   {_workers_label(workers):<10}"
                      f" {_shown(_cpu_ms(run.cpu, run.succeeded)):>11}"
+                     f" {_shown(_cpu_ms(run.cpu, run.succeeded, 'nodes')):>6}"
+                     f" {_shown(_cpu_ms(run.cpu, run.succeeded, 'database')):>8}"
                      f" {_shown(_cores_busy(run.cpu)):>10}"
                      f" {_shown(_cpu_ms(bare.cpu, bare.ran)):>12}"
+                     f" {_shown(_cpu_ms(bare.cpu, bare.ran, 'database')):>8}"
                      f" {_shown(_cores_busy(bare.cpu)):>10}")  # fmt: skip
         inline = self.results.celery_inline
         source = "the e2e section's run" if inline is self.results.e2e else "the same backlog"

@@ -201,6 +201,11 @@ def test_it_prints_a_table_and_a_json_line_of_positive_figures_in_its_own_databa
                 "celery_1w_bare_cores_busy"):  # fmt: skip
         assert isinstance(figures[key], float) and figures[key] > 0, (key, figures[key])
     assert figures["celery_2w_cpu_ms"] is None and figures["celery_2w_bare_cpu_ms"] is None
+    # Of ours: the node's and the test server's shares (the bare tasks use no database:
+    # its share may round to nothing).
+    for key in ("celery_1w_node_cpu_ms", "celery_1w_db_cpu_ms"):
+        assert isinstance(figures[key], float) and figures[key] > 0, (key, figures[key])
+    assert figures["celery_1w_bare_db_cpu_ms"] >= 0
     assert "ours ms/run" in text and "bare ms/task" in text
     # The e2e run's CPU: the node's and the test server's (it runs on this machine).
     for key in ("e2e_node_cpu_us", "e2e_db_cpu_us", "e2e_cores_busy"):
@@ -357,7 +362,8 @@ def test_the_cpu_meter_measures_busy_time_between_start_and_stop(tmp_path):
     meter.stop()
     assert meter.span.busy == pytest.approx(4.0)
     assert meter.span.seconds > 0
-    assert meter.span.ms_per(2000) == pytest.approx(2.0)
+    assert meter.span.per_run(2000) == pytest.approx(0.002)
+    assert meter.span.per_run(2000, "nodes") is None  # no node was given
 
     unreadable = bench.CpuMeter(tmp_path / "missing")
     unreadable.start()
@@ -365,22 +371,31 @@ def test_the_cpu_meter_measures_busy_time_between_start_and_stop(tmp_path):
     assert unreadable.span is None
 
 
-def pid_stat(pid: int, command: str, parent: int, cpu_seconds: float) -> str:
-    """A /proc/<pid>/stat line: ``cpu_seconds`` split between user and system time."""
-    ticks = round(cpu_seconds * os.sysconf("SC_CLK_TCK"))
-    user, system = ticks - ticks // 3, ticks // 3
-    rest = "0 0 20 0 3 0"  # children's times, priority, nice, threads, ...
-    return f"{pid} ({command}) S {parent} {pid} {pid} 0 -1 4194560 10 0 0 0 {user} {system} {rest}"
+def pid_stat(pid: int, command: str, parent: int, used: float, reaped: float = 0.0) -> str:
+    """A /proc/<pid>/stat line: ``used`` and ``reaped`` (its waited-for children's) CPU
+    seconds, each split between user and system time."""
+
+    def user_and_system(seconds: float) -> str:
+        ticks = round(seconds * os.sysconf("SC_CLK_TCK"))
+        return f"{ticks - ticks // 3} {ticks // 3}"
+
+    return (
+        f"{pid} ({command}) S {parent} {pid} {pid} 0 -1 4194560 10 0 0 0"
+        f" {user_and_system(used)} {user_and_system(reaped)} 20 0 3 0"
+    )
 
 
-def fake_process(proc: Path, pid: int, command: str, parent: int, cpu_seconds: float) -> None:
+def fake_process(proc: Path, pid: int, command: str, parent: int, used: float,
+                 reaped: float = 0.0) -> None:  # fmt: skip
     (proc / str(pid)).mkdir(exist_ok=True)
-    (proc / str(pid) / "stat").write_text(pid_stat(pid, command, parent, cpu_seconds))
+    (proc / str(pid) / "stat").write_text(pid_stat(pid, command, parent, used, reaped))
 
 
 def test_a_process_cpu_time_and_parent_come_from_after_its_command_name():
     # A command name may hold spaces and parentheses: the fields are counted after it.
-    assert bench.process_cpu_seconds(pid_stat(42, "a (b) c", 7, 3.0)) == (7, pytest.approx(3.0))
+    cpu = bench.process_cpu(pid_stat(42, "a (b) c", 7, 3.0, 1.5))
+    assert cpu.parent == 7
+    assert cpu.used == pytest.approx(3.0) and cpu.reaped == pytest.approx(1.5)
 
 
 def test_the_cpu_meter_splits_out_the_nodes_and_the_database_servers_processes(tmp_path):
@@ -388,23 +403,26 @@ def test_the_cpu_meter_splits_out_the_nodes_and_the_database_servers_processes(t
     stat.write_text(proc_stat(100, 0, 50, 1000, 0, 0, 0, 0))
     proc = tmp_path / "proc"
     proc.mkdir()
-    fake_process(proc, 100, "postgres", 1, 1.0)  # the server
+    fake_process(proc, 100, "postgres", 1, 1.0, reaped=10.0)  # the server
     fake_process(proc, 101, "postgres", 100, 2.0)  # a backend
     fake_process(proc, 103, "postgres", 100, 4.0)  # a backend that ends meanwhile
     fake_process(proc, 200, "python", 1, 5.0)  # the node
     fake_process(proc, 300, "python", 1, 9.0)  # another process
     meter = bench.CpuMeter(stat, server_pid=100, proc=proc)
     meter.start(node_pids=[200])
-    fake_process(proc, 100, "postgres", 1, 1.5)
-    fake_process(proc, 101, "postgres", 100, 3.0)
+    # 103 ends after 1.5 s more, an autovacuum worker comes and goes after 2 s: the
+    # server reaps both, and their whole time is added to its children's.
     (proc / "103" / "stat").unlink()
     (proc / "103").rmdir()
+    fake_process(proc, 100, "postgres", 1, 1.5, reaped=10.0 + 5.5 + 2.0)
+    fake_process(proc, 101, "postgres", 100, 3.0)
     fake_process(proc, 102, "postgres", 100, 0.25)  # a new backend counts whole
     fake_process(proc, 200, "python", 1, 7.0)
     fake_process(proc, 300, "python", 1, 20.0)
     meter.stop()
     assert meter.span.nodes == pytest.approx(2.0)
-    assert meter.span.database == pytest.approx(1.75)
+    # The server 0.5, 101 1.0, 102 0.25, 103 1.5 of its 5.5, the autovacuum worker 2.0.
+    assert meter.span.database == pytest.approx(5.25)
 
     # A node gone before the end, and no server on this machine: neither is metered.
     meter = bench.CpuMeter(stat, proc=proc)

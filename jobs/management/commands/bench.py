@@ -81,6 +81,10 @@ The last line of output is one JSON object (null for a section not run):
                           this machine's CPU (all of it, from /proc/stat: the database's too
                           when it runs here) over each measurement, per run or bare task
                           in ms, and the cores busy on average; null without /proc/stat
+  celery_1w_node_cpu_ms, celery_1w_db_cpu_ms, celery_1w_bare_db_cpu_ms
+  celery_2w_node_cpu_ms, ...
+                          of that, per run or bare task: the node's process and the database
+                          server's processes (null when the server runs on another machine)
   machine_cores           this machine's CPU count
   scale_*                 with --scale: scale_triggers not due and scale_prune_executions
                           succeeded executions past the retention in the tables;
