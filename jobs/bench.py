@@ -773,7 +773,8 @@ class CpuMeter:
 
     def _nodes_used(self, ended: dict[int, ProcessCpu]) -> float | None:
         """CPU seconds the nodes used since start(); None when one is gone."""
-        if not self.node_pids or any(pid not in ended for pid in self.node_pids):
+        metered = [pid in ended and pid in self.started_processes for pid in self.node_pids]
+        if not metered or not all(metered):
             return None
         return sum(ended[pid].used - self.started_processes[pid].used for pid in self.node_pids)
 
