@@ -11,6 +11,7 @@ import sys
 from datetime import timedelta
 
 import pytest
+import redis
 from celery import Celery
 from django.db import connection
 
@@ -84,8 +85,22 @@ class WorkerProcess:
 
 @pytest.fixture
 def queue():
-    """A queue of this test's own on the shared broker."""
-    return f"test-{os.getpid()}-{next(_queues)}"
+    """A queue of this test's own on the shared broker, deleted afterwards with what the
+    broker keeps of it (its bindings, messages left in it)."""
+    name = f"test-{os.getpid()}-{next(_queues)}"
+    yield name
+    # kombu's Redis transport keeps a queue as a list per priority and its binding as
+    # sets (a queue_delete from a new channel does not know the bindings), and a killed
+    # worker's unacknowledged messages as [message, exchange, routing key] in "unacked",
+    # which a later worker would put back into the queue.
+    broker = redis.Redis.from_url(BROKER)
+    lists = list(broker.scan_iter(match=f"{name}\x06\x16*")) + [name]
+    broker.delete(*lists, f"_kombu.binding.{name}", f"_kombu.binding_permanent.{name}")
+    for tag, entry in broker.hgetall("unacked").items():
+        if json.loads(entry)[2] == name:
+            broker.hdel("unacked", tag)
+            broker.zrem("unacked_index", tag)
+    broker.close()
 
 
 @pytest.fixture
