@@ -639,11 +639,18 @@ def old_history(job, count: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def row_locked(execution_id: int):
-    """The execution's row locked by another connection: a prune's DELETE waits on it."""
+def row_locked(*execution_ids: int):
+    """The executions' rows locked by another connection: a prune's DELETE waits on them.
+
+    FOR NO KEY UPDATE: a foreign key check (FOR KEY SHARE) of a row that references one
+    of them does not wait, as it would on FOR UPDATE or on the DELETE's own lock.
+    """
     blocker = psycopg.connect(**connection.get_connection_params())
     try:
-        blocker.execute("SELECT 1 FROM jobs_execution WHERE id = %s FOR UPDATE", [execution_id])
+        blocker.execute(
+            "SELECT 1 FROM jobs_execution WHERE id = ANY(%s) FOR NO KEY UPDATE",
+            [list(execution_ids)],
+        )
         yield
     finally:
         blocker.close()
@@ -747,18 +754,26 @@ def test_each_claimed_run_has_args_and_kwargs_of_its_own(transactional_db):
     assert (second.args, second.kwargs) == ([], {})
 
 
-def test_a_prune_that_fails_is_logged_counted_and_tried_again_soon(node, settings, caplog):
+@pytest.mark.parametrize("rerun_of_first", [False, True])
+def test_a_prune_that_fails_is_logged_counted_and_tried_again_soon(
+    node, settings, caplog, rerun_of_first
+):
     settings.SCHEDULER_HISTORY_RETENTION_DAYS = 30
     job = make_job("tick", "demo.noop")
-    # The batch deletes ``held`` first (older, and first in the table) and waits on its
-    # lock; meanwhile a rerun of ``rerun_of`` commits. The batch then deletes that row too,
-    # and its commit fails the foreign key of the rerun, which its statement did not see.
-    held, rerun_of = old_history(job, 2)
-    Execution.objects.filter(pk=rerun_of).update(created_at=F("created_at") + timedelta(hours=1))
+    # The batch waits on the lock of whichever of the two rows it comes to first (the
+    # order is the plan's: each order is tried); meanwhile a rerun of ``rerun_of``
+    # commits. The batch then deletes that row too, and its commit fails the foreign key
+    # of the rerun, which its statement did not see.
+    first, second = old_history(job, 2)
+    # ``first`` comes first by id and by age.
+    Execution.objects.filter(pk=second).update(created_at=F("created_at") + timedelta(hours=1))
+    held, rerun_of = (second, first) if rerun_of_first else (first, second)
     errors = metrics.REGISTRY.get_sample_value(
         "scheduler_internal_errors_total", {"thread": "pruner"}
     )
-    with row_locked(held):
+    # Both rows locked: the batch cannot have taken ``rerun_of``'s row before the rerun's
+    # foreign key check, whichever it comes to first.
+    with row_locked(held, rerun_of):
         start_leader_prune(node)
         rerun = make_execution(job, rerun_of_id=rerun_of)
         node.pruner.join(0.5)
