@@ -75,7 +75,7 @@ JSON_NUMBERS = [
 TINY = [
     "--quick", "--scale", "--triggers", "300", "--nodes", "1", "--batches", "100",
     "--idle-seconds", "1", "--idle-settle", "1", "--mixed-seconds", "1",
-    "--celery-triggers", "50", "--celery-workers", "1",
+    "--celery-triggers", "50", "--celery-workers", "1", "--celery-rounds", "2",
     "--scale-triggers", "300", "--scale-due", "200", "--scale-prune", "12000",
 ]  # fmt: skip
 
@@ -182,6 +182,16 @@ def test_it_prints_a_table_and_a_json_line_of_positive_figures_in_its_own_databa
     # Bare Celery ran every task through the same worker; 2 workers were not asked for.
     assert figures["celery_1w_bare_tasks"] == 50
     assert figures["celery_1w_bare_complete"] is True
+    # Two rounds of ours then bare, both complete; the figures are the lower ratio's round.
+    ratios = figures["celery_1w_bare_ratios"]
+    assert figures["celery_rounds"] == 2 and len(ratios) == 2 and all(ratios)
+    assert figures["celery_1w_bare_ratio"] == min(ratios)
+    assert figures["celery_1w_succeeded"] == 50 and figures["celery_1w_complete"] is True
+    assert figures["celery_1w_bare_ratio"] == pytest.approx(
+        figures["celery_1w_per_s"] / figures["celery_1w_bare_per_s"], abs=0.01
+    )
+    assert f"ours/bare {ratios[0]:.2f}, {ratios[1]:.2f}" in text
+    assert figures["celery_2w_bare_ratios"] is None
     assert figures["celery_2w_per_s"] is None and figures["celery_2w_bare_per_s"] is None
     # Scale: the idle node was measured (it may well have made no query at all), the due
     # triggers all ran, and the batched prune took all the old history, 5000 at a time.
@@ -342,6 +352,23 @@ def proc_stat(user: int, nice: int, system: int, idle: int, iowait: int, irq: in
         f"cpu  {user} {nice} {system} {idle} {iowait} {irq} {softirq} {steal} 7 9\n"
         "cpu0 1 2 3 4 5 6 7 8 0 0\nintr 12345\n"
     )
+
+
+def test_the_celery_figures_come_from_the_round_of_the_median_ratio():
+    def rounds(*ours_per_s: float | None) -> list[tuple[bench.EndToEnd, bench.Bare]]:
+        # 100 bare tasks a second; ours as given (None: a round whose bare tasks took no
+        # time, so it has no ratio).
+        return [
+            (bench.EndToEnd(100, 100, 100 / per_s if per_s else 1.0, 0, True),
+             bench.Bare(100, 100, 1.0 if per_s else 0.0, True))
+            for per_s in ours_per_s
+        ]  # fmt: skip
+
+    assert bench.median_round(rounds(50)) == 0
+    assert bench.median_round(rounds(50, 30, 40)) == 2
+    assert bench.median_round(rounds(30, 50, 40, 20)) == 0  # the lower middle one
+    assert bench.median_round(rounds(None, 60, 40)) == 2  # no ratio counts as the lowest
+    assert bench.median_round(rounds(60, None)) == 1
 
 
 def test_busy_cpu_time_counts_all_but_idle_and_iowait_from_the_first_line():

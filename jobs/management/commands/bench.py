@@ -63,6 +63,9 @@ The last line of output is one JSON object (null for a section not run):
   celery_triggers         backlog size of the celery section (default 5000)
   celery_worker_concurrency
                           prefork processes per Celery worker (--worker-concurrency)
+  celery_rounds           rounds of ours then bare per worker count (--celery-rounds,
+                          default 3); every celery_1w_* and celery_2w_* figure below but
+                          the list of ratios is the round of the median ratio's
   celery_1w_succeeded, celery_1w_seconds, celery_1w_per_s, celery_1w_complete
   celery_2w_succeeded, celery_2w_seconds, celery_2w_per_s, celery_2w_complete
                           one node (batch 100) publishing celery runs of demo.noop, with 1
@@ -76,6 +79,9 @@ The last line of output is one JSON object (null for a section not run):
                           the same workers: tasks / (all run - first publish)
   celery_1w_bare_ratio, celery_2w_bare_ratio
                           ours / bare (target >= 0.5 with 2 workers)
+  celery_1w_bare_ratios, celery_2w_bare_ratios
+                          ours / bare of every round, in the order run (a round capped
+                          before all ran ends the rounds)
   celery_1w_cpu_ms, celery_1w_cores_busy, celery_1w_bare_cpu_ms, celery_1w_bare_cores_busy
   celery_2w_cpu_ms, ...
                           this machine's CPU (all of it, from /proc/stat: the database's too
@@ -168,7 +174,7 @@ class Command(BaseCommand):
             "--quick",
             action="store_true",
             help="Small sizes for a smoke run (2000 triggers, nodes 1,2, batches 10,100; "
-            "300 celery triggers).",
+            "300 celery triggers, 1 round).",
         )
         parser.add_argument(
             "--only",
@@ -209,6 +215,12 @@ class Command(BaseCommand):
             "--celery-triggers",
             type=_positive_int,
             help="Backlog size of the celery section (default 5000).",
+        )
+        parser.add_argument(
+            "--celery-rounds",
+            type=_positive_int,
+            help="Rounds of ours then bare per worker count; the median round is reported "
+            "(default 3).",
         )
         parser.add_argument(
             "--worker-concurrency",
@@ -257,6 +269,7 @@ class Command(BaseCommand):
             scale_triggers=options["scale_triggers"],
             scale_due=options["scale_due"],
             scale_prune=options["scale_prune"],
+            celery_rounds=options["celery_rounds"],
         )
         sections = options["only"]
         if options["scale"] and "scale" not in sections:
