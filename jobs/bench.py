@@ -21,6 +21,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,6 +98,9 @@ class Sizes:
     celery_concurrency: int = 2
     #: Seconds a Celery combination may run; the rate is then taken over what finished.
     celery_cap: float = 30.0
+    #: Rounds of the raw loop, the minimal schema's and one node at batch 100, one after
+    #: the other: the schema and node ratios printed are the medians of the rounds'.
+    raw_rounds: int = 3
     #: Rounds of ours then bare through the same workers, per worker count. This machine's
     #: speed drifts from one phase to the next (the same code's ratio has read 0.30 and
     #: 0.53 in one hour), so the ratio printed is the median round's.
@@ -128,6 +132,7 @@ QUICK = Sizes(
     celery_triggers=300,
     celery_cap=15.0,
     celery_rounds=1,
+    raw_rounds=1,
     mixed_nodes=2,
     mixed_seconds=5.0,
     mixed_triggers=10,
@@ -834,6 +839,33 @@ class Claim:
 
 
 @dataclass
+class RawRound:
+    """One round of the raw section: the raw loop, the same on the minimal schema, and one
+    node at batch 100, measured one after the other."""
+
+    raw: Claim
+    minimal: Claim
+    node: Claim
+
+    @property
+    def schema_ratio(self) -> float | None:
+        return _ratio(self.raw, self.minimal)
+
+    @property
+    def node_raw_ratio(self) -> float | None:
+        return _ratio(self.node, self.raw)
+
+    def as_json(self) -> dict:
+        return {
+            "raw_fires_per_s": round(self.raw.per_s, 1),
+            "minimal_fires_per_s": round(self.minimal.per_s, 1),
+            "node_fires_per_s": round(self.node.per_s, 1),
+            "schema_ratio": self.schema_ratio,
+            "node_raw_ratio": self.node_raw_ratio,
+        }
+
+
+@dataclass
 class EndToEnd:
     """One end-to-end measurement: ``succeeded`` executions of a backlog of ``triggers``,
     over ``seconds`` = last finished_at - first dispatched_at (database time)."""
@@ -885,6 +917,9 @@ class Results:
     #: The server's version and durability settings (server_settings).
     server: dict = field(default_factory=dict)
     node_1x100: Claim | None = None
+    #: The raw section's rounds; raw, minimal and node_1x100 are then the rounds' median
+    #: measurements of each, and the ratios the medians of the rounds' ratios.
+    raw_rounds: list[RawRound] = field(default_factory=list)
     e2e: EndToEnd | None = None
     lag: dict | None = None
     idle: dict | None = None
@@ -919,11 +954,12 @@ class Results:
             "raw_seconds": round(self.raw.seconds, 3) if self.raw else None,
             "raw_fires_per_s": round(self.raw.per_s, 1) if self.raw else None,
             "node_1x100_fires_per_s": round(self.node_1x100.per_s, 1) if self.node_1x100 else None,
-            "node_raw_ratio": _ratio(self.node_1x100, self.raw),
+            "node_raw_ratio": _median([r.node_raw_ratio for r in self.raw_rounds]),
             "minimal_fires": self.minimal.fires if self.minimal else None,
             "minimal_seconds": round(self.minimal.seconds, 3) if self.minimal else None,
             "minimal_fires_per_s": round(self.minimal.per_s, 1) if self.minimal else None,
-            "schema_ratio": _ratio(self.raw, self.minimal),
+            "schema_ratio": _median([r.schema_ratio for r in self.raw_rounds]),
+            "raw_rounds": [r.as_json() for r in self.raw_rounds] or None,
             **_end_to_end("e2e", self.e2e),
             **_e2e_cpu(self.e2e),
             **_prefixed("lag", self.lag, ("triggers", "p50_ms", "p99_ms", "max_ms")),
@@ -990,6 +1026,17 @@ def median_round(rounds: list[tuple[EndToEnd, Bare]]) -> int:
     ratios = [_ratio(ours, bare) for ours, bare in rounds]
     order = sorted(range(len(rounds)), key=lambda i: (ratios[i] is not None, ratios[i] or 0))
     return order[(len(order) - 1) // 2]
+
+
+def _median(figures: list[float | None]) -> float | None:
+    """The median of the figures there are (the lower middle one of an even count)."""
+    there = [figure for figure in figures if figure is not None]
+    return statistics.median_low(there) if there else None
+
+
+def _median_claim(claims: list[Claim]) -> Claim:
+    """The claim of the median rate (the lower middle one of an even count)."""
+    return sorted(claims, key=lambda c: c.per_s)[(len(claims) - 1) // 2]
 
 
 def _ratio(a: Claim | EndToEnd | None, b: Claim | Bare | None) -> float | None:
@@ -1272,29 +1319,45 @@ class Bench:
                 )
 
     def section_raw(self) -> None:
+        """Rounds of the raw loop, the minimal schema's and one node at batch 100, so that
+        each ratio compares measurements minutes apart at most, not a whole bench."""
         s = self.sizes
-        self.progress("raw: the claim transaction from plain psycopg")
-        self.reset(s.triggers)
-        raw = self.results.raw = self.raw_claim_loop(batch=100, cap=s.claim_cap)
-        self.progress("raw: the same on the minimal schema")
-        self.reset(s.triggers)
-        minimal = self.results.minimal = self.minimal_claim_loop(batch=100, cap=s.claim_cap)
-        if self.results.node_1x100 is None:
-            self.results.node_1x100 = self.measure_claim(1, 100)
-        node = self.results.node_1x100
+        rounds = self.results.raw_rounds
+        for number in range(1, s.raw_rounds + 1):
+            of = f" (round {number} of {s.raw_rounds})" if s.raw_rounds > 1 else ""
+            self.progress(f"raw: the claim transaction from plain psycopg{of}")
+            self.reset(s.triggers)
+            raw = self.raw_claim_loop(batch=100, cap=s.claim_cap)
+            self.progress(f"raw: the same on the minimal schema{of}")
+            self.reset(s.triggers)
+            minimal = self.minimal_claim_loop(batch=100, cap=s.claim_cap)
+            rounds.append(RawRound(raw, minimal, self.measure_claim(1, 100)))
+        raw = self.results.raw = _median_claim([r.raw for r in rounds])
+        minimal = self.results.minimal = _median_claim([r.minimal for r in rounds])
+        node = self.results.node_1x100 = _median_claim([r.node for r in rounds])
+        median = "" if s.raw_rounds == 1 else f"; the median of {s.raw_rounds} rounds of each"
         self.out("\nRaw-SQL claim limit: jobs/claims.py's SELECT_DUE_TRIGGERS (SKIP LOCKED) and")
         self.out("   INSERT_FIRES_AND_ADVANCE, COMMIT, in a tight loop (plain psycopg, one")
         self.out("   connection, batch 100); the same on the minimal schema (copies of the tables")
-        self.out("   with only primary keys, the uniqueness and the due index: no FKs, triggers)")
-        for label, run in (("raw", raw), ("minimal schema", minimal)):
+        self.out("   with only primary keys, the uniqueness and the due index: no FKs, triggers);")
+        self.out(f"   one node at batch 100 right after them{median}")
+        for label, run in (("raw", raw), ("minimal schema", minimal), ("node 1 x batch 100", node)):
             note = "" if run.complete else "  (capped)"
-            self.out(f"   {label + ' fires/s':<22} {run.per_s:>9.0f}"
+            self.out(f"   {label + ' fires/s':<26} {run.per_s:>9.0f}"
                      f"   ({run.fires} fires in {run.seconds:.2f} s){note}")  # fmt: skip
-        self.out(f"   node 1 x batch 100     {node.per_s:>9.0f}")
-        self.out(f"   schema_ratio           {_ratio(raw, minimal):>9.2f}   raw / minimal,"
+        schema_ratio = _median([r.schema_ratio for r in rounds])
+        node_raw_ratio = _median([r.node_raw_ratio for r in rounds])
+        self.out(f"   schema_ratio               {_shown(schema_ratio):>9}   raw / minimal,"
                  f" target >= {TARGETS['schema_ratio']}")  # fmt: skip
-        self.out(f"   node_raw_ratio         {_ratio(node, raw):>9.2f}   node / raw,"
+        self.out(f"   node_raw_ratio             {_shown(node_raw_ratio):>9}   node / raw,"
                  f" target >= {TARGETS['ratio']}")  # fmt: skip
+        if s.raw_rounds > 1:
+            self.out(f"   {'round':>5} {'raw/s':>9} {'minimal/s':>10} {'node/s':>9}"
+                     f" {'schema_ratio':>12} {'node_raw_ratio':>14}")  # fmt: skip
+            for number, r in enumerate(rounds, 1):
+                self.out(f"   {number:>5} {r.raw.per_s:>9.0f} {r.minimal.per_s:>10.0f}"
+                         f" {r.node.per_s:>9.0f} {_shown(r.schema_ratio):>12}"
+                         f" {_shown(r.node_raw_ratio):>14}")  # fmt: skip
 
     def raw_claim_loop(self, batch: int, cap: float, tables: ClaimTables | None = None) -> Claim:
         """The claim transaction of jobs/claims.py in a tight loop: SELECT_DUE_TRIGGERS, then

@@ -71,11 +71,13 @@ JSON_NUMBERS = [
     "scale_prune_seconds",
     "scale_prune_batches",
 ]
-# Tiny sizes: every section (the scale one too) in well under a minute.
+# Tiny sizes: every section (the scale one too) in well under a minute. 3,000 triggers:
+# /proc counts CPU in ticks of 10 ms, and the database's CPU over an e2e run of 300 once
+# read 0 ticks.
 TINY = [
-    "--quick", "--scale", "--triggers", "300", "--nodes", "1", "--batches", "100",
+    "--quick", "--scale", "--triggers", "3000", "--nodes", "1", "--batches", "100",
     "--idle-seconds", "1", "--idle-settle", "1", "--mixed-seconds", "1",
-    "--celery-triggers", "50", "--celery-workers", "1", "--celery-rounds", "2",
+    "--celery-triggers", "50", "--celery-workers", "1", "--celery-rounds", "2", "--raw-rounds", "2",
     "--scale-triggers", "300", "--scale-due", "200", "--scale-prune", "12000",
 ]  # fmt: skip
 
@@ -172,13 +174,22 @@ def test_it_prints_a_table_and_a_json_line_of_positive_figures_in_its_own_databa
     )
     assert server["durable"] is durable
     assert ("WARNING: NOT A DURABLE SERVER (" in text) is not durable
-    # The raw loop and the minimal schema drained the whole backlog.
-    assert figures["raw_fires"] == figures["minimal_fires"] == 300
-    raw_over_minimal = figures["raw_fires_per_s"] / figures["minimal_fires_per_s"]
-    assert figures["schema_ratio"] == pytest.approx(raw_over_minimal, abs=0.01)
-    assert figures["node_raw_ratio"] == pytest.approx(
-        figures["node_1x100_fires_per_s"] / figures["raw_fires_per_s"], abs=0.01
-    )
+    # The raw loop and the minimal schema drained the whole backlog, twice; each round's
+    # ratios are its own rates', and the ratios printed are the lower of the two rounds'.
+    assert figures["raw_fires"] == figures["minimal_fires"] == 3000
+    rounds = figures["raw_rounds"]
+    assert len(rounds) == 2
+    for r in rounds:
+        assert r["schema_ratio"] == pytest.approx(
+            r["raw_fires_per_s"] / r["minimal_fires_per_s"], abs=0.01
+        )
+        assert r["node_raw_ratio"] == pytest.approx(
+            r["node_fires_per_s"] / r["raw_fires_per_s"], abs=0.01
+        )
+    assert figures["schema_ratio"] == min(r["schema_ratio"] for r in rounds)
+    assert figures["node_raw_ratio"] == min(r["node_raw_ratio"] for r in rounds)
+    assert figures["raw_fires_per_s"] == min(r["raw_fires_per_s"] for r in rounds)
+    assert figures["node_1x100_fires_per_s"] == min(r["node_fires_per_s"] for r in rounds)
     # Bare Celery ran every task through the same worker; 2 workers were not asked for.
     assert figures["celery_1w_bare_tasks"] == 50
     assert figures["celery_1w_bare_complete"] is True
