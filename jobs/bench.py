@@ -15,13 +15,13 @@ minimal schema; the scale section (--scale) runs prune_history in a process of i
 from __future__ import annotations
 
 import json
+import operator
 import os
 import re
 import secrets
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -935,6 +935,14 @@ class Results:
     mixed: dict | None = None
     scale: dict | None = None
 
+    @property
+    def schema_ratio(self) -> float | None:
+        return _median([r.schema_ratio for r in self.raw_rounds])
+
+    @property
+    def node_raw_ratio(self) -> float | None:
+        return _median([r.node_raw_ratio for r in self.raw_rounds])
+
     def as_json(self) -> dict:
         return {
             "server": self.server,
@@ -954,11 +962,11 @@ class Results:
             "raw_seconds": round(self.raw.seconds, 3) if self.raw else None,
             "raw_fires_per_s": round(self.raw.per_s, 1) if self.raw else None,
             "node_1x100_fires_per_s": round(self.node_1x100.per_s, 1) if self.node_1x100 else None,
-            "node_raw_ratio": _median([r.node_raw_ratio for r in self.raw_rounds]),
+            "node_raw_ratio": self.node_raw_ratio,
             "minimal_fires": self.minimal.fires if self.minimal else None,
             "minimal_seconds": round(self.minimal.seconds, 3) if self.minimal else None,
             "minimal_fires_per_s": round(self.minimal.per_s, 1) if self.minimal else None,
-            "schema_ratio": _median([r.schema_ratio for r in self.raw_rounds]),
+            "schema_ratio": self.schema_ratio,
             "raw_rounds": [r.as_json() for r in self.raw_rounds] or None,
             **_end_to_end("e2e", self.e2e),
             **_e2e_cpu(self.e2e),
@@ -1020,23 +1028,22 @@ SCALE_KEYS = (
 )  # fmt: skip
 
 
+def _lower_middle(items: Sequence, key: Callable) -> object:
+    """The item of the median ``key``: the lower middle one of an even count."""
+    return sorted(items, key=key)[(len(items) - 1) // 2]
+
+
 def median_round(rounds: list[tuple[EndToEnd, Bare]]) -> int:
-    """The index of the round whose ours / bare is the median (the lower middle one of an
-    even count); a round without a ratio counts as the lowest."""
+    """The index of the round whose ours / bare is the median; a round without a ratio
+    counts as the lowest."""
     ratios = [_ratio(ours, bare) for ours, bare in rounds]
-    order = sorted(range(len(rounds)), key=lambda i: (ratios[i] is not None, ratios[i] or 0))
-    return order[(len(order) - 1) // 2]
+    return _lower_middle(range(len(rounds)), lambda i: (ratios[i] is not None, ratios[i] or 0))
 
 
 def _median(figures: list[float | None]) -> float | None:
     """The median of the figures there are (the lower middle one of an even count)."""
     there = [figure for figure in figures if figure is not None]
-    return statistics.median_low(there) if there else None
-
-
-def _median_claim(claims: list[Claim]) -> Claim:
-    """The claim of the median rate (the lower middle one of an even count)."""
-    return sorted(claims, key=lambda c: c.per_s)[(len(claims) - 1) // 2]
+    return _lower_middle(there, float) if there else None
 
 
 def _ratio(a: Claim | EndToEnd | None, b: Claim | Bare | None) -> float | None:
@@ -1332,9 +1339,10 @@ class Bench:
             self.reset(s.triggers)
             minimal = self.minimal_claim_loop(batch=100, cap=s.claim_cap)
             rounds.append(RawRound(raw, minimal, self.measure_claim(1, 100)))
-        raw = self.results.raw = _median_claim([r.raw for r in rounds])
-        minimal = self.results.minimal = _median_claim([r.minimal for r in rounds])
-        node = self.results.node_1x100 = _median_claim([r.node for r in rounds])
+        by_rate = operator.attrgetter("per_s")
+        raw = self.results.raw = _lower_middle([r.raw for r in rounds], by_rate)
+        minimal = self.results.minimal = _lower_middle([r.minimal for r in rounds], by_rate)
+        node = self.results.node_1x100 = _lower_middle([r.node for r in rounds], by_rate)
         median = "" if s.raw_rounds == 1 else f"; the median of {s.raw_rounds} rounds of each"
         self.out("\nRaw-SQL claim limit: jobs/claims.py's SELECT_DUE_TRIGGERS (SKIP LOCKED) and")
         self.out("   INSERT_FIRES_AND_ADVANCE, COMMIT, in a tight loop (plain psycopg, one")
@@ -1345,12 +1353,10 @@ class Bench:
             note = "" if run.complete else "  (capped)"
             self.out(f"   {label + ' fires/s':<26} {run.per_s:>9.0f}"
                      f"   ({run.fires} fires in {run.seconds:.2f} s){note}")  # fmt: skip
-        schema_ratio = _median([r.schema_ratio for r in rounds])
-        node_raw_ratio = _median([r.node_raw_ratio for r in rounds])
-        self.out(f"   schema_ratio               {_shown(schema_ratio):>9}   raw / minimal,"
-                 f" target >= {TARGETS['schema_ratio']}")  # fmt: skip
-        self.out(f"   node_raw_ratio             {_shown(node_raw_ratio):>9}   node / raw,"
-                 f" target >= {TARGETS['ratio']}")  # fmt: skip
+        self.out(f"   schema_ratio               {_shown(self.results.schema_ratio):>9}"
+                 f"   raw / minimal, target >= {TARGETS['schema_ratio']}")  # fmt: skip
+        self.out(f"   node_raw_ratio             {_shown(self.results.node_raw_ratio):>9}"
+                 f"   node / raw, target >= {TARGETS['ratio']}")  # fmt: skip
         if s.raw_rounds > 1:
             self.out(f"   {'round':>5} {'raw/s':>9} {'minimal/s':>10} {'node/s':>9}"
                      f" {'schema_ratio':>12} {'node_raw_ratio':>14}")  # fmt: skip
