@@ -429,6 +429,11 @@ class Workers:
             for reply in app.control.ping(destination=sorted(waiting), timeout=0.5):
                 waiting -= set(reply)
 
+    @property
+    def pids(self) -> list[int]:
+        """The workers' main processes (their pool processes are their children)."""
+        return [proc.pid for proc, _ in self.procs]
+
     def check_alive(self) -> None:
         for proc, _ in self.procs:
             if proc.poll() is not None:
@@ -719,13 +724,18 @@ def local_server_pid(backend_pid: int, dbname: str, proc: Path = Path("/proc")) 
 @dataclass(frozen=True)
 class CpuSpan:
     """What this machine's CPUs did over a span: ``busy`` core-seconds in ``seconds``; of
-    them, the CPU seconds of the nodes' processes and of the database server's (None when
-    not metered: the server on another machine, a node gone before the end)."""
+    them, the CPU seconds of the nodes' processes, of the database server's and of the
+    Celery workers' (None when not metered: the server on another machine, a node or a
+    worker gone before the end, no worker)."""
 
     busy: float
     seconds: float
     nodes: float | None = None
     database: float | None = None
+    #: Celery workers' main processes (each takes messages from the broker, hands them to
+    #: its pool and acknowledges them) and their pool processes (which run the tasks).
+    workers_main: float | None = None
+    workers_pool: float | None = None
 
     @property
     def cores(self) -> float:
@@ -733,8 +743,9 @@ class CpuSpan:
         return self.busy / self.seconds if self.seconds > 0 else 0.0
 
     def per_run(self, count: int, part: str = "busy") -> float | None:
-        """CPU seconds per run of ``part``: the machine's ``busy`` time, the ``nodes``' or the
-        ``database``'s; None when that part was not metered (or nothing ran)."""
+        """CPU seconds per run of ``part``: the machine's ``busy`` time or one of the parts
+        metered (``nodes``, ``database``, ``workers_main``, ``workers_pool``); None when
+        that part was not metered (or nothing ran)."""
         used = getattr(self, part)
         return used / count if used is not None and count else None
 
@@ -748,7 +759,8 @@ class CpuMeter:
     and, with ``server_pid`` (local_server_pid), of the database server's processes: it,
     its children, and the children it reaped meanwhile (autovacuum workers, closed
     connections), which leave their time with it. A child that starts meanwhile counts
-    whole.
+    whole. The Celery workers given to start() are metered the same way, their main
+    processes apart from their pool processes (their children).
     """
 
     def __init__(
@@ -759,6 +771,7 @@ class CpuMeter:
         self.proc = proc
         self.server_pid = server_pid
         self.node_pids: list[int] = []
+        self.worker_pids: list[int] = []
         self.started: tuple[float, float] | None = None
         self.started_processes: dict[int, ProcessCpu] = {}
         self.span: CpuSpan | None = None
@@ -771,7 +784,7 @@ class CpuMeter:
 
     def _processes(self) -> dict[int, ProcessCpu]:
         """Every process by pid (none when not asked for)."""
-        if not self.node_pids and self.server_pid is None:
+        if not self.node_pids and not self.worker_pids and self.server_pid is None:
             return {}
         processes = {}
         for entry in self.proc.glob("[0-9]*"):
@@ -788,25 +801,42 @@ class CpuMeter:
             return None
         return sum(ended[pid].used - self.started_processes[pid].used for pid in self.node_pids)
 
-    def _server_used(self, ended: dict[int, ProcessCpu]) -> float | None:
-        """CPU seconds the server's processes used since start(); None when not metered."""
-        server, before = ended.get(self.server_pid), self.started_processes.get(self.server_pid)
-        if server is None or before is None:
+    def _tree_used(
+        self, root: int | None, ended: dict[int, ProcessCpu]
+    ) -> tuple[float, float] | None:
+        """CPU seconds ``root`` used since start(), and those of its children; None when it
+        is not metered."""
+        now, before = ended.get(root), self.started_processes.get(root)
+        if now is None or before is None:
             return None
-        used = server.used - before.used + server.reaped - before.reaped
-        for pid, now in ended.items():
-            if now.parent == self.server_pid:
+        children = now.reaped - before.reaped
+        for pid, process in ended.items():
+            if process.parent == root:
                 started = self.started_processes.get(pid)
-                used += now.used - (started.used if started else 0.0)
-        # A child reaped meanwhile left all its time with the server, its time before
+                children += process.used - (started.used if started else 0.0)
+        # A child reaped meanwhile left all its time with its parent, its time before
         # start() too: that part is not this span's.
         for pid, started in self.started_processes.items():
-            if started.parent == self.server_pid and pid not in ended:
-                used -= started.used
-        return used
+            if started.parent == root and pid not in ended:
+                children -= started.used
+        return now.used - before.used, children
 
-    def start(self, node_pids: Sequence[int] = ()) -> None:
+    def _server_used(self, ended: dict[int, ProcessCpu]) -> float | None:
+        """CPU seconds the server's processes used since start(); None when not metered."""
+        used = self._tree_used(self.server_pid, ended)
+        return sum(used) if used is not None else None
+
+    def _workers_used(self, ended: dict[int, ProcessCpu]) -> tuple[float | None, float | None]:
+        """CPU seconds the workers' main processes and their pool processes used since
+        start(); None when none was given or one is gone."""
+        trees = [self._tree_used(pid, ended) for pid in self.worker_pids]
+        if not trees or None in trees:
+            return None, None
+        return sum(main for main, _ in trees), sum(pool for _, pool in trees)
+
+    def start(self, node_pids: Sequence[int] = (), worker_pids: Sequence[int] = ()) -> None:
         self.node_pids = list(node_pids)
+        self.worker_pids = list(worker_pids)
         self.started = self._sample()
         self.started_processes = self._processes()
 
@@ -820,6 +850,7 @@ class CpuMeter:
             ended[1] - self.started[1],
             self._nodes_used(processes),
             self._server_used(processes),
+            *self._workers_used(processes),
         )
 
 
@@ -1003,10 +1034,14 @@ class Results:
             figures[f"{prefix}_cpu_ms"] = _cpu_ms(span, count)
             figures[f"{prefix}_node_cpu_ms"] = _cpu_ms(span, count, "nodes")
             figures[f"{prefix}_db_cpu_ms"] = _cpu_ms(span, count, "database")
+            figures[f"{prefix}_workers_main_cpu_ms"] = _cpu_ms(span, count, "workers_main")
+            figures[f"{prefix}_workers_pool_cpu_ms"] = _cpu_ms(span, count, "workers_pool")
             figures[f"{prefix}_cores_busy"] = _cores_busy(span)
             span, count = (bare.cpu, bare.ran) if bare else (None, 0)
             figures[f"{prefix}_bare_cpu_ms"] = _cpu_ms(span, count)
             figures[f"{prefix}_bare_db_cpu_ms"] = _cpu_ms(span, count, "database")
+            figures[f"{prefix}_bare_workers_main_cpu_ms"] = _cpu_ms(span, count, "workers_main")
+            figures[f"{prefix}_bare_workers_pool_cpu_ms"] = _cpu_ms(span, count, "workers_pool")
             figures[f"{prefix}_bare_cores_busy"] = _cores_busy(span)
         inline = self.celery_inline
         figures["celery_inline_triggers"] = inline.triggers if inline else None
@@ -1251,7 +1286,7 @@ class Bench:
         with ``until_finished``, run) or ``cap`` seconds pass. Returns the database time
         the backlog was released and whether it was drained. ``watch``: other processes
         the run depends on, checked alive while waiting; ``cpu``, metering this machine
-        (and the nodes' processes) from the release to the drain."""
+        (and the nodes' and those workers' processes) from the release to the drain."""
         conn = self.conn
         tag = f"{nodes}x{batch or 'default'}"
         conn.execute("UPDATE jobs_job SET paused = true")
@@ -1262,7 +1297,8 @@ class Bench:
                 "UPDATE jobs_job SET paused = false RETURNING clock_timestamp()"
             ).fetchone()[0]
             if cpu:
-                cpu.start(node_pids=[proc.pid for proc, _ in procs.procs])
+                workers = [pid for other in watch for pid in other.pids]
+                cpu.start(node_pids=[proc.pid for proc, _ in procs.procs], worker_pids=workers)
             drained = self.wait_drained(procs, cap, until_finished, watch)
             if cpu:
                 cpu.stop()
@@ -1521,7 +1557,7 @@ class Bench:
         inspect = app.control.inspect(destination=procs.names, timeout=1.0, limit=len(procs.names))
         before = _tasks_accepted(inspect, BARE_TASK)
         cpu = CpuMeter(server_pid=self.server_pid)
-        cpu.start()
+        cpu.start(worker_pids=procs.pids)
         start = self.conn.execute("SELECT clock_timestamp()").fetchone()[0]
         with app.producer_or_acquire() as producer:
             for _ in range(count):
@@ -1581,19 +1617,29 @@ class Bench:
         self.out(f"   this machine's CPU ({os.cpu_count()} cores, /proc/stat; the database's"
                  " counts when it runs here),")  # fmt: skip
         self.out("   ours from the release to the drain, bare from the first publish to the end;")
-        self.out("   of it, the node's process and the database server's processes (/proc/<pid>):")
-        self.out(f"   {'':<10} {'ours ms/run':>11} {'node':>6} {'database':>8} {'cores busy':>10}"
-                 f" {'bare ms/task':>12} {'database':>8} {'cores busy':>10}")  # fmt: skip
+        self.out(
+            "   of it (/proc/<pid>): the node's process, the database server's processes, and the"
+        )
+        self.out(
+            "   workers' main processes (each takes messages from the broker, hands them to its"
+        )
+        self.out("   pool and acknowledges them) and pool processes (which run the tasks):")
+        self.out(f"   {'':<15} {'ms/run':>6} {'node':>6} {'database':>8} {'main':>6} {'pool':>6}"
+                 f" {'cores busy':>10}")  # fmt: skip
         for workers, run in self.results.celery.items():
             bare = self.results.celery_bare[workers]
-            self.out(f"   {_workers_label(workers):<10}"
-                     f" {_shown(_cpu_ms(run.cpu, run.succeeded)):>11}"
-                     f" {_shown(_cpu_ms(run.cpu, run.succeeded, 'nodes')):>6}"
-                     f" {_shown(_cpu_ms(run.cpu, run.succeeded, 'database')):>8}"
-                     f" {_shown(_cores_busy(run.cpu)):>10}"
-                     f" {_shown(_cpu_ms(bare.cpu, bare.ran)):>12}"
-                     f" {_shown(_cpu_ms(bare.cpu, bare.ran, 'database')):>8}"
-                     f" {_shown(_cores_busy(bare.cpu)):>10}")  # fmt: skip
+            label = _workers_label(workers)
+            for kind, span, count in (
+                ("ours", run.cpu, run.succeeded),
+                ("bare", bare.cpu, bare.ran),
+            ):
+                self.out(f"   {label + ' ' + kind:<15}"
+                         f" {_shown(_cpu_ms(span, count)):>6}"
+                         f" {_shown(_cpu_ms(span, count, 'nodes')) if kind == 'ours' else '':>6}"
+                         f" {_shown(_cpu_ms(span, count, 'database')):>8}"
+                         f" {_shown(_cpu_ms(span, count, 'workers_main')):>6}"
+                         f" {_shown(_cpu_ms(span, count, 'workers_pool')):>6}"
+                         f" {_shown(_cores_busy(span)):>10}")  # fmt: skip
         inline = self.results.celery_inline
         source = "the e2e section's run" if inline is self.results.e2e else "the same backlog"
         note = ", capped" if not inline.complete else ""

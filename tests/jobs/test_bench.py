@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from datetime import timedelta
 from io import StringIO
@@ -229,7 +230,14 @@ def test_it_prints_a_table_and_a_json_line_of_positive_figures_in_its_own_databa
     for key in ("celery_1w_node_cpu_ms", "celery_1w_db_cpu_ms"):
         assert isinstance(figures[key], float) and figures[key] > 0, (key, figures[key])
     assert figures["celery_1w_bare_db_cpu_ms"] >= 0
-    assert "ours ms/run" in text and "bare ms/task" in text
+    # The workers' main and pool processes, for both (50 tasks may take under a tick of
+    # either: metered is what is checked here).
+    for kind in ("", "bare_"):
+        for part in ("main", "pool"):
+            key = f"celery_1w_{kind}workers_{part}_cpu_ms"
+            assert isinstance(figures[key], float) and figures[key] >= 0, (key, figures[key])
+    assert re.search(r"^ +1 worker ours +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ ", text, re.M)
+    assert re.search(r"^ +1 worker bare +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ ", text, re.M)
     # The e2e run's CPU: the node's and the test server's (it runs on this machine).
     for key in ("e2e_node_cpu_us", "e2e_db_cpu_us", "e2e_cores_busy"):
         assert isinstance(figures[key], float) and figures[key] > 0, (key, figures[key])
@@ -471,6 +479,41 @@ def test_the_cpu_meter_splits_out_the_nodes_and_the_database_servers_processes(t
     meter.stop()
     assert meter.span is not None
     assert meter.span.nodes is None and meter.span.database is None
+
+
+def test_the_cpu_meter_splits_celery_workers_into_main_and_pool_processes(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text(proc_stat(100, 0, 50, 1000, 0, 0, 0, 0))
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    fake_process(proc, 400, "celery", 1, 1.0)  # a worker's main process
+    fake_process(proc, 401, "celery", 400, 2.0)  # its pool process
+    fake_process(proc, 402, "celery", 400, 3.0)  # a pool process that ends meanwhile
+    fake_process(proc, 500, "celery", 1, 4.0)  # a second worker, with no pool process
+    fake_process(proc, 600, "python", 1, 9.0)  # another process
+    meter = bench.CpuMeter(stat, proc=proc)
+    meter.start(worker_pids=[400, 500])
+    # 402 ends after 0.5 s more and is reaped; a new pool process takes its place.
+    (proc / "402" / "stat").unlink()
+    (proc / "402").rmdir()
+    fake_process(proc, 400, "celery", 1, 1.75, reaped=3.5)
+    fake_process(proc, 401, "celery", 400, 3.0)
+    fake_process(proc, 403, "celery", 400, 0.25)
+    fake_process(proc, 500, "celery", 1, 4.5)
+    fake_process(proc, 600, "python", 1, 20.0)
+    meter.stop()
+    assert meter.span.workers_main == pytest.approx(0.75 + 0.5)
+    # 401 1.0, 402 0.5 of its 3.5, 403 0.25.
+    assert meter.span.workers_pool == pytest.approx(1.75)
+    assert meter.span.per_run(1000, "workers_pool") == pytest.approx(0.00175)
+    assert meter.span.nodes is None and meter.span.database is None
+
+    # A worker gone before the end: the workers are not metered.
+    meter = bench.CpuMeter(stat, proc=proc)
+    meter.start(worker_pids=[400, 500])
+    (proc / "500" / "stat").unlink()
+    meter.stop()
+    assert meter.span.workers_main is None and meter.span.workers_pool is None
 
 
 @pytest.mark.django_db
