@@ -4,12 +4,14 @@ equal to a count of the executions, pruned by its own retention; and the trend r
 from __future__ import annotations
 
 import importlib
+import time
 from bisect import bisect_right
 from collections import defaultdict
 from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.db.models.functions import Now
 
 from controlplane import dashboard
 from jobs import actions, claims, history, trends
@@ -179,6 +181,33 @@ def test_many_rows_in_one_statement_are_counted_once_each():
     )  # fmt: skip
     assert_rollup_matches_executions()
     Execution.objects.filter(job=job, attempt=1).update(state="abandoned")
+    assert_rollup_matches_executions()
+
+
+@pytest.mark.django_db
+def test_a_write_of_many_results_costs_per_run_no_more_than_small_writes_do():
+    # The update trigger's plan is made on the connection's first statement and kept: a
+    # one-row write first (as a Celery worker's), then a recorder's large batch must not
+    # compare each of its rows with every other.
+    job = make_job("large batch")
+    now = database_now()
+    Execution.objects.bulk_create(
+        Execution(job=job, scheduled_for=now, origin="manual", state="running", started_at=now)
+        for _ in range(2101)
+    )
+    ids = list(Execution.objects.filter(job=job).order_by("id").values_list("id", flat=True))
+
+    def seconds_per_run(chunk: list[int]) -> float:
+        began = time.perf_counter()
+        Execution.objects.filter(id__in=chunk).update(state="succeeded", finished_at=Now())
+        return (time.perf_counter() - began) / len(chunk)
+
+    with connection.cursor() as cursor:
+        cursor.execute("DISCARD PLANS")  # this connection's earlier tests made plans too
+    seconds_per_run(ids[:1])
+    small = min(seconds_per_run(ids[i : i + 20]) for i in range(1, 101, 20))
+    large = seconds_per_run(ids[101:])
+    assert large < 3 * small, (large, small)
     assert_rollup_matches_executions()
 
 
