@@ -42,6 +42,8 @@ from psycopg import sql
 from jobs import claims, history
 
 MAINTENANCE_DB = "postgres"
+# The advisory lock (in MAINTENANCE_DB) of a running bench: this and its database's name.
+CLAIM_KEY = "jobs.bench:"
 TARGETS = {
     "ratio": 0.7,
     "schema_ratio": 0.6,
@@ -166,6 +168,26 @@ class BenchDatabase:
             **options,
         }
         self._options = options
+        self._claim: psycopg.Connection | None = None
+
+    def claim(self) -> None:
+        """Make this run the only bench of this database name on its server, until release():
+        another one would drop the database under this one's feet (and this one, its)."""
+        conn = self.connect(MAINTENANCE_DB)
+        # An advisory lock lives as long as the connection holding it, however this ends.
+        held = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [CLAIM_KEY + self.name])
+        if not held.fetchone()[0]:
+            conn.close()
+            raise BenchError(
+                f"another bench is running on {self.name} on this server: wait for it to"
+                " finish (its database is dropped at its end)"
+            )
+        self._claim = conn
+
+    def release(self) -> None:
+        if self._claim is not None:
+            self._claim.close()
+            self._claim = None
 
     def connect(self, dbname: str | None = None, autocommit: bool = True) -> psycopg.Connection:
         params = {k: v for k, v in self._params.items() if v != ""}

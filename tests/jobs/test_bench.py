@@ -275,6 +275,26 @@ def test_it_stops_its_celery_workers_and_drops_its_database_when_the_bench_fails
     assert bench_queue_length() == 0
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_second_bench_of_the_same_database_stops_before_touching_the_first_ones():
+    first = BenchDatabase(connection.settings_dict)
+    first.recreate()  # as the first bench has it, while it runs
+    first.claim()
+    try:
+        with pytest.raises(CommandError, match="another bench is running"):
+            call_command("bench", "--only", "claim", stdout=StringIO(), stderr=StringIO())
+        # Neither dropped nor created again: the first bench's connection is still there.
+        with first.connect() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        first.drop()
+        first.release()
+    # Once the first has ended, the next may run.
+    second = BenchDatabase(connection.settings_dict)
+    second.claim()
+    second.release()
+
+
 @pytest.mark.django_db
 def test_it_rejects_an_unknown_section_before_creating_anything():
     with pytest.raises(CommandError, match="choose from"):

@@ -290,13 +290,20 @@ class Command(BaseCommand):
         broker = options["broker"] or bench_broker_url(settings.CELERY_BROKER_URL)
         bench = Bench(db, sizes, out=self.stdout.write, progress=self._progress, broker=broker)
         try:
+            db.claim()
+        except BenchError as e:
+            raise CommandError(str(e)) from None
+        try:
             with _sigterm_raises():
                 results = bench.run(sections)
         except BenchError as e:
             raise CommandError(str(e)) from None
         finally:
-            if not options["keep_db"]:
-                db.drop()
+            try:
+                if not options["keep_db"]:
+                    db.drop()
+            finally:
+                db.release()
         self.stdout.write(json.dumps(results.as_json()))
 
     def _progress(self, message: str) -> None:
