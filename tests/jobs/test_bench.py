@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 import threading
 from datetime import timedelta
 from io import StringIO
@@ -280,9 +281,11 @@ def test_a_second_bench_of_the_same_database_stops_before_touching_the_first_one
     first = BenchDatabase(connection.settings_dict)
     first.recreate()  # as the first bench has it, while it runs
     first.claim()
+    log_dirs = set(Path(tempfile.gettempdir()).glob("bench-*"))
     try:
         with pytest.raises(CommandError, match="another bench is running"):
             call_command("bench", "--only", "claim", stdout=StringIO(), stderr=StringIO())
+        assert set(Path(tempfile.gettempdir()).glob("bench-*")) == log_dirs  # no log directory
         # Neither dropped nor created again: the first bench's connection is still there.
         with first.connect() as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)

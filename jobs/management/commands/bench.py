@@ -288,11 +288,11 @@ class Command(BaseCommand):
             sections = (*sections, "scale")
         db = BenchDatabase(connection.settings_dict)
         broker = options["broker"] or bench_broker_url(settings.CELERY_BROKER_URL)
-        bench = Bench(db, sizes, out=self.stdout.write, progress=self._progress, broker=broker)
         try:
-            db.claim()
+            db.claim()  # before Bench makes its log directory: a refused run leaves nothing
         except BenchError as e:
             raise CommandError(str(e)) from None
+        bench = Bench(db, sizes, out=self.stdout.write, progress=self._progress, broker=broker)
         try:
             with _sigterm_raises():
                 results = bench.run(sections)
