@@ -196,3 +196,23 @@ def test_a_worker_s_statements_planned_on_a_small_table_do_not_scan_it_once_it_g
         assert claims.record_results(WORKER, [Result(execution.id, "succeeded", 0.01, 0.0)])
         record_read = rows_read() - before
     assert claim_read <= 2 and record_read <= 2, (claim_read, record_read)
+
+
+def test_a_worker_s_claim_reads_one_row_however_many_celery_runs_wait_for_workers(
+    transactional_db, scheduler_connection
+):
+    job = make_job("celery job", executor="celery")
+    executions(job, 300, "succeeded", "worker:old")
+    # Statistics from a quiet moment: no run waiting for a worker.
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE jobs_execution")
+    # Then a burst of celery fires, published and waiting for the workers.
+    waiting = executions(job, 2000, "dispatched", "node-a", published_at=database_now())
+
+    # Enough claims for the statement to be prepared and its generic plan chosen.
+    for execution in waiting[:12]:
+        with transaction.atomic():
+            before = rows_read()
+            assert claims.claim_on_worker(execution.id, WORKER) is not None
+            claim_read = rows_read() - before
+        assert claim_read <= 2, claim_read
