@@ -113,11 +113,13 @@ RETURNING id
 
 # A running one is asked to stop: its node or worker sees the request (NOTIFY, and its
 # own polling), the job can stop cooperatively, and past SCHEDULER_CANCEL_GRACE the run
-# is recorded cancelled whatever the job does.
+# is recorded cancelled whatever the job does. The guard is wrapped in IS TRUE so that the
+# row is found by the primary key (see claims.CLAIM_ON_WORKER): written plainly, a cancel
+# read every unfinished run when the statistics said there were none.
 REQUEST_CANCEL = """
 UPDATE jobs_execution
 SET cancel_requested_at = now(), cancel_requested_by = %(by)s, cancel_reason = %(reason)s
-WHERE id = %(id)s AND state = 'running' AND cancel_requested_at IS NULL
+WHERE id = %(id)s AND (state = 'running' AND cancel_requested_at IS NULL) IS TRUE
 RETURNING id
 """
 

@@ -196,14 +196,16 @@ FROM unnest(%s::bigint[], %s::int[], %s::float8[], %s::text[], %s::text[])
 ON CONFLICT (execution_id, seq) DO NOTHING
 """
 
-# The latest progress of runs still this owner's. Only unindexed columns change.
+# The latest progress of runs still this owner's. Only unindexed columns change. The guard
+# is in IS TRUE as in CONFIRM_START: the rows are found by the primary key, not by reading
+# all of the owner's unfinished runs.
 RECORD_PROGRESS = """
 UPDATE jobs_execution e
 SET progress_done = v.done, progress_total = v.total, progress_message = v.message,
     progress_at = clock_timestamp() - make_interval(secs => v.ago)
 FROM unnest(%s::bigint[], %s::float8[], %s::float8[], %s::text[], %s::float8[])
      AS v(id, done, total, message, ago)
-WHERE e.id = v.id AND e.node = %s AND e.state = 'running'
+WHERE e.id = v.id AND (e.node = %s AND e.state = 'running') IS TRUE
 """
 
 INSERT_EVENTS = """
@@ -306,10 +308,11 @@ UPDATE jobs_execution SET published_at = now()
 WHERE id = ANY(%s) AND published_at IS NULL
 """
 
-# A message published again restarts the wait before the next republish.
+# A message published again restarts the wait before the next republish. (IS TRUE: by the
+# primary key, as in CLAIM_ON_WORKER.)
 MARK_REPUBLISHED = """
 UPDATE jobs_execution SET published_at = now()
-WHERE id = ANY(%s) AND state = 'dispatched'
+WHERE id = ANY(%s) AND (state = 'dispatched') IS TRUE
 """
 
 OWN_UNPUBLISHED = """

@@ -53,10 +53,12 @@ RETURNING token
 
 # A lock released from under a running execution: the execution records when, by whom
 # and why (its page shows it), and its node or worker is told (jobs.context.lock_lost).
+# The guard is in IS TRUE so that the row is found by the primary key, not by reading
+# every unfinished run (see jobs.claims.CLAIM_ON_WORKER).
 RECORD_LOCK_LOSS = """
 WITH running AS (
     UPDATE jobs_execution SET lock_lost_at = COALESCE(lock_lost_at, now())
-    WHERE id = %(id)s AND state = 'running'
+    WHERE id = %(id)s AND (state = 'running') IS TRUE
     RETURNING id
 )
 INSERT INTO jobs_executionevent (execution_id, at, kind, actor, message)

@@ -216,3 +216,68 @@ def test_a_worker_s_claim_reads_one_row_however_many_celery_runs_wait_for_worker
             assert claims.claim_on_worker(execution.id, WORKER) is not None
             claim_read = rows_read() - before
         assert claim_read <= 2, claim_read
+
+
+@pytest.fixture
+def quiet_statistics_then_a_burst(transactional_db):
+    """A job's executions: statistics gathered at a quiet moment, then thousands of runs
+    going on (running, on NODE), which the statistics do not know of."""
+    job = make_job("busy job")
+    executions(job, 300, "succeeded", NODE)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE jobs_execution")
+    return executions(job, 2000, "running", NODE)
+
+
+def test_cancelling_a_run_reads_its_row_only_however_many_runs_are_unfinished(
+    quiet_statistics_then_a_burst,
+):
+    from jobs.actions import request_cancel
+
+    running = quiet_statistics_then_a_burst
+    with transaction.atomic():
+        before = rows_read()
+        request_cancel(running[1000], "operator", "stuck")
+        cancel_read = rows_read() - before
+    assert cancel_read <= 3, cancel_read
+    running[1000].refresh_from_db()
+    assert running[1000].cancel_requested_at is not None
+
+
+def test_a_forced_release_tells_the_run_reading_its_row_only(quiet_statistics_then_a_burst):
+    from locks.leases import acquire
+    from locks.maintenance import force_release
+
+    holder = quiet_statistics_then_a_burst[1000]
+    assert acquire("busy-lock", NODE, execution_id=holder.id) is not None
+    with transaction.atomic():
+        before = rows_read()
+        force_release("busy-lock", "operator", "stuck")
+        release_read = rows_read() - before
+    assert release_read <= 3, release_read
+    holder.refresh_from_db()
+    assert holder.lock_lost_at is not None
+
+
+def test_a_node_s_progress_write_reads_only_the_rows_it_writes(quiet_statistics_then_a_burst):
+    running = quiet_statistics_then_a_burst
+    reports = claims.Reports(progress=[(running[7].id, 3.0, 10.0, "a third", 0.0)])
+    with transaction.atomic():
+        before = rows_read()
+        claims.record_reports(NODE, reports)
+        progress_read = rows_read() - before
+    assert progress_read <= 3, progress_read
+    running[7].refresh_from_db()
+    assert running[7].progress_done == 3.0
+
+
+def test_publishing_runs_again_reads_only_their_rows(transactional_db):
+    job = make_job("celery job", executor="celery")
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE jobs_execution")
+    waiting = executions(job, 2000, "dispatched", NODE, published_at=database_now())
+    with transaction.atomic():
+        before = rows_read()
+        claims.mark_republished([waiting[5].id, waiting[6].id])
+        republish_read = rows_read() - before
+    assert republish_read <= 4, republish_read
