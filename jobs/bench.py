@@ -1077,10 +1077,25 @@ MIXED_KEYS = (
 )  # fmt: skip
 
 
+# Fire lag windows on each side of the scale section's pruning comparison.
+LAG_WINDOWS = 2
+
+
+@dataclass(frozen=True)
+class LagWindow:
+    """One window of the scale section's fire lag: the triggers with ids in (after_id,
+    last_id], and the last one's fire time."""
+
+    after_id: int
+    last_id: int
+    last_due: datetime
+
+
 SCALE_KEYS = (
     "triggers", "idle_window_s", "idle_transactions", "idle_qps",
     "due", "drain_claimed_s", "drain_finished_s", "drain_complete",
-    "prune_executions", "lag_triggers", "lag_p99_ms", "prune_lag_p99_ms", "prune_lag_ratio",
+    "prune_executions", "lag_triggers", "lag_windows", "lag_p99_ms", "lag_window_p99_ms",
+    "prune_lag_p99_ms", "prune_lag_window_p99_ms", "prune_lag_ratio",
     "pruned", "prune_seconds", "prune_batches", "prune_covered",
 )  # fmt: skip
 
@@ -1771,16 +1786,30 @@ class Bench:
 
         with Nodes(self.db, 2, None, self.log_dir, "scale-lag", env) as nodes:
             nodes.wait_listening(conn)
-            self.progress(f"scale: fire lag, 2 nodes, {s.lag_triggers} triggers, no pruning")
-            scale["lag_p99_ms"], _ = self.two_node_lag(nodes)
-            self.progress(f"scale: fire lag, 2 nodes, pruning {s.scale_prune} executions")
+            # Each side pools the fires of LAG_WINDOWS windows, one after the other: a single
+            # stall of this machine (a 100 ms one was seen) then weighs on one side's p99
+            # only if it delays more than 1% of that side's fires.
+            quiet, pruning = [], []
+            for number in range(1, LAG_WINDOWS + 1):
+                self.progress(f"scale: fire lag, 2 nodes, {s.lag_triggers} triggers, no pruning"
+                              f" (window {number} of {LAG_WINDOWS})")  # fmt: skip
+                quiet.append(self.fire_lag_window(nodes))
             pruner = Pruner(self.db, retention)
             try:
                 prune_started = pruner.wait_started()
-                scale["prune_lag_p99_ms"], last_due = self.two_node_lag(nodes)
+                for number in range(1, LAG_WINDOWS + 1):
+                    self.progress(f"scale: fire lag, 2 nodes, pruning {s.scale_prune} executions"
+                                  f" (window {number} of {LAG_WINDOWS})")  # fmt: skip
+                    pruning.append(self.fire_lag_window(nodes))
                 pruned, prune_finished = pruner.wait_finished()
             finally:
                 pruner.stop()
+            scale["lag_windows"] = LAG_WINDOWS
+            scale["lag_p99_ms"] = self.fire_lag_p99(quiet)
+            scale["lag_window_p99_ms"] = [self.fire_lag_p99([window]) for window in quiet]
+            scale["prune_lag_p99_ms"] = self.fire_lag_p99(pruning)
+            scale["prune_lag_window_p99_ms"] = [self.fire_lag_p99([window]) for window in pruning]
+            last_due = pruning[-1].last_due
 
             self.progress(f"scale: {s.scale_due} triggers due at once, the same 2 nodes")
             conn.execute("UPDATE jobs_job SET paused = true")
@@ -1815,35 +1844,47 @@ class Bench:
         scale["drain_complete"] = drained
         self.print_scale(others)
 
-    def two_node_lag(self, nodes: Nodes) -> tuple[float, datetime]:
-        """Fire lag p99 (ms) of ``lag_triggers`` one-off triggers due evenly over
-        ``lag_spread`` seconds, fired by the running ``nodes``; and the last one's time."""
+    def fire_lag_window(self, nodes: Nodes) -> LagWindow:
+        """``lag_triggers`` one-off triggers due evenly over ``lag_spread`` seconds, fired by
+        the running ``nodes``: returns them once all fired."""
         s = self.sizes
         conn = self.conn
         first = conn.execute("SELECT coalesce(max(id), 0) FROM jobs_trigger").fetchone()[0]
         clone_triggers(
             conn, SPREAD, {"count": s.lag_triggers, "lead": s.lag_lead, "spread": s.lag_spread}
         )
+        last = conn.execute("SELECT max(id) FROM jobs_trigger").fetchone()[0]
         deadline = time.monotonic() + s.lag_lead + s.lag_spread + 60
         while True:
             time.sleep(0.2)
             nodes.check_alive()
             fired = conn.execute(
-                "SELECT count(*) FROM jobs_execution WHERE trigger_id > %s", [first]
+                "SELECT count(*) FROM jobs_execution WHERE trigger_id > %s AND trigger_id <= %s",
+                [first, last],
             ).fetchone()[0]
             if fired >= s.lag_triggers:
                 break
             if time.monotonic() > deadline:
                 raise BenchError(f"scale: only {fired} of {s.lag_triggers} triggers fired\n"
                                  f"{nodes.logs()}")  # fmt: skip
-        p99, last_due = conn.execute(
+        last_due = conn.execute(
+            "SELECT max(scheduled_for) FROM jobs_execution"
+            " WHERE trigger_id > %s AND trigger_id <= %s",
+            [first, last],
+        ).fetchone()[0]
+        return LagWindow(first, last, last_due)
+
+    def fire_lag_p99(self, windows: list[LagWindow]) -> float:
+        """Fire lag p99 (ms) of the fires of ``windows`` together."""
+        ranges = [[w.after_id for w in windows], [w.last_id for w in windows]]
+        p99 = self.conn.execute(
             "SELECT percentile_cont(0.99) WITHIN GROUP"
-            "       (ORDER BY extract(epoch FROM dispatched_at - scheduled_for) * 1000),"
-            "       max(scheduled_for)"
-            " FROM jobs_execution WHERE trigger_id > %s",
-            [first],
-        ).fetchone()
-        return round(float(p99), 2), last_due
+            "       (ORDER BY extract(epoch FROM e.dispatched_at - e.scheduled_for) * 1000)"
+            " FROM unnest(%s::bigint[], %s::bigint[]) AS w(after_id, last_id)"
+            " JOIN jobs_execution e ON e.trigger_id > w.after_id AND e.trigger_id <= w.last_id",
+            ranges,
+        ).fetchone()[0]
+        return round(float(p99), 2)
 
     def print_scale(self, others: list[str]) -> None:
         s, r = self.sizes, self.results.scale
@@ -1858,9 +1899,12 @@ class Bench:
         if others:
             self.out(f"   warning: other clients on the bench database: {', '.join(others)}")
         self.out(f"   fire lag (dispatched_at - scheduled_for) of {s.lag_triggers} triggers due"
-                 f" over {s.lag_spread:g} s, 2 nodes:")  # fmt: skip
-        self.out(f"   p99 ms, no pruning     {r['lag_p99_ms']:>9.2f}")
-        self.out(f"   p99 ms, pruning        {r['prune_lag_p99_ms']:>9.2f}")
+                 f" over {s.lag_spread:g} s, 2 nodes; each p99 of {r['lag_windows']} such"
+                 " windows' fires together (each window's own in brackets):")  # fmt: skip
+        windows = ", ".join(f"{p:.2f}" for p in r["lag_window_p99_ms"])
+        self.out(f"   p99 ms, no pruning     {r['lag_p99_ms']:>9.2f}   ({windows})")
+        windows = ", ".join(f"{p:.2f}" for p in r["prune_lag_window_p99_ms"])
+        self.out(f"   p99 ms, pruning        {r['prune_lag_p99_ms']:>9.2f}   ({windows})")
         ratio = r["prune_lag_ratio"]
         self.out(f"   ratio                  {ratio if ratio is not None else 0:>9.2f}"
                  f"   target <= {TARGETS['prune_lag_ratio']:g}")  # fmt: skip

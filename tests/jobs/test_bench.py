@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import threading
 from datetime import timedelta
 from io import StringIO
 from pathlib import Path
+from types import SimpleNamespace
 
 import dj_database_url
 import pytest
@@ -214,6 +216,15 @@ def test_it_prints_a_table_and_a_json_line_of_positive_figures_in_its_own_databa
     assert figures["idle_qps"] >= 0 and figures["idle_transactions"] >= 0
     assert figures["scale_drain_complete"] is True
     assert figures["scale_pruned"] == 12000 and figures["scale_prune_batches"] == 3
+    # Each side's fire lag pools two windows' fires: its p99 lies within theirs.
+    assert figures["scale_lag_windows"] == 2
+    for pooled, windows in (
+        (figures["scale_lag_p99_ms"], figures["scale_lag_window_p99_ms"]),
+        (figures["scale_prune_lag_p99_ms"], figures["scale_prune_lag_window_p99_ms"]),
+    ):
+        assert len(windows) == 2
+        assert min(windows) - 0.01 <= pooled <= max(windows) + 0.01, (pooled, windows)
+        assert f"({windows[0]:.2f}, {windows[1]:.2f})" in text
     # Every node of the mixed section ran a share of its runs.
     assert len(figures["mixed_node_shares"]) == figures["mixed_nodes"] == 2
     assert abs(sum(figures["mixed_node_shares"].values()) - 1) < 0.01
@@ -551,3 +562,27 @@ def test_the_local_server_is_the_parent_of_the_backend_serving_the_connection():
     # Not that database's backend, or not a backend at all: not the server's.
     assert bench.local_server_pid(backend, name + "_other") is None
     assert bench.local_server_pid(os.getpid(), name) is None
+
+
+@pytest.mark.django_db
+def test_the_scale_fire_lag_pools_the_fires_of_its_windows():
+    job = make_job("lagging")
+    now = database_now()
+
+    def window(slow: int) -> bench.LagWindow:
+        """100 fires 1 ms late, ``slow`` of them 100 ms late instead."""
+        triggers = due_triggers(job, 100)
+        for i, trigger in enumerate(triggers):
+            late = 100 if i < slow else 1
+            make_execution(job, trigger=trigger, origin="schedule", scheduled_for=now,
+                           dispatched_at=now + timedelta(milliseconds=late))  # fmt: skip
+        return bench.LagWindow(triggers[0].id - 1, triggers[-1].id, now)
+
+    quiet, stalled = window(0), window(2)
+    measuring = SimpleNamespace(conn=connection.connection)
+    p99 = functools.partial(bench.Bench.fire_lag_p99, measuring)
+    assert p99([quiet]) == pytest.approx(1.0)
+    # Two slow fires of 100 are 2%: above that window's p99; of 200, they are 1%: the
+    # pooled p99 falls between the fast fires and them.
+    assert p99([stalled]) == pytest.approx(100.0)
+    assert p99([quiet, stalled]) == pytest.approx(1.99, abs=0.01)

@@ -101,7 +101,9 @@ The last line of output is one JSON object (null for a section not run):
                           succeeded executions past the retention in the tables;
                           scale_idle_qps (target < 1) of one idle node; scale_lag_p99_ms and
                           scale_prune_lag_p99_ms, fire lag of 2 nodes without and with the
-                          batched prune running, scale_prune_lag_ratio (target <= 2),
+                          batched prune running, each the p99 of scale_lag_windows windows'
+                          fires together (each window's own: scale_lag_window_p99_ms,
+                          scale_prune_lag_window_p99_ms), scale_prune_lag_ratio (target <= 2),
                           scale_pruned, scale_prune_seconds, scale_prune_batches,
                           scale_prune_covered (pruning lasted past the last fire);
                           scale_due triggers due in the same second drained by the same 2
