@@ -53,11 +53,11 @@ def sync_roles(group_model, permission_model) -> None:
     historical = permission_model._meta.apps is not django_apps
     # One query for every permission the roles name (the test suite syncs the roles
     # before each test: a query per permission cost it a tenth of a second each time).
-    wanted = {tuple(dotted.split(".")) for codenames in ROLES.values() for dotted in codenames}
+    wanted = {dotted.split(".")[1] for names in ROLES.values() for dotted in names}
     found = {
         (permission.content_type.app_label, permission.codename): permission
         for permission in permission_model.objects.select_related("content_type").filter(
-            codename__in={codename for _, codename in wanted}
+            codename__in=wanted
         )
     }
     for role, codenames in ROLES.items():
