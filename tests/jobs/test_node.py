@@ -657,10 +657,15 @@ def row_locked(*execution_ids: int):
 
 
 def pruning_backend() -> int | None:
-    """The pid of the connection whose prune statement is running, if one is."""
+    """The pid of the connection whose prune statement waits for a row lock, if one does.
+
+    Waiting, not merely active: a statement shows as active before it takes its snapshot,
+    and a rerun committed in between would be unlinked by the very batch meant to trip on
+    it (a fresh-clone CI run saw "pruned 2" instead of the failure).
+    """
     rows = faults.on_test_database(
         "SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND state = 'active'"
-        " AND query LIKE %s",
+        " AND wait_event_type = 'Lock' AND query LIKE %s",
         ["%DELETE FROM jobs_execution WHERE id IN (SELECT id FROM old)%"],
     )
     return rows[0][0] if rows else None
